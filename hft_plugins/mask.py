@@ -1,0 +1,291 @@
+"""The mask: which parameters (or slices of them) one stage trains.
+
+A mask is the resolved model's units plus the set of unit keys that train. It
+derives, per parameter, "whole", "ranges along a dim" or frozen; sets
+``requires_grad``; prints a per-block table; and round-trips through JSON with
+the config that drew it and a fingerprint of the model it belongs to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from . import plugins
+from .architectures import BLOCK_CATEGORIES, OUTER_CATEGORIES, ModelLayout, Part, Unit, resolve
+from .architectures import fingerprint as compute_fingerprint
+from .config import HFTConfig
+from .errors import HFTError
+
+FORMAT = "hft-mask/1"
+_OUTER_FLAGS = {"embed": "train_embeddings", "head": "train_head", "final_norm": "train_final_norm"}
+
+
+@dataclass(frozen=True)
+class Slices:
+    """The trainable ranges of a partly trainable tensor, along one dim."""
+
+    dim: int
+    ranges: tuple[tuple[int, int], ...]
+
+    @property
+    def size(self) -> int:
+        return sum(b - a for a, b in self.ranges)
+
+
+def select(model: nn.Module, config: HFTConfig | None = None) -> Mask:
+    """Draw the mask of ``config`` (default: the paper's rule at 0.5) for ``model``."""
+    config = config or HFTConfig()
+    if not isinstance(config, HFTConfig):
+        raise HFTError(f"config must be an HFTConfig, got {type(config).__name__}")
+    strategy = plugins.strategy(config.strategy)
+    layout = resolve(model)
+    if not layout.block_units():
+        raise HFTError(f"no trainable matrices found in the blocks of {type(model).__name__}")
+    rng = random.Random(f"hft:{config.strategy}:{config.seed}:{config.stage}")
+    chosen = set(strategy(layout, config, rng))
+    block_keys = {u.key for u in layout.block_units()}
+    stray = chosen - block_keys
+    if stray:
+        raise HFTError(
+            f"strategy {config.strategy!r} chose a unit that is no block matrix: "
+            f"{sorted(stray)[0]!r}"
+        )
+    for unit in layout.units:
+        if unit.block is None and getattr(config, _OUTER_FLAGS[unit.category]):
+            chosen.add(unit.key)
+    return Mask(config, layout, frozenset(chosen))
+
+
+class Mask:
+    """A drawn half: units of a model and which of them train."""
+
+    def __init__(self, config: HFTConfig, layout: ModelLayout, trainable: frozenset[str]):
+        self.config = config
+        self.layout = layout
+        self.trainable = trainable
+
+    # ---- what trains -------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        return self.layout.fingerprint
+
+    def params(self) -> dict[str, Slices | None]:
+        """Trainable parameter name -> None (whole) or the trainable Slices."""
+        pieces: dict[str, list[Part]] = defaultdict(list)
+        for unit in self.layout.units:
+            if unit.key in self.trainable:
+                for part in unit.parts:
+                    pieces[part.param].append(part)
+        plan: dict[str, Slices | None] = {}
+        for name, parts in pieces.items():
+            if any(p.ranges is None for p in parts):
+                plan[name] = None
+                continue
+            dim = parts[0].dim
+            merged = _merge([r for p in parts for r in p.ranges])
+            if merged == ((0, self.layout.shapes[name][dim]),):
+                plan[name] = None
+            else:
+                plan[name] = Slices(dim, merged)
+        return plan
+
+    def is_trainable(self, unit: Unit) -> bool:
+        return unit.key in self.trainable
+
+    def fractions(self) -> dict[str, tuple[int, int]]:
+        """Category (and 'blocks', 'total') -> (trainable, all) parameter counts."""
+        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for unit in self.layout.units:
+            keys = [unit.category, "total"] + (["blocks"] if unit.block is not None else [])
+            for key in keys:
+                counts[key][1] += unit.numel
+                if unit.key in self.trainable:
+                    counts[key][0] += unit.numel
+        return {k: (v[0], v[1]) for k, v in counts.items()}
+
+    @property
+    def trainable_numel(self) -> int:
+        return self.fractions()["total"][0]
+
+    @property
+    def total_numel(self) -> int:
+        return self.fractions()["total"][1]
+
+    # ---- applying ----------------------------------------------------------
+
+    def check(self, model: nn.Module) -> None:
+        """Raise if ``model`` is not the model this mask was drawn for."""
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        for name, shape in self.layout.shapes.items():
+            if name not in shapes:
+                raise HFTError(f"mask does not match the model: parameter {name!r} is missing")
+            if shapes[name] != shape:
+                raise HFTError(
+                    f"mask does not match the model: parameter {name!r} has shape "
+                    f"{list(shapes[name])}, the mask expects {list(shape)}"
+                )
+        extra = sorted(set(shapes) - set(self.layout.shapes))
+        if extra:
+            raise HFTError(f"mask does not match the model: parameter {extra[0]!r} is not in it")
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Set ``requires_grad``: True where any part trains (slices need HFTOptimizer)."""
+        self.check(model)
+        plan = self.params()
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in plan)
+        plugins.call("mask_applied", model=model, mask=self)
+        return model
+
+    # ---- reporting ---------------------------------------------------------
+
+    def summary(self) -> str:
+        """A per-block table of what trains, then totals per category."""
+        c = self.config
+        lines = [
+            f"HFT mask: strategy={c.strategy} ratio={c.ratio} seed={c.seed} stage={c.stage} "
+            f"layout={self.layout.layout} blocks={self.layout.num_blocks}",
+            f"{'block':>5}  {'attention':<28} {'ffn':<28} {'norm':<30} {'trained':>8}",
+        ]
+        by_block: dict[int, list[Unit]] = defaultdict(list)
+        for unit in self.layout.block_units():
+            by_block[unit.block].append(unit)
+        for block in sorted(by_block):
+            units = by_block[block]
+            cells = []
+            for cat in ("attention", "ffn", "norm"):
+                names = [
+                    _short(u.name) for u in units if u.category == cat and u.key in self.trainable
+                ]
+                total = sum(u.category == cat for u in units)
+                cells.append(f"{len(names)}/{total} " + ",".join(names))
+            done = sum(u.numel for u in units if u.key in self.trainable)
+            share = done / max(sum(u.numel for u in units), 1)
+            lines.append(f"{block:>5}  {cells[0]:<28} {cells[1]:<28} {cells[2]:<30} {share:>8.4f}")
+        fractions = self.fractions()
+        lines.append("category     trainable / all        fraction")
+        for cat in (*BLOCK_CATEGORIES, "blocks", *OUTER_CATEGORIES, "total"):
+            if cat in fractions:
+                done, total = fractions[cat]
+                lines.append(f"{cat:<12} {done:>12,} / {total:<12,} {done / total:.4f}")
+        done, total = fractions["blocks"]
+        gap = done / total - c.ratio
+        lines.append(
+            f"block fraction {done / total:.6f} (ratio {c.ratio}; "
+            + ("exact)" if abs(gap) < 1e-12 else f"nearest achievable, {gap:+.6f})")
+        )
+        for alias, name in sorted(self.layout.tied.items()):
+            lines.append(f"tied: {alias} shares {name}; it trains when {name} does")
+        return "\n".join(lines)
+
+    # ---- JSON --------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "config": self.config.to_dict(),
+            "layout": self.layout.layout,
+            "num_blocks": self.layout.num_blocks,
+            "fingerprint": self.fingerprint,
+            "shapes": {n: list(s) for n, s in self.layout.shapes.items()},
+            "tied": self.layout.tied,
+            "units": [
+                {
+                    "key": u.key,
+                    "block": u.block,
+                    "category": u.category,
+                    "name": u.name,
+                    "numel": u.numel,
+                    "parts": [p.to_json() for p in u.parts],
+                    "trainable": u.key in self.trainable,
+                }
+                for u in self.layout.units
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Mask:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise HFTError(f"not an HFT mask: expected format {FORMAT!r}")
+        try:
+            shapes = {n: tuple(int(x) for x in s) for n, s in data["shapes"].items()}
+            if compute_fingerprint(shapes) != data["fingerprint"]:
+                raise HFTError("corrupt HFT mask: its fingerprint does not match its shapes")
+            units = [
+                Unit(
+                    u["key"],
+                    u["block"],
+                    u["category"],
+                    u["name"],
+                    tuple(Part.from_json(p) for p in u["parts"]),
+                    int(u["numel"]),
+                )
+                for u in data["units"]
+            ]
+            trainable = frozenset(u["key"] for u in data["units"] if u["trainable"])
+            layout = ModelLayout(
+                data["layout"], units, int(data["num_blocks"]), shapes, dict(data["tied"])
+            )
+            config = HFTConfig.from_dict(data["config"])
+        except HFTError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise HFTError(f"corrupt HFT mask: {type(exc).__name__}: {exc}") from None
+        return cls(config, layout, trainable)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the mask as JSON atomically (a temporary file beside it, then rename)."""
+        atomic_write_text(Path(path), json.dumps(self.to_json()))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Mask:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise HFTError(f"no HFT mask at {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HFTError(f"corrupt HFT mask {path}: {exc}") from None
+        return cls.from_json(data)
+
+    def __eq__(self, other) -> bool:
+        return (
+            isinstance(other, Mask)
+            and self.config == other.config
+            and self.fingerprint == other.fingerprint
+            and self.trainable == other.trainable
+        )
+
+    def __repr__(self) -> str:
+        done, total = self.fractions()["blocks"]
+        return (
+            f"Mask(strategy={self.config.strategy!r}, stage={self.config.stage}, "
+            f"blocks trainable {done}/{total})"
+        )
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    merged: list[list[int]] = []
+    for a, b in sorted(ranges):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return tuple((a, b) for a, b in merged)
+
+
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]

@@ -1,0 +1,99 @@
+"""Built-in selection strategies: the paper's category rule and its two ablations.
+
+A strategy gets the resolved model, the config and a seeded ``random.Random`` and
+returns the keys of the block units to train. Units outside the blocks
+(embeddings, heads, final norm) are decided by the config, not by strategies.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections import defaultdict
+
+from .architectures import ModelLayout, Unit
+from .config import HFTConfig
+
+
+def _round(x: float) -> int:
+    return math.floor(x + 0.5)
+
+
+def _counts_per_block(n: int, blocks: list[int], ratio: float, rng: random.Random) -> dict:
+    """How many of a category's ``n`` matrices each block trains.
+
+    Every block trains floor(ratio*n) or one more; which blocks get one more is
+    random, and their number makes the total over blocks round(ratio*n*blocks).
+    At ratio 0.5 this is 2 of 4 attention matrices, 1 of 2 norms, and for 3 FFN
+    matrices 2 in a random half of the blocks and 1 in the other half.
+    """
+    low = math.floor(ratio * n)
+    extra = min(max(_round(ratio * n * len(blocks)) - low * len(blocks), 0), len(blocks))
+    more = set(rng.sample(blocks, extra))
+    return {b: min(low + (b in more), n) for b in blocks}
+
+
+def _balanced_subset(units: list[Unit], k: int, rng: random.Random) -> list[Unit]:
+    """k of the units, drawn among the k-subsets whose size is nearest k/n of the total.
+
+    With equal matrices any k-subset qualifies; with grouped-query attention (k and v
+    smaller than q and o) it keeps 2-of-4 at exactly half the attention parameters.
+    """
+    if k <= 0:
+        return []
+    if k >= len(units):
+        return list(units)
+    target = k / len(units) * sum(u.numel for u in units)
+    if len(units) > 12:  # too many combinations to enumerate: a plain random draw
+        return rng.sample(units, k)
+    subsets = list(itertools.combinations(units, k))
+    gaps = [abs(sum(u.numel for u in s) - target) for s in subsets]
+    best = min(gaps)
+    return list(rng.choice([s for s, g in zip(subsets, gaps, strict=True) if g == best]))
+
+
+def category(layout: ModelLayout, config: HFTConfig, rng: random.Random) -> set[str]:
+    """The paper's rule: per block, the ratio of each category (attention, FFN, norms)."""
+    by_category: dict[str, dict[int, list[Unit]]] = defaultdict(lambda: defaultdict(list))
+    for unit in layout.block_units():
+        by_category[unit.category][unit.block].append(unit)
+    chosen: set[str] = set()
+    for cat in sorted(by_category):
+        per_block = by_category[cat]
+        # blocks of one family hold the same matrices; group by count to be safe
+        by_size: dict[int, list[int]] = defaultdict(list)
+        for block, units in sorted(per_block.items()):
+            by_size[len(units)].append(block)
+        for n, blocks in sorted(by_size.items()):
+            counts = _counts_per_block(n, blocks, config.ratio, rng)
+            for block in blocks:
+                chosen.update(u.key for u in _balanced_subset(per_block[block], counts[block], rng))
+    return chosen
+
+
+def layer(layout: ModelLayout, config: HFTConfig, rng: random.Random) -> set[str]:
+    """The paper's layer-level ablation: a random ``ratio`` of the blocks, whole."""
+    blocks = list(range(layout.num_blocks))
+    keep = set(rng.sample(blocks, min(max(_round(config.ratio * len(blocks)), 1), len(blocks))))
+    return {u.key for u in layout.block_units() if u.block in keep}
+
+
+def matrix(layout: ModelLayout, config: HFTConfig, rng: random.Random) -> set[str]:
+    """The paper's model-level ablation: random block matrices up to ``ratio`` of their size."""
+    units = layout.block_units()
+    rng.shuffle(units)
+    target = config.ratio * sum(u.numel for u in units)
+    chosen, total = set(), 0
+    for unit in units:
+        if abs(total + unit.numel - target) < abs(total - target):
+            chosen.add(unit.key)
+            total += unit.numel
+    return chosen
+
+
+BUILTIN_STRATEGIES = {
+    "category": (category, "The paper's rule: per block 2/4 attention, 2/3 or 1/3 FFN, 1/2 norms."),
+    "layer": (layer, "Layer-level ablation: a random half of the blocks, whole."),
+    "matrix": (matrix, "Model-level ablation: a random half of all block matrices."),
+}

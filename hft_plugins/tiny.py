@@ -1,0 +1,111 @@
+"""Tiny models of every built-in family, built from their config classes.
+
+No weights can be downloaded in tests or on air-gapped machines; these give each
+layout a real transformers model of a few thousand parameters to run on.
+"""
+
+from __future__ import annotations
+
+_COMMON = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=128,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+# family -> (config class, model class, config kwargs)
+_FAMILIES: dict[str, tuple[str, str, dict]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", _COMMON),
+    "mistral": ("MistralConfig", "MistralForCausalLM", _COMMON),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", _COMMON),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", _COMMON),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", _COMMON),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", _COMMON),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", _COMMON),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", _COMMON),
+    "gpt2": (
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        dict(
+            vocab_size=96,
+            n_embd=32,
+            n_layer=4,
+            n_head=4,
+            n_positions=128,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+    ),
+    "gpt_neox": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        dict(
+            vocab_size=96,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+    ),
+    "opt": (
+        "OPTConfig",
+        "OPTForCausalLM",
+        dict(
+            vocab_size=96,
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+            max_position_embeddings=128,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+    ),
+    "bert": (
+        "BertConfig",
+        "BertForMaskedLM",
+        dict(
+            vocab_size=96,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            pad_token_id=0,
+        ),
+    ),
+}
+
+FAMILIES = tuple(_FAMILIES)
+
+
+def tiny_config(family: str, **overrides):
+    """The config of a tiny ``family`` model; ``overrides`` replace its defaults."""
+    import transformers
+
+    if family not in _FAMILIES:
+        raise ValueError(f"unknown tiny family {family!r}; known: {', '.join(FAMILIES)}")
+    config_cls, _, kwargs = _FAMILIES[family]
+    return getattr(transformers, config_cls)(**{**kwargs, **overrides})
+
+
+def tiny_model(family: str = "llama", seed: int = 0, **overrides):
+    """A freshly initialised tiny ``family`` model, reproducible from ``seed``."""
+    import torch
+    import transformers
+
+    config = tiny_config(family, **overrides)
+    torch.manual_seed(seed)
+    return getattr(transformers, _FAMILIES[family][1])(config)
