@@ -19,7 +19,16 @@ from torch import nn
 
 from . import plugins
 from .errors import HFTError
-from .mask import Mask
+from .mask import Mask, Slices
+
+try:
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+except ImportError:  # torch built without distributed support: no DTensors exist
+
+    class DTensor:
+        """Never instantiated: keeps the isinstance checks false."""
+
 
 FORMAT = "hft-optimizer/1"
 # The HF Trainer's rule (Trainer.get_decay_parameter_names): no decay for these.
@@ -50,6 +59,39 @@ def no_decay_names(model: nn.Module) -> set[str]:
             ):
                 names.add(full)
     return names
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a DTensor (FSDP2 shards), the tensor itself otherwise."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _slice_narrows(name: str, param: torch.Tensor, slices: Slices):
+    """(state key, (dim, start, length) in this process's tensor) per trainable range.
+
+    A DTensor sharded by FSDP2 holds one box of the full tensor; each range is cut to
+    the part inside it (possibly empty) so the update lands in the local shard. Keys
+    name the full-tensor range, so every rank's optimizer state has the same keys.
+    """
+    dim = slices.dim
+    start, stop = 0, param.shape[dim]
+    if isinstance(param, DTensor):
+        kinds = {type(p) for p in param.placements}
+        if not kinds <= {Shard, Replicate}:
+            raise HFTError(
+                f"{name} is a DTensor placed as {list(param.placements)}; sliced HFT masks "
+                "support only Shard and Replicate placements (FSDP2's default)"
+            )
+        shape, offset = compute_local_shape_and_global_offset(
+            param.shape, param.device_mesh, param.placements
+        )
+        start, stop = offset[dim], offset[dim] + shape[dim]
+    narrows = []
+    for a, b in slices.ranges:
+        lo, hi = max(a, start), min(b, stop)
+        local = (dim, lo - start, hi - lo) if hi > lo else (dim, 0, 0)
+        narrows.append((f"{name}[{dim}:{a}:{b}]", local))
+    return narrows
 
 
 class HFTOptimizer(torch.optim.Optimizer):
@@ -95,14 +137,10 @@ class HFTOptimizer(torch.optim.Optimizer):
             if slices is None:
                 group = [_Entry(name, param, param, None)]
             else:
+                base = _local(param).detach()
                 group = [
-                    _Entry(
-                        f"{name}[{slices.dim}:{a}:{b}]",
-                        param,
-                        param.detach().narrow(slices.dim, a, b - a),
-                        (slices.dim, a, b - a),
-                    )
-                    for a, b in slices.ranges
+                    _Entry(key, param, base.narrow(*narrow), narrow)
+                    for key, narrow in _slice_narrows(name, param, slices)
                 ]
             entries += group
             (plain if name in no_decay else decay).extend(group)
@@ -128,7 +166,7 @@ class HFTOptimizer(torch.optim.Optimizer):
                 loss = closure()
         for entry in self._sliced:
             grad = entry.param.grad
-            entry.tensor.grad = None if grad is None else grad.narrow(*entry.narrow)
+            entry.tensor.grad = None if grad is None else _local(grad).narrow(*entry.narrow)
         self.inner.step()
         for entry in self._sliced:
             entry.tensor.grad = None  # do not pin the full gradient between steps
@@ -176,9 +214,9 @@ class HFTOptimizer(torch.optim.Optimizer):
     # ---- state -------------------------------------------------------------
 
     def state_bytes(self) -> int:
-        """Bytes of tensor state the wrapped optimizer holds."""
+        """Bytes of tensor state the wrapped optimizer holds in this process (its shards)."""
         return sum(
-            v.numel() * v.element_size()
+            _local(v).numel() * v.element_size()
             for s in self.inner.state.values()
             for v in s.values()
             if torch.is_tensor(v)
