@@ -1,7 +1,9 @@
 """Tiny models of every built-in family, built from their config classes.
 
 No weights can be downloaded in tests or on air-gapped machines; these give each
-layout a real transformers model of a few thousand parameters to run on.
+layout a real transformers model of a few thousand parameters to run on. Dropout
+is off so that runs are reproducible step for step. Dropout
+is off so that runs are reproducible step for step.
 """
 
 from __future__ import annotations
@@ -98,7 +100,15 @@ def tiny_config(family: str, **overrides):
     if family not in _FAMILIES:
         raise ValueError(f"unknown tiny family {family!r}; known: {', '.join(FAMILIES)}")
     config_cls, _, kwargs = _FAMILIES[family]
-    return getattr(transformers, config_cls)(**{**kwargs, **overrides})
+    config = getattr(transformers, config_cls)(**{**kwargs, **overrides})
+    for key, value in list(vars(config).items()):
+        if (
+            ("dropout" in key or "pdrop" in key)
+            and isinstance(value, float)
+            and key not in overrides
+        ):
+            setattr(config, key, 0.0)
+    return config
 
 
 def tiny_model(family: str = "llama", seed: int = 0, **overrides):

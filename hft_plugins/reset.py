@@ -1,0 +1,39 @@
+"""Half-reset (the paper's pilot finding): put a drawn half of a tuned model back to base."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import HFTError
+from .mask import Mask
+
+
+@torch.no_grad()
+def half_reset(base_model: nn.Module, tuned_model: nn.Module, mask: Mask) -> nn.Module:
+    """Copy the base values of ``mask``'s trainable block parts into ``tuned_model``.
+
+    Only the block draw is reset; embeddings, heads and the final norm are not part
+    of the draw and keep their tuned values. Returns ``tuned_model``, changed in place.
+    """
+    base = dict(base_model.named_parameters())
+    tuned = dict(tuned_model.named_parameters())
+    mask.check(tuned_model)
+    for name, param in tuned.items():
+        if name not in base:
+            raise HFTError(f"base model has no parameter {name!r}")
+        if base[name].shape != param.shape:
+            raise HFTError(
+                f"base and tuned models differ at {name!r}: {list(base[name].shape)} vs "
+                f"{list(param.shape)}"
+            )
+    for unit in mask.layout.block_units():
+        if unit.key not in mask.trainable:
+            continue
+        for part in unit.parts:
+            source, target = base[part.param], tuned[part.param]
+            if part.ranges is None:
+                target.copy_(source)
+            for a, b in part.ranges or ():
+                target.narrow(part.dim, a, b - a).copy_(source.narrow(part.dim, a, b - a))
+    return tuned_model
