@@ -99,6 +99,11 @@ class ModelLayout:
         return fingerprint(self.shapes)
 
 
+def param_shape(param) -> tuple[int, ...]:
+    """A parameter's full shape, also under DeepSpeed ZeRO-3 (which empties ``.shape``)."""
+    return tuple(getattr(param, "ds_shape", None) or param.shape)
+
+
 def fingerprint(shapes: Mapping[str, tuple[int, ...]]) -> str:
     """A short hash of parameter names and shapes: which model a mask belongs to."""
     text = "\n".join(f"{name}:{list(shape)}" for name, shape in sorted(shapes.items()))
@@ -249,7 +254,7 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
             continue
         if len({type(child) for child in module}) != 1:
             continue
-        size = sum(p.numel() for p in module.parameters())
+        size = sum(getattr(p, "ds_numel", None) or p.numel() for p in module.parameters())
         if size and (best is None or size > best[2]):
             best = (name, module, size)
     return None if best is None else (best[0], best[1])
@@ -314,7 +319,7 @@ def resolve(model: nn.Module, layouts: list[Layout] | None = None) -> ModelLayou
             tied[name] = canonical[id(param)]
         else:
             canonical[id(param)] = name
-    shapes = {name: tuple(p.shape) for name, p in all_named if name not in tied}
+    shapes = {name: param_shape(p) for name, p in all_named if name not in tied}
 
     units: list[Unit] = []
     claimed: set[str] = set()
@@ -342,7 +347,7 @@ def resolve(model: nn.Module, layouts: list[Layout] | None = None) -> ModelLayou
                 units.append(_unit(index, category, path, [Part(n) for n, _ in own], shapes))
                 continue
             weight = dict(own)[f"{block_prefix}{path}.weight"]
-            out_features = weight.shape[fused.weight_out_dim]
+            out_features = param_shape(weight)[fused.weight_out_dim]
             for logical, ranges in fused.split(block, config, out_features).items():
                 parts = [
                     Part(n, fused.weight_out_dim if n.endswith(".weight") else 0, ranges)

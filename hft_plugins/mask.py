@@ -18,7 +18,15 @@ from pathlib import Path
 from torch import nn
 
 from . import plugins
-from .architectures import BLOCK_CATEGORIES, OUTER_CATEGORIES, ModelLayout, Part, Unit, resolve
+from .architectures import (
+    BLOCK_CATEGORIES,
+    OUTER_CATEGORIES,
+    ModelLayout,
+    Part,
+    Unit,
+    param_shape,
+    resolve,
+)
 from .architectures import fingerprint as compute_fingerprint
 from .config import HFTConfig
 from .errors import HFTError
@@ -123,7 +131,7 @@ class Mask:
 
     def check(self, model: nn.Module) -> None:
         """Raise if ``model`` is not the model this mask was drawn for."""
-        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        shapes = {n: param_shape(p) for n, p in model.named_parameters()}
         for name, shape in self.layout.shapes.items():
             if name not in shapes:
                 raise HFTError(f"mask does not match the model: parameter {name!r} is missing")

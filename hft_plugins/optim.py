@@ -188,6 +188,12 @@ class HFTOptimizer(torch.optim.Optimizer):
         if not isinstance(mask, Mask):
             raise HFTError(f"redraw needs an hft_plugins Mask, got {type(mask).__name__}")
         mask.check(self.model)
+        handed = {id(p) for g in self.inner.param_groups for p in g["params"]}
+        if handed != {id(e.tensor) for e in self._entries}:
+            raise HFTError(
+                "cannot redraw: a wrapper replaced the optimizer's parameters (DeepSpeed ZeRO "
+                "flattens them) and would not see the new half; run each stage separately"
+            )
         old_state = {
             e.key: self.inner.state[e.tensor] for e in self._entries if e.tensor in self.inner.state
         }
