@@ -48,6 +48,6 @@ def run_torchrun(worker: str, *args: str, nproc: int = 2, timeout: int = 240) ->
     return output
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def torchrun():
     return run_torchrun

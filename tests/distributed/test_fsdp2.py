@@ -13,11 +13,9 @@ FAMILIES = ("llama", "phi3", "gpt2")  # whole matrices; fused rows (phi3); fused
 
 
 @pytest.fixture(scope="module")
-def fsdp2_runs(tmp_path_factory):
-    from conftest import run_torchrun
-
+def fsdp2_runs(tmp_path_factory, torchrun):
     out = tmp_path_factory.mktemp("fsdp2")
-    run_torchrun("fsdp2_train.py", str(out), *FAMILIES)
+    torchrun("fsdp2_train.py", str(out), *FAMILIES)
     return {
         family: (
             torch.load(out / f"{family}.pt", weights_only=True),
@@ -43,30 +41,42 @@ def _trainable_rows(mask: Mask) -> dict[str, torch.Tensor]:
     return where
 
 
+def _check_stage(mask: Mask, start, sharded, single) -> None:
+    """Sharded == one process (float tolerance); frozen elements bit-identical; the rest moved."""
+    trainable = _trainable_rows(mask)
+    moved = 0
+    for name, begin in start.items():
+        torch.testing.assert_close(sharded[name], single[name], rtol=1e-4, atol=1e-5)
+        frozen = ~trainable[name]
+        assert torch.equal(sharded[name][frozen], begin[frozen]), f"{name}: a frozen element moved"
+        moved += int((sharded[name][~frozen] != begin[~frozen]).sum())
+    assert moved > 0.9 * mask.trainable_numel
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fsdp2_matches_one_process_and_keeps_the_frozen_half(fsdp2_runs, family):
     weights, info = fsdp2_runs[family]
     mask = Mask.from_json(info["mask"])
-    trainable = _trainable_rows(mask)
-    blocks_mixed = {u.block for u in mask.layout.block_units() if u.key in mask.trainable} & {
-        u.block for u in mask.layout.block_units() if u.key not in mask.trainable
+    units = mask.layout.block_units()
+    mixed = {u.block for u in units if u.key in mask.trainable} & {
+        u.block for u in units if u.key not in mask.trainable
     }
-    assert blocks_mixed == set(range(mask.layout.num_blocks))
-    moved = 0
-    for name, start in weights["initial"].items():
-        sharded, single = weights["sharded"][name], weights["single"][name]
-        # Adam divides by sqrt(v): grads near zero amplify reduction-order rounding a little
-        torch.testing.assert_close(sharded, single, rtol=1e-4, atol=5e-5)
-        frozen = ~trainable[name]
-        assert torch.equal(sharded[frozen], start[frozen]), f"{name}: a frozen element moved"
-        moved += int((sharded[~frozen] != start[~frozen]).sum())
-    assert moved > 0.9 * mask.trainable_numel
+    assert mixed == set(range(mask.layout.num_blocks))  # frozen and trainable in every block
+    _check_stage(mask, weights["initial"], weights["sharded0"], weights["single0"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fsdp2_redraw_trains_the_new_half(fsdp2_runs, family):
+    weights, info = fsdp2_runs[family]
+    mask1 = Mask.from_json(info["mask1"])
+    assert mask1.config.stage == 1 and mask1.trainable != Mask.from_json(info["mask"]).trainable
+    _check_stage(mask1, weights["sharded0"], weights["sharded"], weights["single"])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fsdp2_optimizer_state_covers_only_trainable_shards(fsdp2_runs, family):
     _, info = fsdp2_runs[family]
-    mask = Mask.from_json(info["mask"])
+    mask = Mask.from_json(info["mask1"])  # the state after the redraw
     plan = mask.params()
     keys = {
         name if slices is None else f"{name}[{slices.dim}:{a}:{b}]"

@@ -32,15 +32,25 @@ def blocks(model):
     return inner.layers if hasattr(inner, "layers") else inner.h
 
 
-def train(model, mask, rows: torch.Tensor) -> HFTOptimizer:
-    model.eval()  # no dropout: the sharded and the single run must see the same function
-    optimizer = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-2, weight_decay=0.1)
+def steps(model, optimizer, rows: torch.Tensor) -> None:
     for _ in range(STEPS):
         loss = model(input_ids=rows, labels=rows).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    return optimizer
+
+
+def train(model, mask, rows: torch.Tensor) -> tuple[HFTOptimizer, dict]:
+    """Stage 0, then a redraw and stage 1; returns the optimizer and the stage-0 weights."""
+    model.eval()  # no dropout: the sharded and the single run must see the same function
+    # eps well above rounding noise: a key bias has an exactly-zero true gradient, and Adam
+    # would turn each run's rounding noise there into full-size, different steps
+    optimizer = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-2, eps=1e-4, weight_decay=0.1)
+    steps(model, optimizer, rows)
+    stage0 = full_weights(model)
+    optimizer.redraw(select(model, mask.config.next_stage()))
+    steps(model, optimizer, rows)
+    return optimizer, stage0
 
 
 def full_weights(model) -> dict[str, torch.Tensor]:
@@ -71,7 +81,7 @@ def run(family: str, out: Path) -> None:
         fully_shard(block)
     fully_shard(model)
     per_rank = data.shape[0] // world
-    optimizer = train(model, mask, data[rank * per_rank : (rank + 1) * per_rank])
+    optimizer, stage0 = train(model, mask, data[rank * per_rank : (rank + 1) * per_rank])
     sharded = full_weights(model)
     states = [None] * world
     dist.all_gather_object(
@@ -80,12 +90,19 @@ def run(family: str, out: Path) -> None:
     if rank == 0:
         twin = tiny_model(family, seed=0)
         twin_mask = select(twin, HFTConfig(seed=3))
-        train(twin, twin_mask, data)
+        _, twin_stage0 = train(twin, twin_mask, data)
         torch.save(
-            {"initial": initial, "sharded": sharded, "single": full_weights(twin)},
+            {
+                "initial": initial,
+                "sharded0": stage0,
+                "single0": twin_stage0,
+                "sharded": sharded,
+                "single": full_weights(twin),
+            },
             out / f"{family}.pt",
         )
-        (out / f"{family}.json").write_text(json.dumps({"ranks": states, "mask": mask.to_json()}))
+        info = {"ranks": states, "mask": mask.to_json(), "mask1": optimizer.mask.to_json()}
+        (out / f"{family}.json").write_text(json.dumps(info))
 
 
 def main() -> None:

@@ -1,0 +1,73 @@
+"""Redraws where they cannot work raise one clear HFTError (DeepSpeed is not installed here).
+
+DeepSpeed ZeRO replaces the client optimizer's parameter groups with flat partitions;
+the first test does exactly that to an HFTOptimizer. The others wrap the model the way
+a DeepSpeed engine does and set accelerate's distributed type as a DeepSpeed launch does.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
+from hft_plugins.distributed import redraw, under_deepspeed
+from hft_plugins.tiny import tiny_model
+
+
+@pytest.fixture
+def setup():
+    model = tiny_model("llama", num_hidden_layers=2)
+    mask = select(model, HFTConfig())
+    optimizer = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3)
+    return model, optimizer, select(model, HFTConfig(stage=1))
+
+
+def test_redraw_after_zero_flattened_the_groups(setup):
+    model, optimizer, new_mask = setup
+    for group in optimizer.param_groups:  # what DeepSpeedZeroOptimizer does to its client
+        group["params"] = [torch.cat([p.detach().flatten() for p in group["params"]])]
+    with pytest.raises(HFTError, match=r"^cannot redraw: a wrapper replaced the optimizer's"):
+        optimizer.redraw(new_mask)
+
+
+def test_redraw_of_a_deepspeed_wrapped_model(setup):
+    model, optimizer, new_mask = setup
+    engine_cls = type("DeepSpeedEngine", (nn.Module,), {"__module__": "deepspeed.runtime.engine"})
+    engine = engine_cls()
+    engine.module = model
+    assert under_deepspeed(optimizer, engine)
+    before = optimizer.mask
+    with pytest.raises(HFTError, match=r"^an HFT redraw is not supported under DeepSpeed"):
+        redraw(optimizer, new_mask, engine)
+    assert optimizer.mask is before  # refused before anything changed
+
+
+def test_redraw_when_accelerate_runs_deepspeed(setup, monkeypatch):
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    model, optimizer, new_mask = setup
+    assert not under_deepspeed(optimizer, model)
+    monkeypatch.setitem(PartialState._shared_state, "distributed_type", DistributedType.DEEPSPEED)
+    with pytest.raises(HFTError, match=r"^an HFT redraw is not supported under DeepSpeed"):
+        redraw(optimizer, new_mask, model)
+
+
+def test_redraw_without_a_wrapper_is_a_plain_redraw(setup):
+    model, optimizer, new_mask = setup
+    redraw(optimizer, new_mask, model)
+    assert optimizer.mask == new_mask
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(new_mask.params())
+
+
+def test_zero3_partitioned_shapes_resolve_from_ds_shape():
+    """ZeRO-3 leaves ``param.shape`` empty and the full shape in ``ds_shape``/``ds_numel``."""
+    model = tiny_model("llama", num_hidden_layers=2)
+    mask = select(model, HFTConfig())
+    for param in model.parameters():
+        param.ds_shape, param.ds_numel = param.shape, param.numel()
+        param.data = torch.empty(0)
+    assert select(model, HFTConfig()) == mask
+    mask.check(model)
