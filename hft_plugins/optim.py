@@ -40,12 +40,16 @@ _NO_DECAY_PATTERNS = [
 
 @dataclass
 class _Entry:
-    """One tensor the wrapped optimizer steps: a whole parameter or a view of a slice."""
+    """One tensor the wrapped optimizer steps: a whole parameter or a view of (a slice of) it.
+
+    Views are plain tensors: of a slice, or of this rank's shard of an FSDP2 DTensor (so
+    torch's foreach and fused kernels never see DTensors and plain tensors together).
+    """
 
     key: str
     param: nn.Parameter
     tensor: torch.Tensor
-    narrow: tuple[int, int, int] | None  # (dim, start, length) for a slice view
+    narrow: tuple[int, int, int] | None  # (dim, start, length) in the local tensor, for a slice
 
 
 def no_decay_names(model: nn.Module) -> set[str]:
@@ -135,7 +139,8 @@ class HFTOptimizer(torch.optim.Optimizer):
                 continue
             slices = plan[name]
             if slices is None:
-                group = [_Entry(name, param, param, None)]
+                tensor = param.to_local().detach() if isinstance(param, DTensor) else param
+                group = [_Entry(name, param, tensor, None)]
             else:
                 base = _local(param).detach()
                 group = [
@@ -153,7 +158,7 @@ class HFTOptimizer(torch.optim.Optimizer):
         if not groups:
             raise HFTError("the mask leaves nothing trainable")
         self._entries = entries
-        self._sliced = [e for e in entries if e.narrow is not None]
+        self._views = [e for e in entries if e.tensor is not e.param]
         self.inner = self.optimizer_cls(groups, **self.optimizer_kwargs)
 
     # ---- stepping ----------------------------------------------------------
@@ -164,11 +169,15 @@ class HFTOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for entry in self._sliced:
+        for entry in self._views:
             grad = entry.param.grad
-            entry.tensor.grad = None if grad is None else _local(grad).narrow(*entry.narrow)
+            if grad is not None:
+                grad = _local(grad)
+                if entry.narrow is not None:
+                    grad = grad.narrow(*entry.narrow)
+            entry.tensor.grad = grad
         self.inner.step()
-        for entry in self._sliced:
+        for entry in self._views:
             entry.tensor.grad = None  # do not pin the full gradient between steps
         return loss
 
