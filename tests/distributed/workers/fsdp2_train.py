@@ -45,7 +45,10 @@ def train(model, mask, rows: torch.Tensor) -> tuple[HFTOptimizer, dict]:
     model.eval()  # no dropout: the sharded and the single run must see the same function
     # eps well above rounding noise: a key bias has an exactly-zero true gradient, and Adam
     # would turn each run's rounding noise there into full-size, different steps
-    optimizer = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-2, eps=1e-4, weight_decay=0.1)
+    # foreach=True, the GPU default: its kernels refuse DTensors mixed with plain tensors
+    optimizer = HFTOptimizer(
+        model, mask, torch.optim.AdamW, lr=1e-2, eps=1e-4, weight_decay=0.1, foreach=True
+    )
     steps(model, optimizer, rows)
     stage0 = full_weights(model)
     optimizer.redraw(select(model, mask.config.next_stage()))
