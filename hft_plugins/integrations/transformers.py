@@ -13,6 +13,7 @@ redraws the half at epoch boundaries when asked to.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -23,10 +24,27 @@ from ..errors import HFTError
 from ..mask import Mask, select
 from ..optim import HFTOptimizer
 
-__all__ = ["HFTCallback", "HFTTrainer", "HFTTrainerMixin", "check_hft_config", "unwrap_optimizer"]
+__all__ = [
+    "HFTCallback",
+    "HFTTrainer",
+    "HFTTrainerMixin",
+    "check_hft_config",
+    "resolve_hft_config",
+    "unwrap_optimizer",
+]
 
 # Keys the optimizer factory of ``get_optimizer_cls_and_kwargs`` uses to hand over its own groups.
 _SPECIAL_OPTIMIZER_KEYS = ("params", "model", "optimizer_dict")
+
+
+def resolve_hft_config(hft_config, args) -> HFTConfig | None:
+    """The stage's config: ``hft_config`` if given, else the ``hft_*`` fields of an HFT*Config
+    (None when its ``hft`` is false), else the paper's default."""
+    if hft_config is not None:
+        return check_hft_config(hft_config)
+    if hasattr(args, "to_hft_config"):
+        return args.to_hft_config()
+    return HFTConfig()
 
 
 def check_hft_config(hft_config) -> HFTConfig:
@@ -119,7 +137,17 @@ class HFTTrainerMixin:
     """
 
     def __init__(self, *args, hft_config: HFTConfig | None = None, **kwargs):
-        self.hft_config = check_hft_config(hft_config)
+        bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
+        self.hft_config = resolve_hft_config(hft_config, bound.get("args"))
+        self.hft_callback = None
+        if self.hft_config is None:  # an HFT*Config with hft=False: the plain trainer
+            super().__init__(*args, **kwargs)
+            return
+        if bound.get("peft_config") is not None:
+            raise HFTError(
+                "HFT cannot be combined with peft_config: HFT trains half of the base weights, "
+                "a PEFT adapter freezes them all; pass one of the two"
+            )
         callbacks = list(kwargs.pop("callbacks", None) or [])
         mine = [cb for cb in callbacks if isinstance(cb, HFTCallback)]
         if not mine:
@@ -148,6 +176,8 @@ class HFTTrainerMixin:
         return opt.mask if opt is not None else self._hft_mask
 
     def create_optimizer(self, model=None):
+        if self.hft_config is None:
+            return super().create_optimizer(model)
         if self.optimizer is not None:
             if unwrap_optimizer(self.optimizer) is None:
                 raise HFTError(
@@ -176,6 +206,8 @@ class HFTTrainerMixin:
 
     def next_stage(self) -> HFTConfig:
         """Start the next stage: a fresh half for the next ``train()`` call (optimizer kept)."""
+        if self.hft_config is None:
+            raise HFTError("next_stage() needs HFT turned on (hft_config or --hft)")
         self.hft_config = self.hft_config.next_stage()
         self._hft_mask = select(self.model, self.hft_config)
         opt = self.hft_optimizer
