@@ -68,6 +68,12 @@ def reject_peft(model) -> None:
         )
 
 
+def _is_hft_model(model) -> bool:
+    from .peft_style import HFTModel
+
+    return isinstance(model, HFTModel)
+
+
 def unwrap_optimizer(optimizer) -> HFTOptimizer | None:
     """The HFTOptimizer inside accelerate's (or any) ``.optimizer`` wrappers, or None."""
     seen = 0
@@ -138,6 +144,8 @@ class HFTTrainerMixin:
 
     def __init__(self, *args, hft_config: HFTConfig | None = None, **kwargs):
         bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
+        if hft_config is None and _is_hft_model(bound.get("model")):
+            hft_config = bound["model"].hft_config
         self.hft_config = resolve_hft_config(hft_config, bound.get("args"))
         self.hft_callback = None
         if self.hft_config is None:  # an HFT*Config with hft=False: the plain trainer
@@ -155,15 +163,20 @@ class HFTTrainerMixin:
             callbacks.append(mine[0])
         self.hft_callback = mine[0]
         super().__init__(*args, callbacks=callbacks, **kwargs)
-        reject_peft(self.model)
+        reject_peft(self._hft_target())
         if self.optimizer is not None and unwrap_optimizer(self.optimizer) is None:
             raise HFTError(
                 f"optimizers= holds a {type(self.optimizer).__name__}; HFTTrainer needs an "
                 "HFTOptimizer (or none, to build one from the TrainingArguments)"
             )
         # Freeze now so that anything that counts trainable parameters before training sees the half.
-        self._hft_mask = select(self.model, self.hft_config)
-        self._hft_mask.apply(self.model)
+        self._hft_mask = select(self._hft_target(), self.hft_config)
+        self._hft_mask.apply(self._hft_target())
+
+    def _hft_target(self, model=None):
+        """The model the mask is drawn for: an HFTModel's wrapped model, else the model."""
+        model = self.model if model is None else model
+        return model.base_model if _is_hft_model(model) else model
 
     @property
     def hft_optimizer(self) -> HFTOptimizer | None:
@@ -184,7 +197,7 @@ class HFTTrainerMixin:
                     f"optimizer is a {type(self.optimizer).__name__}; HFTTrainer needs an HFTOptimizer"
                 )
             return self.optimizer
-        opt_model = self.model if model is None else model
+        opt_model = self._hft_target(model)
         if self.optimizer_cls_and_kwargs is not None:
             optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
         else:
@@ -209,12 +222,12 @@ class HFTTrainerMixin:
         if self.hft_config is None:
             raise HFTError("next_stage() needs HFT turned on (hft_config or --hft)")
         self.hft_config = self.hft_config.next_stage()
-        self._hft_mask = select(self.model, self.hft_config)
+        self._hft_mask = select(self._hft_target(), self.hft_config)
         opt = self.hft_optimizer
         if opt is not None:
             self.hft_callback.redraw(opt, self._hft_mask)
         else:
-            self._hft_mask.apply(self.model)
+            self._hft_mask.apply(self._hft_target())
         return self.hft_config
 
     def log(self, logs, *args, **kwargs):
