@@ -119,3 +119,41 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
     config = tiny_config(family, **overrides)
     torch.manual_seed(seed)
     return getattr(transformers, _FAMILIES[family][1])(config)
+
+
+# Character-level vocabulary that fits the tiny models' 96 embeddings; ids 0-2 match their
+# pad/bos/eos token ids, the chat markers are single special tokens.
+_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>")
+_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n.,!?'\"-:;()+=*/%#"
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}<|assistant|>{% generation %}"
+    "{{ message['content'] }}</s>{% endgeneration %}"
+    "{% else %}<|{{ message['role'] }}|>{{ message['content'] }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer with pad/eos tokens and a chat template, built offline.
+
+    Its vocabulary (at most 96 ids) fits every tiny model, so TRL's trainers run on them
+    without downloading a tokenizer.
+    """
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(_SPECIALS + tuple(_CHARS))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=list(_SPECIALS[4:]),
+    )
+    tokenizer.chat_template = _CHAT_TEMPLATE
+    return tokenizer
