@@ -20,6 +20,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from ..config import HFTConfig
+from ..distributed import check_redraw_supported, redraw
 from ..errors import HFTError
 from ..mask import Mask, select
 from ..optim import HFTOptimizer
@@ -85,6 +86,14 @@ def unwrap_optimizer(optimizer) -> HFTOptimizer | None:
     return None
 
 
+def _multi_process() -> bool:
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
 def hft_logs(optimizer: HFTOptimizer) -> dict[str, float]:
     """What the Trainer's logs get: the trainable fraction of all parameters and the stage."""
     done, total = optimizer.mask.fractions()["total"]
@@ -105,11 +114,21 @@ class HFTCallback(TrainerCallback):
         self.redraw_every_epoch = redraw_every_epoch
         # Called with the new mask before each redraw (e.g. to unshare a DPO reference).
         self.before_redraw: list[Callable[[Mask], None]] = []
+        # The model the training loop calls (DDP-wrapped under torchrun); HFTTrainer sets it.
+        self.wrapped_model: Callable[[], object] | None = None
 
     def redraw(self, optimizer: HFTOptimizer, mask: Mask) -> None:
+        """Switch to ``mask``; under DDP the wrapper's gradient sync follows the new half."""
+        wrapped = self.wrapped_model() if self.wrapped_model is not None else None
+        if wrapped is None and _multi_process():
+            raise HFTError(
+                "a redraw with several processes needs the wrapped model: use HFTTrainer "
+                "(or HFTTrainerMixin), or call hft_plugins.distributed.redraw yourself"
+            )
+        check_redraw_supported(optimizer, wrapped)
         for hook in self.before_redraw:
             hook(mask)
-        optimizer.redraw(mask)
+        redraw(optimizer, mask, wrapped)
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         if unwrap_optimizer(optimizer) is None:
@@ -162,6 +181,7 @@ class HFTTrainerMixin:
             mine = [HFTCallback()]
             callbacks.append(mine[0])
         self.hft_callback = mine[0]
+        self.hft_callback.wrapped_model = lambda: self.model_wrapped
         super().__init__(*args, callbacks=callbacks, **kwargs)
         reject_peft(self._hft_target())
         if self.optimizer is not None and unwrap_optimizer(self.optimizer) is None:
