@@ -287,9 +287,16 @@ class Mask:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write beside ``path`` and rename over it: a crash leaves the old file or the new one."""
+    if path.is_dir():
+        raise HFTError(f"cannot write {path}: it is a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:

@@ -159,7 +159,13 @@ class HFTOptimizer(torch.optim.Optimizer):
             raise HFTError("the mask leaves nothing trainable")
         self._entries = entries
         self._views = [e for e in entries if e.tensor is not e.param]
-        self.inner = self.optimizer_cls(groups, **self.optimizer_kwargs)
+        try:
+            self.inner = self.optimizer_cls(groups, **self.optimizer_kwargs)
+        except (TypeError, ValueError) as exc:
+            raise HFTError(
+                f"{self.optimizer_cls.__name__} rejected its arguments "
+                f"{sorted(self.optimizer_kwargs)}: {exc}"
+            ) from None
 
     # ---- stepping ----------------------------------------------------------
 

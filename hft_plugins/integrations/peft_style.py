@@ -105,6 +105,8 @@ class HFTModel(nn.Module):
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write the trained tensors, config and mask; atomically (a temp dir, then rename)."""
         target = Path(save_directory)
+        if target.exists() and not target.is_dir():
+            raise HFTError(f"cannot save an HFT model to {target}: it is a file")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
@@ -134,7 +136,10 @@ class HFTModel(nn.Module):
         mask = Mask.load(directory / MASK_NAME)
         mask.check(base_model)
         reject_peft(base_model)
-        saved = load_file(directory / WEIGHTS_NAME)
+        try:
+            saved = load_file(directory / WEIGHTS_NAME)
+        except Exception as exc:  # safetensors raises its own error type for a bad file
+            raise HFTError(f"corrupt HFT save {directory / WEIGHTS_NAME}: {exc}") from None
         model = cls(base_model, mask)
         expected = _pieces(mask, base_model)
         if set(saved) != set(expected):
