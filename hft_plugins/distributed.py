@@ -35,6 +35,8 @@ def redraw(optimizer: HFTOptimizer, mask: Mask, model: nn.Module | None = None) 
     but the ranks must draw the same mask (same config) to stay in sync.
     """
     check_redraw_supported(optimizer, model)
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        _check_rebuildable(model)
     optimizer.redraw(mask)
     if isinstance(model, nn.parallel.DistributedDataParallel):
         rebuild_ddp_reducer(model)
@@ -68,11 +70,7 @@ def rebuild_ddp_reducer(ddp: nn.parallel.DistributedDataParallel) -> None:
     Uses DDP's own construction steps (torch 2.4 to 2.13); the module states are not
     re-broadcast, as every rank already holds the same weights.
     """
-    if ddp.static_graph or ddp.mixed_precision is not None or ddp._delay_all_reduce_params:
-        raise HFTError(
-            "an HFT redraw under DDP needs static_graph=False, no DDP mixed_precision and no "
-            "delayed all-reduce: DDP cannot re-register parameters in those modes"
-        )
+    _check_rebuildable(ddp)
     ddp._remove_autograd_hooks()
     parameters, expect_sparse = ddp._build_params_for_reducer()
     if not parameters:
@@ -82,3 +80,11 @@ def rebuild_ddp_reducer(ddp: nn.parallel.DistributedDataParallel) -> None:
     for hook, state in ddp._comm_hooks:  # e.g. accelerate's fp16/bf16 compression
         dist._register_comm_hook(ddp.reducer, state, hook)
     ddp._has_rebuilt_buckets = False
+
+
+def _check_rebuildable(ddp: nn.parallel.DistributedDataParallel) -> None:
+    if ddp.static_graph or ddp.mixed_precision is not None or ddp._delay_all_reduce_params:
+        raise HFTError(
+            "an HFT redraw under DDP needs static_graph=False, no DDP mixed_precision and no "
+            "delayed all-reduce: DDP cannot re-register parameters in those modes"
+        )

@@ -60,3 +60,15 @@ def test_ddp_without_the_rebuild_breaks(ddp_runs):
     ranks = ddp_runs["plain"]["ranks"]
     assert all("Expected to have finished reduction" in r["error"] for r in ranks)
     assert not _same_on_all_ranks(ranks, "stage1")
+
+
+def test_redraws_that_cannot_work_are_refused_before_anything_changes(ddp_runs):
+    for rank in ddp_runs["rebuild"]["ranks"]:
+        refusals = rank["refusals"]
+        assert refusals["unbound_callback"].startswith(
+            "a redraw with several processes needs the wrapped model"
+        )
+        assert refusals["static_graph"].startswith(
+            "an HFT redraw under DDP needs static_graph=False"
+        )
+        assert refusals["mask_unchanged"]

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from hft_plugins import HFTConfig, HFTOptimizer, select
+from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
 from hft_plugins.distributed import redraw
 from hft_plugins.tiny import tiny_model
 
@@ -30,6 +30,27 @@ def train(ddp, optimizer, rows) -> None:
         ddp(input_ids=rows, labels=rows).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+
+
+def refused_redraws(model, optimizer) -> dict[str, str]:
+    """Redraws that cannot work with several processes, and the HFTError each gives."""
+    from hft_plugins.integrations.transformers import HFTCallback
+
+    stage2 = select(model, HFTConfig(seed=5, stage=2))
+    refusals = {}
+    attempts = {
+        "unbound_callback": lambda: HFTCallback().redraw(optimizer, stage2),
+        "static_graph": lambda: redraw(
+            optimizer, stage2, DistributedDataParallel(model, static_graph=True)
+        ),
+    }
+    for name, attempt in attempts.items():
+        try:
+            attempt()
+        except HFTError as exc:
+            refusals[name] = str(exc)
+    refusals["mask_unchanged"] = optimizer.mask.config.stage == 1
+    return refusals
 
 
 def main() -> None:
@@ -57,8 +78,9 @@ def main() -> None:
     except RuntimeError as exc:
         error = str(exc).splitlines()[0]
     snapshots["stage1"] = weights(model)
+    refusals = refused_redraws(model, optimizer) if mode == "rebuild" else {}
     gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, {"snapshots": snapshots, "error": error})
+    dist.all_gather_object(gathered, {"snapshots": snapshots, "error": error, "refusals": refusals})
     if rank == 0:
         torch.save(
             {
