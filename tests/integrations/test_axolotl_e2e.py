@@ -1,7 +1,7 @@
 """The real ``axolotl train <yaml>`` CLI with ``hft: true``, on CPU, in the axolotl virtualenv.
 
-Runs the shipped YAMLs of integrations/axolotl/ as a user would (SFT, DPO, and
-SFT on a model with fused projections) and checks the saved output: the frozen
+Runs the shipped YAMLs of integrations/axolotl/ as a user would (SFT, then DPO
+on its output as the next stage, and SFT on a model with fused projections) and checks the saved output: the frozen
 half is bit-identical to the input model, the trainable half moved, and the
 checkpoint's optimizer state covers exactly the trainable half.
 
@@ -127,23 +127,27 @@ def assert_half_trained(model_dir: Path, out_dir: Path, config: HFTConfig, steps
     return mask
 
 
-def test_sft_trains_exactly_the_drawn_half(workdir):
+@pytest.fixture(scope="module")
+def sft_output(workdir) -> Path:
+    """Stage 0: the shipped sft.yml on the tiny model; dpo.yml starts from its output."""
     _train(workdir, "sft.yml")
+    return workdir / "outputs" / "sft"
+
+
+def test_sft_trains_exactly_the_drawn_half(workdir, sft_output):
     sft = yaml.safe_load((workdir / "sft.yml").read_text())
-    mask = assert_half_trained(
-        workdir / "tiny-llama", workdir / "outputs" / "sft", HFTConfig(stage=0), steps=3
-    )
+    mask = assert_half_trained(workdir / "tiny-llama", sft_output, HFTConfig(stage=0), steps=3)
     assert sft["hft_stage"] == mask.config.stage == 0
 
 
-def test_dpo_trains_the_policys_half_and_leaves_the_reference_alone(workdir):
+def test_dpo_stage_trains_a_new_half_of_the_policy_only(workdir, sft_output):
     _train(workdir, "dpo.yml")
-    mask = assert_half_trained(
-        workdir / "tiny-llama", workdir / "outputs" / "dpo", HFTConfig(stage=1), steps=2
-    )
-    log = (workdir / "outputs" / "dpo" / "debug.log").read_text()
+    dpo_output = workdir / "outputs" / "dpo"
+    mask = assert_half_trained(sft_output, dpo_output, HFTConfig(stage=1), steps=2)
+    assert mask.trainable != Mask.load(sft_output / "hft_mask.json").trainable
+    log = (dpo_output / "debug.log").read_text()
+    assert log.count("HFT: mask applied to the policy model") == 1
     assert "HFT: leaving the reference model untouched" in log
-    assert mask.config.stage == 1
 
 
 def test_fused_projections_keep_their_frozen_slices(workdir):
