@@ -150,6 +150,23 @@ def test_dpo_stage_trains_a_new_half_of_the_policy_only(workdir, sft_output):
     assert "HFT: leaving the reference model untouched" in log
 
 
+def test_resume_restores_the_hft_optimizer_exactly(workdir, sft_output):
+    """Resuming SFT from checkpoint-3 loads our optimizer state and ends bit-identical."""
+    cfg = yaml.safe_load((workdir / "sft.yml").read_text())
+    cfg.update(
+        output_dir="./outputs/sft-resumed",
+        resume_from_checkpoint=str(sft_output / "checkpoint-3"),
+    )
+    (workdir / "sft-resumed.yml").write_text(yaml.safe_dump(cfg))
+    _train(workdir, "sft-resumed.yml")
+    resumed = workdir / "outputs" / "sft-resumed"
+    uninterrupted = load_file(sft_output / "model.safetensors")
+    for name, value in load_file(resumed / "model.safetensors").items():
+        assert torch.equal(value, uninterrupted[name]), f"{name} differs after resume"
+    saved = torch.load(resumed / "checkpoint-6" / "optimizer.pt", weights_only=True)
+    assert {float(s["step"]) for s in saved["state"].values()} == {6.0}  # 3 loaded + 3 taken
+
+
 def test_fused_projections_keep_their_frozen_slices(workdir):
     """Phi-3 fuses q/k/v and gate/up: the tensors train, their frozen slices must not.
 
