@@ -211,6 +211,7 @@ def _build_plugin_class():
         def post_train_unload(self, cfg):
             self._reset()
 
+    HFTPlugin.__qualname__ = "HFTPlugin"  # defined lazily, but named as the YAML names it
     return HFTPlugin
 
 
