@@ -164,12 +164,23 @@ def test_a_plain_optimizer_is_refused(tmp_path):
 
 def test_a_user_hft_optimizer_is_used(tmp_path):
     model = tiny_model()
-    opt = HFTOptimizer(model, select(model, HFTConfig(seed=5)), torch.optim.SGD, lr=0.1)
+    mask = select(model, HFTConfig(seed=5))
+    opt = HFTOptimizer(model, mask, torch.optim.SGD, lr=0.1)
+    before = snapshot(model)
     trainer = HFTTrainer(
         model=model, args=args(tmp_path), train_dataset=lm_dataset(), optimizers=(opt, None)
     )
     trainer.train()
-    assert trainer.hft_optimizer is opt
+    assert trainer.hft_optimizer is opt and trainer.hft_config == HFTConfig(seed=5)
+    assert_half_trained(mask, before, model)
+    with pytest.raises(HFTError, match="differs from the mask of the HFTOptimizer"):
+        HFTTrainer(
+            model=model,
+            args=args(tmp_path),
+            train_dataset=lm_dataset(),
+            optimizers=(opt, None),
+            hft_config=HFTConfig(seed=6),
+        )
 
 
 def test_optim_from_training_arguments_is_wrapped(tmp_path):
