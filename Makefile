@@ -18,8 +18,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[trl,demo,bench,dev]"
 	touch $@
 
-test: setup
-	$(PY) -m pytest -q
+# axolotl pins other transformers/trl/peft versions: it gets its own virtualenv
+setup-axolotl:
+	HFT_AXOLOTL_VENV=$(AXOLOTL_VENV) PYTHON=$(PYTHON) bash scripts/setup-axolotl-venv.sh
+
+test: setup setup-axolotl
+	HFT_AXOLOTL_VENV=$(CURDIR)/$(AXOLOTL_VENV) $(PY) -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -157,3 +157,9 @@ def tiny_tokenizer():
     )
     tokenizer.chat_template = _CHAT_TEMPLATE
     return tokenizer
+
+
+def save_tiny(path, family: str = "llama", seed: int = 0) -> None:
+    """Write a tiny ``family`` model and :func:`tiny_tokenizer` to ``path``, loadable by path."""
+    tiny_model(family, seed=seed).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)

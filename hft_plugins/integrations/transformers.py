@@ -163,34 +163,45 @@ class HFTTrainerMixin:
 
     def __init__(self, *args, hft_config: HFTConfig | None = None, **kwargs):
         bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
+        given = unwrap_optimizer((bound.get("optimizers") or (None, None))[0])
+        if hft_config is None and given is not None:
+            hft_config = given.mask.config
         if hft_config is None and _is_hft_model(bound.get("model")):
             hft_config = bound["model"].hft_config
         self.hft_config = resolve_hft_config(hft_config, bound.get("args"))
         self.hft_callback = None
         if self.hft_config is None:  # an HFT*Config with hft=False: the plain trainer
-            super().__init__(*args, **kwargs)
+            super().__init__(**bound)
             return
         if bound.get("peft_config") is not None:
             raise HFTError(
                 "HFT cannot be combined with peft_config: HFT trains half of the base weights, "
                 "a PEFT adapter freezes them all; pass one of the two"
             )
-        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if given is not None and given.mask.config != self.hft_config:
+            raise HFTError(
+                f"hft_config (stage {self.hft_config.stage}, seed {self.hft_config.seed}) differs "
+                "from the mask of the HFTOptimizer passed in optimizers=; pass one of the two"
+            )
+        callbacks = list(bound.get("callbacks") or [])
         mine = [cb for cb in callbacks if isinstance(cb, HFTCallback)]
         if not mine:
             mine = [HFTCallback()]
             callbacks.append(mine[0])
         self.hft_callback = mine[0]
         self.hft_callback.wrapped_model = lambda: self.model_wrapped
-        super().__init__(*args, callbacks=callbacks, **kwargs)
+        super().__init__(**{**bound, "callbacks": callbacks})
         reject_peft(self._hft_target())
         if self.optimizer is not None and unwrap_optimizer(self.optimizer) is None:
             raise HFTError(
                 f"optimizers= holds a {type(self.optimizer).__name__}; HFTTrainer needs an "
                 "HFTOptimizer (or none, to build one from the TrainingArguments)"
             )
-        # Freeze now so that anything that counts trainable parameters before training sees the half.
-        self._hft_mask = select(self._hft_target(), self.hft_config)
+        # Freeze now so that anything that counts trainable parameters before training sees
+        # the half (a given optimizer's own mask, else a fresh draw).
+        self._hft_mask = (
+            given.mask if given is not None else select(self._hft_target(), self.hft_config)
+        )
         self._hft_mask.apply(self._hft_target())
 
     def _hft_target(self, model=None):

@@ -32,12 +32,18 @@ def test_trains_only_the_half_and_logs_the_fraction(tmp_path):
     config = HFTConfig(seed=3)
     before = snapshot(model)
     trainer = HFTTrainer(
-        model=model, args=args(tmp_path), train_dataset=lm_dataset(), hft_config=config
+        model=model,
+        args=args(tmp_path, adam_beta1=0.8, adam_beta2=0.99, adam_epsilon=1e-6),
+        train_dataset=lm_dataset(),
+        hft_config=config,
     )
     trainer.train()
     opt = trainer.hft_optimizer
-    assert isinstance(opt, HFTOptimizer) and opt.mask == select(model, config)
-    assert opt.inner.defaults["lr"] == 1e-2 and opt.inner.param_groups[0]["weight_decay"] == 0.1
+    assert isinstance(opt, HFTOptimizer) and isinstance(opt.inner, torch.optim.AdamW)
+    assert opt.mask == select(model, config)
+    defaults = opt.inner.defaults
+    assert (defaults["lr"], defaults["betas"], defaults["eps"]) == (1e-2, (0.8, 0.99), 1e-6)
+    assert [g["weight_decay"] for g in opt.inner.param_groups] == [0.1, 0.0]
     assert_half_trained(opt.mask, before, model)
     done, total = opt.mask.fractions()["total"]
     logged = [e for e in trainer.state.log_history if "loss" in e]
@@ -104,10 +110,14 @@ def _run(tmp_path, resume=None, **kw):
     return trainer, model
 
 
-def test_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("step", [4, 6])
+def test_resume_is_bit_identical(tmp_path, step):
     _, full = _run(tmp_path / "full")
-    # checkpoint-6 lies mid-way through epoch 2 (stage 1): resuming must redraw to that mask
-    trainer, resumed = _run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-6"))
+    # checkpoint-6 lies mid-way through epoch 2 (stage 1): resuming must redraw to that mask;
+    # checkpoint-4 ends epoch 1 (stage 0): the resumed run must redraw to stage 1 itself
+    trainer, resumed = _run(
+        tmp_path / "resumed", resume=str(tmp_path / "full" / f"checkpoint-{step}")
+    )
     assert trainer.hft_mask.config.stage == 2
     for (name, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters(), strict=True):
         assert torch.equal(a, b), name
@@ -123,6 +133,17 @@ def test_resume_with_a_mask_of_another_model_is_refused(tmp_path):
     with pytest.raises(HFTError, match="mask does not match the model") as err:
         _run(tmp_path / "again", resume=str(ckpt), max_steps=4)
     assert "\n" not in str(err.value)
+
+
+def test_resume_from_a_plain_optimizer_checkpoint_is_refused(tmp_path):
+    plain = Trainer(
+        model=tiny_model(),
+        args=args(tmp_path / "plain", max_steps=2, save_strategy="steps", save_steps=2),
+        train_dataset=lm_dataset(),
+    )
+    plain.train()
+    with pytest.raises(HFTError, match="not an HFT optimizer state"):
+        _run(tmp_path / "hft", resume=str(tmp_path / "plain" / "checkpoint-2"), max_steps=4)
 
 
 def test_bad_hft_config_type(tmp_path):
@@ -143,12 +164,23 @@ def test_a_plain_optimizer_is_refused(tmp_path):
 
 def test_a_user_hft_optimizer_is_used(tmp_path):
     model = tiny_model()
-    opt = HFTOptimizer(model, select(model, HFTConfig(seed=5)), torch.optim.SGD, lr=0.1)
+    mask = select(model, HFTConfig(seed=5))
+    opt = HFTOptimizer(model, mask, torch.optim.SGD, lr=0.1)
+    before = snapshot(model)
     trainer = HFTTrainer(
         model=model, args=args(tmp_path), train_dataset=lm_dataset(), optimizers=(opt, None)
     )
     trainer.train()
-    assert trainer.hft_optimizer is opt
+    assert trainer.hft_optimizer is opt and trainer.hft_config == HFTConfig(seed=5)
+    assert_half_trained(mask, before, model)
+    with pytest.raises(HFTError, match="differs from the mask of the HFTOptimizer"):
+        HFTTrainer(
+            model=model,
+            args=args(tmp_path),
+            train_dataset=lm_dataset(),
+            optimizers=(opt, None),
+            hft_config=HFTConfig(seed=6),
+        )
 
 
 def test_optim_from_training_arguments_is_wrapped(tmp_path):

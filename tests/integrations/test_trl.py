@@ -78,6 +78,14 @@ def test_sft_trains_only_the_half(tmp_path):
     assert "hft_trainable_fraction" in trainer.state.log_history[0]
 
 
+def test_sft_from_a_model_path(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "model")
+    trainer = sft_trainer(tmp_path / "out", model=str(tmp_path / "model"), hft_config=HFTConfig())
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert_half_trained(trainer.hft_mask, before, trainer.model)
+
+
 def test_sft_config_flag_turns_hft_on_and_off(tmp_path):
     parse = TrlParser((HFTSFTConfig,)).parse_args_and_config
     common = ["--output_dir", str(tmp_path), "--use_cpu", "--bf16", "false"]
