@@ -268,6 +268,18 @@ def test_save_pretrained_killed_midway_keeps_the_previous_save(tmp_path):
     json.loads((target / MASK_NAME).read_text())  # whole, not half-written
 
 
+def test_save_pretrained_killed_between_its_renames_points_to_the_previous_save(tmp_path):
+    """The one window of a replacing save: the old directory moved aside, the new not in."""
+    model = get_hft_model(tiny_model("llama", num_hidden_layers=2), HFTConfig())
+    model.save_pretrained(tmp_path / "hft")
+    aside = tmp_path / ".hft.old-4242"
+    os.replace(tmp_path / "hft", aside)  # where a crash between the renames leaves it
+    with pytest.raises(HFTError, match=r"a save was interrupted while replacing it; the previous"):
+        HFTModel.from_pretrained(tiny_model("llama", num_hidden_layers=2), tmp_path / "hft")
+    os.replace(aside, tmp_path / "hft")  # what the message tells the user to do
+    HFTModel.from_pretrained(tiny_model("llama", num_hidden_layers=2), tmp_path / "hft")
+
+
 # ---- checkpoints the Trainer reads itself ------------------------------------------------
 
 

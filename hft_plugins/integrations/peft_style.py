@@ -132,6 +132,12 @@ class HFTModel(nn.Module):
         """``base_model`` with the saved half put back: the tuned model, exactly."""
         directory = Path(save_directory)
         if not (directory / WEIGHTS_NAME).is_file():
+            left = sorted(directory.parent.glob(f".{directory.name}.old-*/{WEIGHTS_NAME}"))
+            if left and not directory.exists():
+                raise HFTError(
+                    f"no HFT save in {directory}: a save was interrupted while replacing it; "
+                    f"the previous save is complete in {left[-1].parent}, rename it back"
+                )
             raise HFTError(f"no HFT save in {directory}: {WEIGHTS_NAME} is missing")
         mask = Mask.load(directory / MASK_NAME)
         mask.check(base_model)
