@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from hft_plugins import HFTConfig, Mask, select
-from hft_plugins.tiny import tiny_model
+from hft_plugins.tiny import FAMILIES, tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -90,7 +90,17 @@ def stacks(draw):
     )
 
 
+@st.composite
+def family_models(draw):
+    """Every built-in family, with a random number of blocks (fused q/k/v included)."""
+    family = draw(st.sampled_from(FAMILIES))
+    blocks = draw(st.integers(1, 5))
+    depth = {"n_layer": blocks} if family == "gpt2" else {"num_hidden_layers": blocks}
+    return tiny_model(family, seed=draw(st.integers(0, 3)), **depth)
+
+
 models = st.one_of(llama_models(), stacks())
+any_models = st.one_of(llama_models(), stacks(), family_models())
 ratios = st.floats(0.05, 0.95, allow_nan=False)
 seeds = st.integers(0, 2**31 - 1)
 stages = st.integers(0, 50)
@@ -135,7 +145,7 @@ def test_half_is_exact_with_an_even_number_of_blocks(model, seed, stage):
 
 
 @SETTINGS
-@given(model=models, ratio=ratios, seed=seeds, stage=stages)
+@given(model=any_models, ratio=ratios, seed=seeds, stage=stages)
 def test_category_rule_at_any_ratio(model, ratio, seed, stage):
     """Each block trains floor(r*n) or one more of a category; the total is round(r*n*blocks)."""
     mask = select(model, HFTConfig(ratio=ratio, seed=seed, stage=stage))
@@ -149,7 +159,7 @@ def test_category_rule_at_any_ratio(model, ratio, seed, stage):
 
 
 @SETTINGS
-@given(model=models, ratio=ratios, seed=seeds, stage=stages)
+@given(model=any_models, ratio=ratios, seed=seeds, stage=stages)
 def test_layer_rule_trains_whole_blocks(model, ratio, seed, stage):
     mask = select(model, HFTConfig(strategy="layer", ratio=ratio, seed=seed, stage=stage))
     state: dict[int, set[bool]] = defaultdict(set)
@@ -162,7 +172,7 @@ def test_layer_rule_trains_whole_blocks(model, ratio, seed, stage):
 
 
 @SETTINGS
-@given(model=models, ratio=ratios, seed=seeds, stage=stages)
+@given(model=any_models, ratio=ratios, seed=seeds, stage=stages)
 def test_matrix_rule_is_near_the_ratio(model, ratio, seed, stage):
     """The greedy draw stops within one matrix of the target size."""
     mask = select(model, HFTConfig(strategy="matrix", ratio=ratio, seed=seed, stage=stage))
@@ -173,7 +183,7 @@ def test_matrix_rule_is_near_the_ratio(model, ratio, seed, stage):
 
 @SETTINGS
 @given(
-    model=models,
+    model=any_models,
     strategy=st.sampled_from(["category", "layer", "matrix"]),
     ratio=ratios,
     seed=seeds,
@@ -187,7 +197,7 @@ def test_same_seed_and_stage_draw_the_same_mask(model, strategy, ratio, seed, st
 
 
 @SETTINGS
-@given(model=models, seed=seeds)
+@given(model=any_models, seed=seeds)
 def test_outer_parameters_stay_trainable_and_out_of_the_draw(model, seed):
     mask = select(model, HFTConfig(seed=seed))
     outer = [u for u in mask.layout.units if u.block is None]
@@ -202,7 +212,7 @@ def test_outer_parameters_stay_trainable_and_out_of_the_draw(model, seed):
 
 @SETTINGS
 @given(
-    model=models,
+    model=any_models,
     strategy=st.sampled_from(["category", "layer", "matrix"]),
     ratio=ratios,
     seed=seeds,
@@ -219,16 +229,19 @@ def test_json_round_trip_is_equal(model, strategy, ratio, seed, stage):
 
 
 @SETTINGS
-@given(model=models, seed=seeds, stage=stages)
+@given(model=any_models, seed=seeds, stage=stages)
 def test_apply_freezes_exactly_the_unselected_parameters(model, seed, stage):
     mask = select(model, HFTConfig(seed=seed, stage=stage))
     mask.apply(model)
     plan = mask.params()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(plan)
-    assert sum(p.numel() for n, p in model.named_parameters() if n in plan) == (
-        mask.trainable_numel
+    trained = sum(
+        p.numel() if plan[n] is None else p.numel() // p.shape[plan[n].dim] * plan[n].size
+        for n, p in model.named_parameters()
+        if n in plan
     )
+    assert trained == mask.trainable_numel  # fused tensors count their trainable slices
 
 
 @pytest.mark.parametrize("blocks", [2, 4, 8])
