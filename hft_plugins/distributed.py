@@ -67,23 +67,31 @@ def check_redraw_supported(optimizer: HFTOptimizer, model: nn.Module | None = No
 def rebuild_ddp_reducer(ddp: nn.parallel.DistributedDataParallel) -> None:
     """Rebuild DDP's buckets and grad hooks for the parameters that require grad now.
 
-    Uses DDP's own construction steps (torch 2.4 to 2.13); the module states are not
+    Uses DDP's own construction steps (checked on torch 2.13); the module states are not
     re-broadcast, as every rank already holds the same weights.
     """
     _check_rebuildable(ddp)
-    ddp._remove_autograd_hooks()
-    parameters, expect_sparse = ddp._build_params_for_reducer()
-    if not parameters:
-        raise HFTError("the new HFT mask leaves nothing trainable for DDP to synchronise")
-    names = ddp._build_debug_param_to_name_mapping(parameters)
-    ddp._ddp_init_helper(parameters, expect_sparse, names, False)
+    try:
+        parameters, expect_sparse = ddp._build_params_for_reducer()
+        ddp._remove_autograd_hooks()
+        names = ddp._build_debug_param_to_name_mapping(parameters)
+        ddp._ddp_init_helper(parameters, expect_sparse, names, False)
+    except AttributeError as exc:
+        raise HFTError(
+            f"this torch's DDP cannot be rebuilt in place ({exc}); wrap the model in a new "
+            "DistributedDataParallel after the redraw"
+        ) from None
     for hook, state in ddp._comm_hooks:  # e.g. accelerate's fp16/bf16 compression
         dist._register_comm_hook(ddp.reducer, state, hook)
     ddp._has_rebuilt_buckets = False
 
 
 def _check_rebuildable(ddp: nn.parallel.DistributedDataParallel) -> None:
-    if ddp.static_graph or ddp.mixed_precision is not None or ddp._delay_all_reduce_params:
+    if (
+        getattr(ddp, "static_graph", False)
+        or getattr(ddp, "mixed_precision", None) is not None
+        or getattr(ddp, "_delay_all_reduce_params", None)
+    ):
         raise HFTError(
             "an HFT redraw under DDP needs static_graph=False, no DDP mixed_precision and no "
             "delayed all-reduce: DDP cannot re-register parameters in those modes"

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
-from hft_plugins.distributed import redraw, under_deepspeed
+from hft_plugins.distributed import rebuild_ddp_reducer, redraw, under_deepspeed
 from hft_plugins.tiny import tiny_model
 
 
@@ -71,3 +71,39 @@ def test_zero3_partitioned_shapes_resolve_from_ds_shape():
         param.data = torch.empty(0)
     assert select(model, HFTConfig()) == mask
     mask.check(model)
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo group of one process: real DDP objects without launching torchrun."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_ddp_of_one_process_trains_after_a_redraw(setup, one_process_group):
+    model, optimizer, new_mask = setup
+    ddp = nn.parallel.DistributedDataParallel(model)
+    redraw(optimizer, new_mask, ddp)
+    rows = torch.randint(3, 90, (2, 8))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ddp(input_ids=rows, labels=rows).loss.backward()
+    optimizer.step()
+    plan = new_mask.params()
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]) == (name not in plan), name
+
+
+def test_ddp_that_cannot_be_rebuilt_says_what_to_do(setup, one_process_group, monkeypatch):
+    model, _, _ = setup
+    ddp = nn.parallel.DistributedDataParallel(model)
+    monkeypatch.delattr(nn.parallel.DistributedDataParallel, "_build_params_for_reducer")
+    with pytest.raises(HFTError, match=r"^this torch's DDP cannot be rebuilt in place .*wrap the"):
+        rebuild_ddp_reducer(ddp)
