@@ -120,6 +120,9 @@ class HFTDPOTrainer(HFTTrainerMixin, DPOTrainer):
                 _check_same_shapes(model, ref)
         super().__init__(hft_config=hft_config, **bound)
         if self._hft_reference is not None:
+            # The mixin may apply another mask than the one drawn above (that of an
+            # HFTOptimizer in optimizers= or of an HFTModel): nothing it trains may be shared.
+            self._unshare_reference(self._hft_mask)
             self.hft_callback.before_redraw.append(self._unshare_reference)
 
     def _unshare_reference(self, mask: Mask) -> None:

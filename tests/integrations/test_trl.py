@@ -8,7 +8,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, SFTConfig, TrlParser
 
-from hft_plugins import HFTConfig, HFTError, select
+from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
 from hft_plugins.integrations.trl import (
     HFTDPOConfig,
     HFTDPOTrainer,
@@ -234,3 +234,17 @@ def test_mismatched_reference_is_refused(tmp_path):
             ref_model=tiny_model(intermediate_size=48),
             hft_config=HFTConfig(),
         )
+
+
+def test_reference_is_unshared_for_the_given_optimizers_mask(tmp_path):
+    """optimizers=(HFTOptimizer of stage 1, None) without hft_config: the mask applied is
+    the optimizer's, and the reference must not share anything it trains."""
+    model = tiny_model()
+    start = snapshot(model)
+    opt = HFTOptimizer(model, select(model, HFTConfig(stage=1)), torch.optim.AdamW, lr=1e-2)
+    trainer = dpo_trainer(tmp_path, model, optimizers=(opt, None))
+    reference = {id(p) for p in trainer._hft_reference.parameters()}
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and id(p) in reference]
+    trainer.train()
+    for name, param in trainer._hft_reference.named_parameters():
+        assert torch.equal(param, start[name]), name
