@@ -125,6 +125,42 @@ class HFTDPOTrainer(HFTTrainerMixin, DPOTrainer):
             self._unshare_reference(self._hft_mask)
             self.hft_callback.before_redraw.append(self._unshare_reference)
 
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if self._hft_reference is not None and resume_from_checkpoint:
+            self._check_resumable(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _check_resumable(self, checkpoint) -> None:
+        """Refuse a checkpoint whose mask trained a tensor the reference shares.
+
+        Resuming loads the checkpoint's weights into the policy in place; a shared tensor
+        its run trained (after an epoch redraw, or with another seed/stage) would then be
+        trained weights in the reference too, silently changing the DPO loss.
+        """
+        import os
+
+        import torch
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        path = os.path.join(str(checkpoint), "optimizer.pt")
+        if checkpoint is None or not os.path.isfile(path):
+            return  # the Trainer reports a missing checkpoint itself
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(state, dict) or "mask" not in state:
+            return  # HFTOptimizer.load_state_dict refuses it with one line
+        saved = Mask.from_json(state["mask"])
+        shared = {id(p) for p in self._hft_reference.parameters()}
+        params = dict(self.model.named_parameters())
+        for name in saved.params():
+            if name in params and id(params[name]) in shared:
+                raise HFTError(
+                    f"cannot resume from {checkpoint}: its mask (stage {saved.config.stage}, seed "
+                    f"{saved.config.seed}) trained {name!r}, which the shared DPO reference "
+                    "holds; pass ref_model= (a copy of the model DPO started from)"
+                )
+
     def _unshare_reference(self, mask: Mask) -> None:
         """Give the reference its own copy of every shared tensor the new mask will train."""
         params = dict(self.model.named_parameters())

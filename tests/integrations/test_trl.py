@@ -248,3 +248,17 @@ def test_reference_is_unshared_for_the_given_optimizers_mask(tmp_path):
     trainer.train()
     for name, param in trainer._hft_reference.named_parameters():
         assert torch.equal(param, start[name]), name
+
+
+def test_resume_across_a_redraw_with_a_shared_reference_is_refused(tmp_path):
+    """A checkpoint whose mask trained tensors the reference shares would put trained
+    weights into the reference when the Trainer loads it."""
+    model = tiny_model()
+    trainer = dpo_trainer(tmp_path / "run", model, hft_config=HFTConfig(stage=1))
+    later = tiny_model()
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    other = HFTOptimizer(later, select(later, HFTConfig(stage=2)), torch.optim.AdamW, lr=1e-2)
+    torch.save(other.state_dict(), checkpoint / "optimizer.pt")
+    with pytest.raises(HFTError, match=r"cannot resume from .*checkpoint-2: its mask \(stage 2"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
