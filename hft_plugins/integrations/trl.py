@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from torch import nn
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
+from .. import plugins
 from ..config import HFTConfig
 from ..errors import HFTError
 from ..mask import Mask, select
@@ -63,12 +64,14 @@ class _HFTArguments:
         """The HFTConfig these fields describe, or None when ``hft`` is false."""
         if not self.hft:
             return None
-        return HFTConfig(
+        config = HFTConfig(
             strategy=self.hft_strategy,
             ratio=self.hft_ratio,
             seed=self.hft_seed,
             stage=self.hft_stage,
         )
+        plugins.strategy(config.strategy)  # an unknown name fails at parse time, not after loading
+        return config
 
 
 @dataclass
