@@ -25,7 +25,7 @@ from .. import plugins
 from ..config import HFTConfig
 from ..errors import HFTError
 from ..mask import Mask, select
-from .transformers import HFTTrainerMixin, reject_peft, resolve_hft_config
+from .transformers import HFTTrainerMixin, _is_hft_model, reject_peft, resolve_hft_config
 
 __all__ = [
     "HFTDPOConfig",
@@ -97,8 +97,21 @@ class HFTDPOConfig(_HFTArguments, DPOConfig):
         self.to_hft_config()
 
 
+def _refuse_hft_model(model) -> None:
+    """TRL reads ``model.base_model`` as the backbone; an HFTModel's is the whole model."""
+    if _is_hft_model(model):
+        raise HFTError(
+            "TRL trainers cannot take an HFTModel (TRL reads model.base_model as the backbone); "
+            "pass model.base_model and hft_config=model.hft_config"
+        )
+
+
 class HFTSFTTrainer(HFTTrainerMixin, SFTTrainer):
     """TRL's SFTTrainer training only the HFT half (``hft_config=`` or ``HFTSFTConfig(hft=True)``)."""
+
+    def __init__(self, *args, **kwargs):
+        _refuse_hft_model(kwargs.get("model", args[0] if args else None))
+        super().__init__(*args, **kwargs)
 
 
 class HFTDPOTrainer(HFTTrainerMixin, DPOTrainer):
@@ -108,6 +121,7 @@ class HFTDPOTrainer(HFTTrainerMixin, DPOTrainer):
     def __init__(self, *args, hft_config: HFTConfig | None = None, **kwargs):
         bound = inspect.signature(DPOTrainer.__init__).bind_partial(None, *args, **kwargs).arguments
         bound.pop("self")
+        _refuse_hft_model(bound.get("model"))
         config = resolve_hft_config(hft_config, bound.get("args"))
         self._hft_reference = None
         if config is not None and bound.get("peft_config") is None:

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 from trl import DPOConfig, SFTConfig, TrlParser
 
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
+from hft_plugins.integrations.peft_style import get_hft_model
 from hft_plugins.integrations.trl import (
     HFTDPOConfig,
     HFTDPOTrainer,
@@ -262,3 +263,10 @@ def test_resume_across_a_redraw_with_a_shared_reference_is_refused(tmp_path):
     torch.save(other.state_dict(), checkpoint / "optimizer.pt")
     with pytest.raises(HFTError, match=r"cannot resume from .*checkpoint-2: its mask \(stage 2"):
         trainer.train(resume_from_checkpoint=str(checkpoint))
+
+
+@pytest.mark.parametrize("make", [sft_trainer, dpo_trainer])
+def test_an_hft_model_is_refused_by_the_trl_trainers(make, tmp_path):
+    """TRL's fused LM-head forward takes model.base_model as the backbone; HFTModel's is not."""
+    with pytest.raises(HFTError, match="TRL trainers cannot take an HFTModel"):
+        make(tmp_path, get_hft_model(tiny_model()))
