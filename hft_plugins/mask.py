@@ -266,6 +266,8 @@ class Mask:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise HFTError(f"no HFT mask at {path}") from None
+        except OSError as exc:  # a directory, no permission...
+            raise HFTError(f"cannot read HFT mask {path}: {exc.strerror or exc}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise HFTError(f"corrupt HFT mask {path}: {exc}") from None
         return cls.from_json(data)

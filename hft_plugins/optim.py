@@ -11,6 +11,8 @@ are never handed to the wrapped optimizer, so no decay or momentum reaches them.
 from __future__ import annotations
 
 import re
+import weakref
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +100,36 @@ def _slice_narrows(name: str, param: torch.Tensor, slices: Slices):
     return narrows
 
 
+def _frozen_ranges(entries: list[_Entry]) -> list[tuple[int, int]]:
+    """The ranges along the sliced dim that no entry of one parameter trains."""
+    dim = entries[0].narrow[0]
+    frozen, start = [], 0
+    for _, a, length in sorted(e.narrow for e in entries):
+        if a > start:
+            frozen.append((start, a - start))
+        start = a + length
+    if start < entries[0].param.shape[dim]:
+        frozen.append((start, entries[0].param.shape[dim] - start))
+    return frozen
+
+
+class _SliceGradHook:
+    """Post-accumulate-grad hook of one partly trainable parameter (see _hook_sliced_grads)."""
+
+    def __init__(self, owner, entries: list[_Entry], frozen: list[tuple[int, int]]):
+        self.owner, self.entries, self.frozen = owner, entries, frozen
+
+    @torch.no_grad()
+    def __call__(self, param: torch.Tensor) -> None:
+        if self.owner() is None or param.grad is None:
+            return
+        dim = self.entries[0].narrow[0]
+        for start, length in self.frozen:
+            param.grad.narrow(dim, start, length).zero_()
+        for entry in self.entries:
+            entry.tensor.grad = param.grad.narrow(*entry.narrow)
+
+
 class HFTOptimizer(torch.optim.Optimizer):
     """Wrap ``optimizer_cls`` so that only the mask's trainable parts have state and move.
 
@@ -166,6 +198,30 @@ class HFTOptimizer(torch.optim.Optimizer):
                 f"{self.optimizer_cls.__name__} rejected its arguments "
                 f"{sorted(self.optimizer_kwargs)}: {exc}"
             ) from None
+        self._hook_sliced_grads()
+
+    def _hook_sliced_grads(self) -> None:
+        """After each backward, zero the frozen ranges of a partly trainable tensor's gradient
+        and give its trainable views their ``.grad``.
+
+        Gradient clipping (over ``model.parameters()``) then sees only the trainable half,
+        as for models without fused tensors, and fp16 loss scaling (``GradScaler.unscale_``
+        walks ``param_groups``) unscales and inf-checks the slices' gradients too.
+        """
+        for handle in getattr(self, "_grad_hooks", ()):
+            handle.remove()
+        by_param: dict[int, list[_Entry]] = defaultdict(list)
+        for entry in self._views:
+            # FSDP2 assigns sharded gradients itself; step() hands those to the views
+            if entry.narrow is not None and not isinstance(entry.param, DTensor):
+                by_param[id(entry.param)].append(entry)
+        owner = weakref.ref(self)  # a hook left on a model must not keep the optimizer alive
+        self._grad_hooks = [
+            entries[0].param.register_post_accumulate_grad_hook(
+                _SliceGradHook(owner, entries, _frozen_ranges(entries))
+            )
+            for entries in by_param.values()
+        ]
 
     # ---- stepping ----------------------------------------------------------
 
@@ -188,6 +244,8 @@ class HFTOptimizer(torch.optim.Optimizer):
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        for entry in self._views:
+            entry.tensor.grad = None  # views of the gradient; set after backward or in step()
         for param in {id(e.param): e.param for e in self._entries}.values():
             if param.grad is None:
                 continue

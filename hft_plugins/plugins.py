@@ -146,5 +146,14 @@ def strategy(name: str):
 
 
 def call(hook_name: str, **kwargs) -> None:
-    """Call an observer hook (mask_applied, stage_begin, stage_end) on every plugin."""
-    getattr(manager().hook, hook_name)(**kwargs)
+    """Call an observer hook (mask_applied, stage_begin, stage_end) on every plugin.
+
+    A plugin whose hook raises is reported with a warning naming it, as for the
+    registering hooks, so a broken logger cannot stop a training run mid-stage.
+    """
+    # reversed: pluggy's own calling order (the last registered first)
+    for impl in reversed(getattr(manager().hook, hook_name).get_hookimpls()):
+        try:
+            impl.function(**{name: kwargs[name] for name in impl.argnames})
+        except Exception as exc:
+            _skip(impl.plugin_name, f"{hook_name} raised {type(exc).__name__}: {exc}")

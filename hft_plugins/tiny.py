@@ -8,6 +8,8 @@ is off so that runs are reproducible step for step.
 
 from __future__ import annotations
 
+from .errors import HFTError
+
 _COMMON = dict(
     vocab_size=96,
     hidden_size=32,
@@ -98,7 +100,7 @@ def tiny_config(family: str, **overrides):
     import transformers
 
     if family not in _FAMILIES:
-        raise ValueError(f"unknown tiny family {family!r}; known: {', '.join(FAMILIES)}")
+        raise HFTError(f"unknown tiny family {family!r}; known: {', '.join(FAMILIES)}")
     config_cls, _, kwargs = _FAMILIES[family]
     config = getattr(transformers, config_cls)(**{**kwargs, **overrides})
     for key, value in list(vars(config).items()):

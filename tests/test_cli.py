@@ -144,6 +144,7 @@ def test_plugins_lists_strategies_and_layouts():
         (["inspect", "tiny:llama", "--ratio", "1.5"], "ratio must be in (0, 1), got 1.5"),
         (["inspect", "tiny:llama", "--strategy", "zzz"], "unknown strategy 'zzz'; available:"),
         (["inspect", "/no/such/dir"], "no config.json at /no/such/dir"),
+        (["inspect", "tiny:foo"], "unknown tiny family 'foo'; known: llama"),
     ],
 )
 def test_bad_cli_input_one_line(args, message):

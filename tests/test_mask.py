@@ -56,6 +56,11 @@ def test_corrupt_mask_json(tmp_path, text, match):
         Mask.load(path)
 
 
+def test_mask_load_of_a_directory_is_one_line(tmp_path):
+    with pytest.raises(HFTError, match=r"^cannot read HFT mask .*: Is a directory$"):
+        Mask.load(tmp_path)
+
+
 def test_edited_shapes_fail_the_fingerprint(tmp_path):
     data = select(tiny_model("llama"), HFTConfig()).to_json()
     data["shapes"]["model.norm.weight"] = [33]

@@ -188,3 +188,59 @@ def test_lr_scheduler_drives_the_wrapped_groups():
     _train(model, opt, 1)
     sched.step()
     assert all(g["lr"] == 0.5 for g in opt.inner.param_groups)
+
+
+def _fused_backward(scaler=None):
+    model = tiny_model("phi3")
+    mask = select(model, HFTConfig())
+    opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3)
+    ids = _batch()
+    loss = model(input_ids=ids, labels=ids).loss
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    return model, mask, opt
+
+
+def test_frozen_slices_have_zero_gradient_so_clipping_sees_the_trainable_half():
+    """clip_grad_norm_(model.parameters()) must not count the frozen rows of qkv_proj."""
+    model, mask, _ = _fused_backward()
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            frozen = _frozen_mask(mask, name, param.shape)
+            assert torch.count_nonzero(param.grad[frozen]) == 0, name
+            assert torch.count_nonzero(param.grad[~frozen]) > 0, name
+
+
+def test_grad_scaler_unscales_the_trainable_slices():
+    """fp16 loss scaling walks param_groups: the slices' gradients must be there to unscale."""
+    scale = 1024.0
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    model, mask, opt = _fused_backward(scaler)
+    scaled = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    scaler.unscale_(opt)
+    fused = [n for n, s in mask.params().items() if s is not None]
+    assert fused
+    for name, param in model.named_parameters():
+        if name in scaled:
+            assert torch.allclose(param.grad * scale, scaled[name]), name
+
+
+def test_grad_hooks_follow_redraw_and_die_with_the_optimizer():
+    model, _, opt = _fused_backward()
+    new = select(model, HFTConfig(stage=1))
+    opt.redraw(new)
+    opt.zero_grad()
+    ids = _batch(1)
+    model(input_ids=ids, labels=ids).loss.backward()
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            assert torch.count_nonzero(param.grad[_frozen_mask(new, name, param.shape)]) == 0
+    del opt
+    model.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    qkv = model.model.layers[0].self_attn.qkv_proj.weight
+    assert (
+        torch.count_nonzero(
+            qkv.grad[_frozen_mask(new, "model.layers.0.self_attn.qkv_proj.weight", qkv.shape)]
+        )
+        > 0
+    )

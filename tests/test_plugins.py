@@ -102,6 +102,24 @@ def test_plugin_whose_hook_raises_is_skipped(tmp_path, monkeypatch):
         assert set(plugins.strategies()) == {"category", "layer", "matrix"}
 
 
+def test_observer_hook_that_raises_is_reported_and_training_goes_on():
+    import torch
+
+    from hft_plugins import select
+
+    class Broken:
+        @hookimpl
+        def mask_applied(self, model, mask):
+            raise RuntimeError("boom")
+
+    plugins.manager().register(Broken(), name="broken_logger")
+    model = tiny_model("llama")
+    with pytest.warns(HFTPluginWarning, match="'broken_logger' skipped: mask_applied raised"):
+        opt = HFTOptimizer(model, select(model, HFTConfig()), torch.optim.AdamW, lr=1e-3)
+    assert "broken_logger" in plugins.failures()
+    assert opt.mask.config == HFTConfig()
+
+
 def test_env_var_turns_third_party_plugins_off(tmp_path, monkeypatch):
     _fake_distribution(tmp_path, "broken_plugin", "raise RuntimeError('boom')\n")
     monkeypatch.syspath_prepend(str(tmp_path))

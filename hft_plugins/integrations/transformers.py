@@ -252,7 +252,8 @@ class HFTTrainerMixin:
         """Start the next stage: a fresh half for the next ``train()`` call (optimizer kept)."""
         if self.hft_config is None:
             raise HFTError("next_stage() needs HFT turned on (hft_config or --hft)")
-        self.hft_config = self.hft_config.next_stage()
+        # from the stage training is at: epoch redraws or a resume may have moved it on
+        self.hft_config = self.hft_mask.config.next_stage()
         self._hft_mask = select(self._hft_target(), self.hft_config)
         opt = self.hft_optimizer
         if opt is not None:

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from torch import nn
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
+from .. import plugins
 from ..config import HFTConfig
 from ..errors import HFTError
 from ..mask import Mask, select
-from .transformers import HFTTrainerMixin, reject_peft, resolve_hft_config
+from .transformers import HFTTrainerMixin, _is_hft_model, reject_peft, resolve_hft_config
 
 __all__ = [
     "HFTDPOConfig",
@@ -63,12 +64,14 @@ class _HFTArguments:
         """The HFTConfig these fields describe, or None when ``hft`` is false."""
         if not self.hft:
             return None
-        return HFTConfig(
+        config = HFTConfig(
             strategy=self.hft_strategy,
             ratio=self.hft_ratio,
             seed=self.hft_seed,
             stage=self.hft_stage,
         )
+        plugins.strategy(config.strategy)  # an unknown name fails at parse time, not after loading
+        return config
 
 
 @dataclass
@@ -94,8 +97,21 @@ class HFTDPOConfig(_HFTArguments, DPOConfig):
         self.to_hft_config()
 
 
+def _refuse_hft_model(model) -> None:
+    """TRL reads ``model.base_model`` as the backbone; an HFTModel's is the whole model."""
+    if _is_hft_model(model):
+        raise HFTError(
+            "TRL trainers cannot take an HFTModel (TRL reads model.base_model as the backbone); "
+            "pass model.base_model and hft_config=model.hft_config"
+        )
+
+
 class HFTSFTTrainer(HFTTrainerMixin, SFTTrainer):
     """TRL's SFTTrainer training only the HFT half (``hft_config=`` or ``HFTSFTConfig(hft=True)``)."""
+
+    def __init__(self, *args, **kwargs):
+        _refuse_hft_model(kwargs.get("model", args[0] if args else None))
+        super().__init__(*args, **kwargs)
 
 
 class HFTDPOTrainer(HFTTrainerMixin, DPOTrainer):
@@ -105,6 +121,7 @@ class HFTDPOTrainer(HFTTrainerMixin, DPOTrainer):
     def __init__(self, *args, hft_config: HFTConfig | None = None, **kwargs):
         bound = inspect.signature(DPOTrainer.__init__).bind_partial(None, *args, **kwargs).arguments
         bound.pop("self")
+        _refuse_hft_model(bound.get("model"))
         config = resolve_hft_config(hft_config, bound.get("args"))
         self._hft_reference = None
         if config is not None and bound.get("peft_config") is None:
@@ -120,7 +137,46 @@ class HFTDPOTrainer(HFTTrainerMixin, DPOTrainer):
                 _check_same_shapes(model, ref)
         super().__init__(hft_config=hft_config, **bound)
         if self._hft_reference is not None:
+            # The mixin may apply another mask than the one drawn above (that of an
+            # HFTOptimizer in optimizers= or of an HFTModel): nothing it trains may be shared.
+            self._unshare_reference(self._hft_mask)
             self.hft_callback.before_redraw.append(self._unshare_reference)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if self._hft_reference is not None and resume_from_checkpoint:
+            self._check_resumable(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _check_resumable(self, checkpoint) -> None:
+        """Refuse a checkpoint whose mask trained a tensor the reference shares.
+
+        Resuming loads the checkpoint's weights into the policy in place; a shared tensor
+        its run trained (after an epoch redraw, or with another seed/stage) would then be
+        trained weights in the reference too, silently changing the DPO loss.
+        """
+        import os
+
+        import torch
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        path = os.path.join(str(checkpoint), "optimizer.pt")
+        if checkpoint is None or not os.path.isfile(path):
+            return  # the Trainer reports a missing checkpoint itself
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(state, dict) or "mask" not in state:
+            return  # HFTOptimizer.load_state_dict refuses it with one line
+        saved = Mask.from_json(state["mask"])
+        shared = {id(p) for p in self._hft_reference.parameters()}
+        params = dict(self.model.named_parameters())
+        for name in saved.params():
+            if name in params and id(params[name]) in shared:
+                raise HFTError(
+                    f"cannot resume from {checkpoint}: its mask (stage {saved.config.stage}, seed "
+                    f"{saved.config.seed}) trained {name!r}, which the shared DPO reference "
+                    "holds; pass ref_model= (a copy of the model DPO started from)"
+                )
 
     def _unshare_reference(self, mask: Mask) -> None:
         """Give the reference its own copy of every shared tensor the new mask will train."""

@@ -17,6 +17,7 @@ from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import TrlParser
 
+from hft_plugins import HFTError
 from hft_plugins.integrations.trl import HFTDPOConfig, HFTDPOTrainer, HFTSFTConfig, HFTSFTTrainer
 
 MODES = {"sft": (HFTSFTConfig, HFTSFTTrainer), "dpo": (HFTDPOConfig, HFTDPOTrainer)}
@@ -52,4 +53,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except HFTError as exc:  # a bad --hft_* value or combination: one line, as argparse does
+        sys.exit(f"hft_trl.py: error: {exc}")

@@ -85,3 +85,27 @@ def test_trl_script_sft_then_dpo(tmp_path):
         if name not in plan:
             assert torch.equal(tensor, after[name]), name
     assert any(not torch.equal(before[n], after[n]) for n in plan if n in before)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--hft_ratio", "2"], "ratio must be in (0, 1), got 2.0"),
+        (["--hft_strategy", "nope"], "unknown strategy 'nope'"),
+    ],
+)
+def test_trl_script_bad_hft_value_is_one_line(flags, message, tmp_path):
+    trl_dir = ROOT / "integrations" / "trl"
+    argv = ["sft", "--model_name_or_path", tmp_path, "--dataset", trl_dir / "sft.jsonl"]
+    argv += ["--output_dir", tmp_path / "out", "--hft", "--use_cpu", "--report_to", "none"]
+    done = subprocess.run(
+        [sys.executable, trl_dir / "hft_trl.py", *map(str, argv + flags)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert f"hft_trl.py: error: {message}" in done.stderr.strip().splitlines()[-1]

@@ -87,6 +87,9 @@ def test_every_epoch_redraw(tmp_path):
     stages = [e["hft_stage"] for e in trainer.state.log_history if "loss" in e]
     assert stages == [0] * 4 + [1] * 4 + [2] * 4
     assert trainer.hft_mask == select(model, HFTConfig(stage=2))
+    # the next stage follows the stage the epoch redraws reached, not the starting config
+    assert trainer.next_stage() == HFTConfig(stage=3)
+    assert trainer.hft_mask == select(model, HFTConfig(stage=3))
 
 
 def _run(tmp_path, resume=None, **kw):

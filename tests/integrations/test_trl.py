@@ -8,7 +8,8 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, SFTConfig, TrlParser
 
-from hft_plugins import HFTConfig, HFTError, select
+from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
+from hft_plugins.integrations.peft_style import get_hft_model
 from hft_plugins.integrations.trl import (
     HFTDPOConfig,
     HFTDPOTrainer,
@@ -234,3 +235,38 @@ def test_mismatched_reference_is_refused(tmp_path):
             ref_model=tiny_model(intermediate_size=48),
             hft_config=HFTConfig(),
         )
+
+
+def test_reference_is_unshared_for_the_given_optimizers_mask(tmp_path):
+    """optimizers=(HFTOptimizer of stage 1, None) without hft_config: the mask applied is
+    the optimizer's, and the reference must not share anything it trains."""
+    model = tiny_model()
+    start = snapshot(model)
+    opt = HFTOptimizer(model, select(model, HFTConfig(stage=1)), torch.optim.AdamW, lr=1e-2)
+    trainer = dpo_trainer(tmp_path, model, optimizers=(opt, None))
+    reference = {id(p) for p in trainer._hft_reference.parameters()}
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and id(p) in reference]
+    trainer.train()
+    for name, param in trainer._hft_reference.named_parameters():
+        assert torch.equal(param, start[name]), name
+
+
+def test_resume_across_a_redraw_with_a_shared_reference_is_refused(tmp_path):
+    """A checkpoint whose mask trained tensors the reference shares would put trained
+    weights into the reference when the Trainer loads it."""
+    model = tiny_model()
+    trainer = dpo_trainer(tmp_path / "run", model, hft_config=HFTConfig(stage=1))
+    later = tiny_model()
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    other = HFTOptimizer(later, select(later, HFTConfig(stage=2)), torch.optim.AdamW, lr=1e-2)
+    torch.save(other.state_dict(), checkpoint / "optimizer.pt")
+    with pytest.raises(HFTError, match=r"cannot resume from .*checkpoint-2: its mask \(stage 2"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+
+
+@pytest.mark.parametrize("make", [sft_trainer, dpo_trainer])
+def test_an_hft_model_is_refused_by_the_trl_trainers(make, tmp_path):
+    """TRL's fused LM-head forward takes model.base_model as the backbone; HFTModel's is not."""
+    with pytest.raises(HFTError, match="TRL trainers cannot take an HFTModel"):
+        make(tmp_path, get_hft_model(tiny_model()))
