@@ -10,7 +10,9 @@ are never handed to the wrapped optimizer, so no decay or momentum reaches them.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import warnings
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass
@@ -325,6 +327,13 @@ class HFTOptimizer(torch.optim.Optimizer):
             raise HFTError(f"not an HFT optimizer state: expected format {FORMAT!r}")
         mask = Mask.from_json(state_dict["mask"])
         mask.check(self.model)
+        saved, current = mask.config, self.mask.config
+        if dataclasses.replace(saved, stage=current.stage) != current:
+            # a later stage is a normal resume; another seed, ratio or strategy is not
+            warnings.warn(
+                f"resuming with the checkpoint's mask ({saved}), not the configured {current}",
+                stacklevel=2,
+            )
         if mask != self.mask:
             self.redraw(mask)
         saved_groups = state_dict["param_groups"]

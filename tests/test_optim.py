@@ -244,3 +244,22 @@ def test_grad_hooks_follow_redraw_and_die_with_the_optimizer():
         )
         > 0
     )
+
+
+def test_resuming_with_another_seed_warns_and_keeps_the_checkpoint_mask():
+    model = tiny_model("llama")
+    saved = HFTOptimizer(model, select(model, HFTConfig(seed=1)), torch.optim.AdamW, lr=1e-3)
+    _train(model, saved, 1)
+    state = saved.state_dict()
+    later_stage = HFTOptimizer(
+        model, select(model, HFTConfig(seed=1, stage=2)), torch.optim.AdamW, lr=1e-3
+    )
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        later_stage.load_state_dict(state)  # a resume across a redraw: silent
+    other_seed = HFTOptimizer(model, select(model, HFTConfig(seed=2)), torch.optim.AdamW, lr=1e-3)
+    with pytest.warns(UserWarning, match="resuming with the checkpoint's mask"):
+        other_seed.load_state_dict(state)
+    assert other_seed.mask == saved.mask

@@ -194,7 +194,7 @@ class HFTTrainerMixin:
         reject_peft(self._hft_target())
         if self.optimizer is not None and unwrap_optimizer(self.optimizer) is None:
             raise HFTError(
-                f"optimizers= holds a {type(self.optimizer).__name__}; HFTTrainer needs an "
+                f"optimizers= holds {type(self.optimizer).__name__}; HFTTrainer needs an "
                 "HFTOptimizer (or none, to build one from the TrainingArguments)"
             )
         # Freeze now so that anything that counts trainable parameters before training sees
