@@ -8,10 +8,14 @@ the whole weight gradient of fused projections, for item 3 of issue 5),
 ``lora`` (PEFT, r=16 on every block projection) and ``badam`` (the badam
 package's BlockOptimizer, one transformer block at a time).
 
-Each (round, method) runs in its own subprocess, so peak memory is that
-method's alone; rounds interleave the methods (in a rotated order) so drift on
-a busy machine hits all of them alike. Step time is the median over all timed
-steps of all rounds. The parent also prints a FLOP and bytes model and the
+Peak memory and optimizer state come from each method running alone in its
+own subprocess. Step time (``--timing interleaved``, the CPU default) comes from
+one more subprocess holding every method's model, where the methods take turns:
+each round runs ``--steps`` steps of every method, in an order rotated per
+round, so drift on a busy machine hits all of them alike. ``--timing process``
+(the CUDA default, since BAdam empties the CUDA cache at every step) times the
+own-process runs instead, ``--repeats`` rounds of them. Step time is the median
+over all timed steps. The parent also prints a FLOP and bytes model and the
 floor: the HFT / FFT step-time ratio a perfect HFT would reach on this machine.
 
 Full size (CPU, about 100M parameters, fp32):  python benchmarks/step.py
@@ -53,9 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, help="default: hidden / 64")
     p.add_argument("--kv-heads", type=int, help="default: --heads")
     p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per regime and round")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
-    p.add_argument("--repeats", type=int, default=3, help="rounds over all methods")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per method, regime and round")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per method before them")
+    p.add_argument("--repeats", type=int, default=4, help="rounds over all methods")
     p.add_argument(
         "--regime", default="compute,optimizer", help="comma list of: " + ", ".join(REGIMES)
     )
@@ -76,6 +80,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--timing", choices=("interleaved", "process"),
+        help="interleaved: all methods in one process, taking turns each round (default on CPU);\n"
+        "process: each method's own-process runs (default on CUDA: BAdam empties the cache)",
+    )  # fmt: skip
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", dest="json_out", help="also write every measurement as JSON here")
@@ -87,6 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.intermediate = (
             4 * args.hidden if args.arch == "gpt2" else _round_up(8 * args.hidden // 3, 64)
         )
+    args.timing = args.timing or ("process" if args.device.startswith("cuda") else "interleaved")
     args.regimes = _choices(args.regime, REGIMES, "--regime")
     default = [m for m in METHODS if m != "hft-fullgrad" or args.arch == "gpt2"]
     args.method_list = _choices(args.methods, METHODS, "--methods") if args.methods else default
@@ -273,78 +283,164 @@ def make_optimizer(method: str, model, args):
     raise ValueError(method)
 
 
+def _import_for(method: str) -> None:
+    """Import what ``method`` needs (so the footprint after imports includes it)."""
+    if method == "lora":
+        import peft  # noqa: F401
+    if method == "badam":
+        import badam  # noqa: F401
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _warm_process(args) -> None:
+    """Run one step of a tiny model of the same kind, so lazy imports and kernel
+    initialisation land in the footprint, not in the first method's peak."""
+    import copy
+
+    import torch
+
+    tiny = copy.copy(args)
+    tiny.hidden, tiny.layers, tiny.intermediate, tiny.vocab = 64, 1, 128, 64
+    tiny.heads, tiny.kv_heads = 2, 2
+    model = build_model(tiny)
+    opt = torch.optim.AdamW(model.parameters())
+    ids = torch.zeros(1, 8, dtype=torch.long, device=args.device)
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    del model, opt
+
+
+class _Stepper:
+    """One method's model and optimizer, stepping and timing fwd+bwd and the optimizer."""
+
+    def __init__(self, args, method: str):
+        import torch
+
+        self.torch = torch
+        self.cuda = args.device.startswith("cuda")
+        model = build_model(args)
+        self.model, self.opt, self.state_bytes, self.trainable = make_optimizer(method, model, args)
+
+    def step(self, ids) -> tuple[float, float, float]:
+        """(step, fwd+bwd, optimizer) seconds of one training step."""
+        self._sync()
+        t0 = time.perf_counter()
+        self.loss = self.model(input_ids=ids, labels=ids).loss
+        self.loss.backward()
+        self._sync()
+        t1 = time.perf_counter()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self._sync()
+        t2 = time.perf_counter()
+        return t2 - t0, t1 - t0, t2 - t1
+
+    def _sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+
+def _batches(args) -> dict:
+    import torch
+
+    generator = torch.Generator().manual_seed(args.seed)
+    return {
+        regime: torch.randint(0, args.vocab, args.shapes[regime], generator=generator).to(
+            args.device
+        )
+        for regime in args.regimes
+    }
+
+
+def _timings(rows) -> dict:
+    """Rows of (round, step, fwd+bwd, optimizer) as lists."""
+    return {
+        "round": [r[0] for r in rows],
+        "step_s": [r[1] for r in rows],
+        "fwd_bwd_s": [r[2] for r in rows],
+        "opt_s": [r[3] for r in rows],
+    }
+
+
 def worker(spec: dict) -> dict:
-    """Build the model and ``spec['method']``'s optimizer, time its steps, report peak memory."""
+    """One method in this process: time its steps per regime, report peak memory and state."""
     args = parse_args(spec["argv"])
     method = spec["method"]
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:  # import what the method needs before measuring the footprint
-        if method == "lora":
-            import peft  # noqa: F401
-        if method == "badam":
-            import badam  # noqa: F401
-        try:
-            import transformers  # noqa: F401
-        except ImportError:
-            pass
+    try:
+        _import_for(method)
     except ImportError as exc:
         return {"method": method, "skipped": f"{type(exc).__name__}: {exc}"}
     cuda = args.device.startswith("cuda")
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
-    def peak():
-        return torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()
-
+    _warm_process(args)
     footprint = torch.cuda.memory_allocated() if cuda else _rss_bytes()
-    model = build_model(args)
-    model, opt, state_bytes, trainable = make_optimizer(method, model, args)
-    total = sum(p.numel() for p in model.parameters())
-    generator = torch.Generator().manual_seed(args.seed)
-    result = {"method": method, "regimes": {}, "trainable": trainable, "total": total}
+    stepper = _Stepper(args, method)
+    batches = _batches(args)
+    result = {"method": method, "regimes": {}, "trainable": stepper.trainable}
     # Smallest activations first: CPU peak RSS cannot be reset, so each regime's peak is the
     # peak so far, and the compute regime's activations exceed the optimizer regime's.
-    for regime in sorted(args.regimes, key=lambda r: args.shapes[r][0] * args.shapes[r][1]):
-        batch, tokens = args.shapes[regime]
-        ids = torch.randint(0, args.vocab, (batch, tokens), generator=generator).to(args.device)
+    for regime in sorted(args.regimes, key=lambda r: batches[r].numel()):
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         rows = []
         for step in range(args.warmup + args.steps):
-            sync()
-            t0 = time.perf_counter()
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            sync()
-            t1 = time.perf_counter()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sync()
-            t2 = time.perf_counter()
+            times = stepper.step(batches[regime])
             if step >= args.warmup:
-                rows.append((t2 - t0, t1 - t0, t2 - t1))
+                rows.append((spec.get("round", 0), *times))
+        peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()
         result["regimes"][regime] = {
-            "step_s": [r[0] for r in rows],
-            "fwd_bwd_s": [r[1] for r in rows],
-            "opt_s": [r[2] for r in rows],
-            "peak_bytes": peak() - footprint,
-            "loss": float(loss),
+            **_timings(rows),
+            "peak_bytes": peak - footprint,
+            "loss": float(stepper.loss),
         }
-    result["state_bytes"] = state_bytes()
+    result["state_bytes"] = stepper.state_bytes()
     return result
 
 
-def run_worker(args, method: str, argv: list[str]) -> dict:
+def interleaved_worker(spec: dict) -> dict:
+    """All methods in this process, stepping in turn: drift on a busy machine hits all alike."""
+    args = parse_args(spec["argv"])
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    steppers, notes = {}, {}
+    for method in spec["methods"]:
+        try:
+            _import_for(method)
+            steppers[method] = _Stepper(args, method)
+        except ImportError as exc:
+            notes[method] = f"{type(exc).__name__}: {exc}"
+    batches = _batches(args)
+    timing = {method: {} for method in steppers}
+    order = list(steppers)
+    for regime in args.regimes:
+        for stepper in steppers.values():
+            for _ in range(args.warmup):
+                stepper.step(batches[regime])
+        rows = {method: [] for method in steppers}
+        for round_index in range(args.repeats):
+            shift = round_index % len(order)
+            for method in order[shift:] + order[:shift]:
+                for _ in range(args.steps):
+                    rows[method].append((round_index, *steppers[method].step(batches[regime])))
+        for method in steppers:
+            timing[method][regime] = _timings(rows[method])
+    return {"method": "interleaved", "timing": timing, "notes": notes}
+
+
+def run_worker(args, method: str, argv: list[str], **extra) -> dict:
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
-    spec = json.dumps({"method": method, "argv": argv})
+    spec = json.dumps({"method": method, "argv": argv, **extra})
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", spec], capture_output=True, text=True, env=env
     )
@@ -439,7 +535,9 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.worker:
-        print(MARK + json.dumps(worker(json.loads(args.worker))), flush=True)
+        spec = json.loads(args.worker)
+        run = interleaved_worker if spec["method"] == "interleaved" else worker
+        print(MARK + json.dumps(run(spec)), flush=True)
         return 0
     import torch
 
@@ -459,40 +557,64 @@ def main(argv=None) -> int:
         f"{model['trainable_fraction']:.4f}; device={args.device} dtype={args.dtype} "
         f"torch={torch.__version__} threads={args.threads or torch.get_num_threads()}"
     )
-    print(f"# steps={args.steps} warmup={args.warmup} repeats={args.repeats} shapes={args.shapes}")
+    print(
+        f"# steps={args.steps} per method and round, warmup={args.warmup}, rounds={args.repeats}, "
+        f"timing={args.timing}, shapes={args.shapes}"
+    )
     print(f"# command: python benchmarks/step.py {' '.join(argv)}".rstrip())
 
+    interleaved = args.timing == "interleaved"
+    # Interleaved timing: memory runs need only a warm-up step (state exists) and one step.
+    memory_argv = argv + ["--warmup", "1", "--steps", "1"] if interleaved else argv
     runs: dict[str, list[dict]] = {m: [] for m in args.method_list}
     notes: dict[str, str] = {}
-    for round_index in range(args.repeats):
+    for round_index in range(1 if interleaved else args.repeats):
         shift = round_index % len(args.method_list)
         for method in args.method_list[shift:] + args.method_list[:shift]:
             if method in notes:
                 continue
-            result = run_worker(args, method, argv)
+            result = run_worker(args, method, memory_argv, round=round_index)
             if "skipped" in result or "error" in result:
                 notes[method] = result.get("skipped") or result["error"]
                 continue
             runs[method].append(result)
-            print(f"# round {round_index + 1}/{args.repeats} {method}: done", flush=True)
+            print(f"# {method}: own process, round {round_index + 1} done", flush=True)
+    timing = None
+    if interleaved:
+        live = [m for m in args.method_list if m not in notes]
+        result = run_worker(args, "interleaved", argv, methods=live)
+        if "error" in result:
+            notes["interleaved timing"] = result["error"]
+        else:
+            timing = result["timing"]
+            notes.update(result["notes"])
+            print(f"# interleaved timing of {', '.join(live)}: done", flush=True)
 
-    summary = summarise(args, runs, model)
+    summary = summarise(args, runs, timing)
     print_report(args, summary, model, notes)
     print(f"# wall time {time.time() - started:.0f} s")
     if args.json_out:
         Path(args.json_out).write_text(
             json.dumps(
-                {"argv": argv, "summary": summary, "model": model, "notes": notes, "runs": runs},
+                {
+                    "argv": argv,
+                    "summary": summary,
+                    "model": model,
+                    "notes": notes,
+                    "runs": runs,
+                    "timing": timing,
+                },  # fmt: skip
                 indent=1,
             )
         )
     return 0
 
 
-def summarise(args, runs: dict, model: dict) -> dict:
+def summarise(args, runs: dict, timing: dict | None) -> dict:
+    """Median step times (from the interleaved run, else the own-process runs), peaks, state."""
     out = {}
     for method, results in runs.items():
-        if not results:
+        if not results or (timing is not None and method not in timing):
             continue
         row = {
             "state_bytes": results[0]["state_bytes"],
@@ -500,14 +622,27 @@ def summarise(args, runs: dict, model: dict) -> dict:
             "regimes": {},
         }
         for regime in args.regimes:
-            per_round = [r["regimes"][regime] for r in results]
-            steps = [s for r in per_round for s in r["step_s"]]
+            if timing is not None:
+                times = timing[method][regime]
+            else:
+                times = {
+                    key: [x for r in results for x in r["regimes"][regime][key]]
+                    for key in ("round", "step_s", "fwd_bwd_s", "opt_s")
+                }
+            rounds = sorted(set(times["round"]))
             row["regimes"][regime] = {
-                "step_s": statistics.median(steps),
-                "round_medians_s": [statistics.median(r["step_s"]) for r in per_round],
-                "fwd_bwd_s": statistics.median(s for r in per_round for s in r["fwd_bwd_s"]),
-                "opt_s": statistics.median(s for r in per_round for s in r["opt_s"]),
-                "peak_bytes": statistics.median(r["peak_bytes"] for r in per_round),
+                "step_s": statistics.median(times["step_s"]),
+                "round_medians_s": [
+                    statistics.median(
+                        t for t, k in zip(times["step_s"], times["round"], strict=True) if k == r
+                    )
+                    for r in rounds
+                ],
+                "fwd_bwd_s": statistics.median(times["fwd_bwd_s"]),
+                "opt_s": statistics.median(times["opt_s"]),
+                "peak_bytes": statistics.median(
+                    r["regimes"][regime]["peak_bytes"] for r in results
+                ),
             }
         out[method] = row
     return out
