@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu.sh [TABLE]     # TABLE defaults to $OUT/gpu.txt, else ./gpu.txt
 #
 # Writes the table to TABLE and every measurement to TABLE with .json for .txt.
-# About 4-6 minutes on an H100 (10 worker processes, each builds the model).
+# About 4-6 minutes on an H100: 2 rounds, each method in its own process each round.
 # Uses transformers' LlamaForCausalLM when it imports, else the plain-torch
 # benchmarks/torch_llama.py; LoRA and BAdam rows are skipped with a note when
 # peft or badam do not import.
@@ -25,7 +25,8 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 if [[ "${HFT_BENCH_SMOKE:-0}" == 1 ]]; then
   size=(--device cpu --hidden 64 --layers 2 --heads 4 --kv-heads 2 --intermediate 128
-        --vocab 256 --steps 1 --warmup 0 --repeats 1 --compute-shape 2x32 --optimizer-shape 1x8)
+        --vocab 256 --steps 1 --warmup 0 --repeats 2 --compute-shape 2x32 --optimizer-shape 1x8
+        --timing process)  # the CUDA default, so the smoke run takes the GPU run's path
 else
   # Llama-3.2-1B's block shapes, 16 layers, a small vocabulary: 1.01B parameters, blocks 97%.
   size=(--device cuda --hidden 2048 --layers 16 --heads 32 --kv-heads 8 --intermediate 8192
