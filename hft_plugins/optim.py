@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import plugins
+from . import plugins, sliced_grad
 from .errors import HFTError
 from .mask import Mask, Slices
 
@@ -137,10 +137,22 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     ``HFTOptimizer(model, mask, torch.optim.AdamW, lr=2e-5, weight_decay=0.1)``;
     at a stage boundary ``redraw(new_mask)``. Weight decay goes to the HF
-    Trainer's decay group only (biases and norm weights get none).
+    Trainer's decay group only (biases and norm weights get none). With
+    ``sliced_grad`` (default) partly trainable fused projections compute their
+    weight gradient only for the trainable slices (see :mod:`hft_plugins.sliced_grad`).
     """
 
-    def __init__(self, model: nn.Module, mask: Mask, optimizer_cls=torch.optim.AdamW, **kwargs):
+    def __init__(
+        self,
+        model: nn.Module,
+        mask: Mask,
+        optimizer_cls=torch.optim.AdamW,
+        *,
+        sliced_grad: bool = True,
+        **kwargs,
+    ):
+        if not isinstance(sliced_grad, bool):
+            raise HFTError(f"sliced_grad must be True or False, got {sliced_grad!r}")
         if not isinstance(mask, Mask):
             raise HFTError(f"mask must be an hft_plugins Mask, got {type(mask).__name__}")
         if not (
@@ -150,6 +162,7 @@ class HFTOptimizer(torch.optim.Optimizer):
         self.model = model
         self.optimizer_cls = optimizer_cls
         self.optimizer_kwargs = dict(kwargs)
+        self.sliced_grad = sliced_grad
         self.mask = mask
         self._build(mask)
         # The base class gives us its hook registries; the groups and state are the inner ones.
@@ -164,6 +177,8 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     def _build(self, mask: Mask) -> None:
         mask.apply(self.model)
+        if self.sliced_grad:
+            sliced_grad.install(self.model, mask)
         params = dict(self.model.named_parameters())
         plan = mask.params()
         no_decay = no_decay_names(self.model)

@@ -1,0 +1,75 @@
+"""benchmarks/step.py and benchmarks/gpu.sh still run: every method gets a row. No speed asserted."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "--hidden", "32", "--layers", "2", "--heads", "2", "--intermediate", "64", "--vocab", "96",
+    "--steps", "1", "--warmup", "0", "--repeats", "1",
+    "--compute-shape", "2x16", "--optimizer-shape", "1x8",
+]  # fmt: skip
+
+
+def _env():
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, HF_HUB_OFFLINE="1")
+
+
+def _run_step(tmp_path, *extra):
+    out = tmp_path / "step.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step.py"), *TINY, *extra, "--json", str(out)],
+        capture_output=True, text=True, env=_env(), timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_step_reports_every_method_in_both_regimes(tmp_path):
+    methods = ["fft", "frozen", "hft", "lora", "badam"]
+    stdout, data = _run_step(tmp_path)
+    assert data["notes"] == {}
+    assert sorted(data["summary"]) == sorted(methods)
+    for method in methods:
+        assert set(data["summary"][method]["regimes"]) == {"compute", "optimizer"}
+        assert data["summary"][method]["state_bytes"] > 0
+    for regime in ("compute-bound", "optimizer-bound"):
+        assert f"## {regime} regime" in stdout
+    rows = [line.split() for line in stdout.splitlines()]
+    table_methods = [fields[0] for fields in rows if len(fields) == 11]  # the measured-table rows
+    for method in methods:
+        assert table_methods.count(method) == 2  # one per regime
+    assert "floor (HFT/FFT" in stdout and "target HFT/frozen <= 1.03" in stdout
+    fraction = data["model"]["trainable_fraction"]
+    state = data["summary"]["hft"]["state_bytes"] / data["summary"]["fft"]["state_bytes"]
+    assert abs(state / fraction - 1) < 0.01  # HFT keeps state for the trainable part only
+
+
+@pytest.mark.slow
+def test_step_on_gpt2_compares_sliced_and_full_weight_gradients(tmp_path):
+    _, data = _run_step(tmp_path, "--arch", "gpt2", "--methods", "fft,hft,hft-fullgrad")
+    assert sorted(data["summary"]) == ["fft", "hft", "hft-fullgrad"]
+    model = data["model"]["regimes"]["compute"]
+    assert model["hft"]["weight_grad_gflop"] < model["hft-fullgrad"]["weight_grad_gflop"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+def test_gpu_script_runs_on_cpu_with_the_plain_torch_model(tmp_path):
+    table = tmp_path / "gpu.txt"
+    env = dict(_env(), HFT_BENCH_SMOKE="1", HFT_BENCH_MODEL="torch", PYTHON=sys.executable)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(table)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = table.read_text()
+    assert "LlamaLiteForCausalLM" in text and "dtype=bf16" in text
+    data = json.loads((tmp_path / "gpu.json").read_text())
+    assert {"fft", "frozen", "hft"} <= set(data["summary"])
