@@ -234,7 +234,17 @@ def test_grad_hooks_follow_redraw_and_die_with_the_optimizer():
     for name, param in model.named_parameters():
         if param.grad is not None:
             assert torch.count_nonzero(param.grad[_frozen_mask(new, name, param.shape)]) == 0
+    # the hooks hold the optimizer weakly: it can go, and its hooks then do nothing
+    import gc
+    import weakref
+
+    from hft_plugins import sliced_grad
+
+    gone = weakref.ref(opt)
     del opt
+    gc.collect()
+    assert gone() is None
+    sliced_grad.uninstall(model)  # the model's own forward: full weight gradients again
     model.zero_grad()
     model(input_ids=ids, labels=ids).loss.backward()
     qkv = model.model.layers[0].self_attn.qkv_proj.weight
