@@ -272,6 +272,7 @@ def run_bench(
         "wall_seconds": time.perf_counter() - started,
     }
     atomic_write_text(out / "results.json", json.dumps(result, indent=1))
+    atomic_write_text(out / "report.md", report(result))
     plot(result, out / "forgetting.png")
     return result
 
@@ -295,6 +296,65 @@ def table(result: dict) -> str:
             f"{ms(s['base_tasks_final_latent']):>15}"
         )
     return "\n".join(lines)
+
+
+def report(result: dict) -> str:
+    """Markdown: the headline table, retention at matched new-task score, every R matrix."""
+    setting, summary = result["setting"], result["summary"]
+    seq, base = setting["sequence_tasks"], setting["base_tasks"]
+
+    def ms(d):
+        return f"{d['mean']:.3f} ± {d['std']:.3f}"
+
+    lines = [
+        f"Sequence {' -> '.join(seq)}; base tasks {', '.join(base)}; {setting['steps_per_stage']} "
+        f"steps per stage, batch {setting['batch_size']}; seeds {setting['seeds']}; "
+        f"{setting['eval_rows_per_task']} eval rows per task; lr grid {setting['lr_grid']} "
+        f"(tuning seed {setting['tuning_seed']}).",
+        "",
+        "| method | lr | trainable | OP exact | BWT exact | OP latent | BWT latent "
+        "| new-task exact | base tasks after (exact) | base tasks after (latent) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m, s in summary.items():
+        lines.append(
+            f"| {m} | {s['lr']:g} | {100 * setting['trainable_fraction'][m]:.1f}% "
+            f"| {ms(s['op_exact'])} | {ms(s['bwt_exact'])} | {ms(s['op_latent'])} "
+            f"| {ms(s['bwt_latent'])} | {ms(s['new_task_exact'])} "
+            f"| {ms(s['base_tasks_final_exact'])} | {ms(s['base_tasks_final_latent'])} |"
+        )
+    target, matched = (
+        result["matched_new_task_score"],
+        result["retention_at_matched_new_task_score"],
+    )
+    if target is not None:
+        lines += [
+            "",
+            f"Base-task latent score at matched new-task exact match {target:.3f} "
+            "(interpolated along each method's lr curve, tuning seed, val split):",
+            "",
+            "| method | "
+            + " | ".join(f"lr {p[0]:g}: new / kept" for p in next(iter(result["curves"].values())))
+            + " | kept at matched |",
+            "|---|" + "---|" * (len(next(iter(result["curves"].values()))) + 1),
+        ]
+        for m, pts in result["curves"].items():
+            kept = matched.get(m)
+            cells = " | ".join(f"{p[1]:.2f} / {p[2]:.2f}" for p in pts)
+            lines.append(f"| {m} | {cells} | {'n/a' if kept is None else f'{kept:.3f}'} |")
+    for metric in ("exact", "latent"):
+        lines += ["", f"Mean R matrices ({metric}; row = after stage, column = task):", ""]
+        for m, s in summary.items():
+            lines += [
+                f"{m}:",
+                "",
+                "| after stage | " + " | ".join(seq) + " |",
+                "|---|" + "---|" * len(seq),
+            ]
+            for i, row in enumerate(s[f"R_{metric}_mean"]):
+                lines.append(f"| {seq[i]} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path: Path) -> None:

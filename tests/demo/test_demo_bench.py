@@ -86,6 +86,8 @@ def test_bench_fast_two_methods_with_lr_grid(quick_base, tmp_path, capsys):
     for method, lr in result["setting"]["chosen_lr"].items():
         assert lr == bench.pick_lr(result["grid"])[method]
     assert (out / "forgetting.png").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert all(f"| {m} |" in report for m in ("fft", "hft-category"))
     assert "OP exact" in capsys.readouterr().out
 
 
