@@ -150,17 +150,13 @@ class Mask:
     def summary(self) -> str:
         """A per-block table of what trains, then totals per category."""
         c = self.config
-        lines = [
-            f"HFT mask: strategy={c.strategy} ratio={c.ratio} seed={c.seed} stage={c.stage} "
-            f"layout={self.layout.layout} blocks={self.layout.num_blocks}",
-            f"{'block':>5}  {'attention':<28} {'ffn':<28} {'norm':<30} {'trained':>8}",
-        ]
         by_block: dict[int, list[Unit]] = defaultdict(list)
         for unit in self.layout.block_units():
             by_block[unit.block].append(unit)
+        rows = [("block", "attention", "ffn", "norm", "trained")]
         for block in sorted(by_block):
             units = by_block[block]
-            cells = []
+            cells = [str(block)]
             for cat in ("attention", "ffn", "norm"):
                 names = [
                     _short(u.name) for u in units if u.category == cat and u.key in self.trainable
@@ -168,8 +164,19 @@ class Mask:
                 total = sum(u.category == cat for u in units)
                 cells.append(f"{len(names)}/{total} " + ",".join(names))
             done = sum(u.numel for u in units if u.key in self.trainable)
-            share = done / max(sum(u.numel for u in units), 1)
-            lines.append(f"{block:>5}  {cells[0]:<28} {cells[1]:<28} {cells[2]:<30} {share:>8.4f}")
+            cells.append(f"{done / max(sum(u.numel for u in units), 1):.4f}")
+            rows.append(tuple(cells))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        lines = [
+            f"HFT mask: strategy={c.strategy} ratio={c.ratio} seed={c.seed} stage={c.stage} "
+            f"layout={self.layout.layout} blocks={self.layout.num_blocks}"
+        ]
+        for row in rows:
+            lines.append(
+                f"{row[0]:>{widths[0]}}  "
+                + "  ".join(f"{cell:<{w}}" for cell, w in zip(row[1:4], widths[1:4], strict=True))
+                + f"  {row[4]:>{widths[4]}}"
+            )
         fractions = self.fractions()
         lines.append("category     trainable / all        fraction")
         for cat in (*BLOCK_CATEGORIES, "blocks", *OUTER_CATEGORIES, "total"):

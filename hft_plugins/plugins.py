@@ -89,8 +89,8 @@ def _skip(plugin: str, reason: str) -> None:
 def _collect(hook_name: str, make_entry) -> dict[str, Registered]:
     pm = manager()
     found: dict[str, Registered] = {}
-    # pluggy calls the last registered first; built-ins must win name clashes
-    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+    # get_hookimpls lists in registration order: built-ins first, so they win name clashes
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
         source = impl.plugin_name
         batch: dict[str, Registered] = {}
 

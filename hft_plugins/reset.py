@@ -1,10 +1,4 @@
-"""Half-reset (the paper's pilot): put the frozen half of a tuned model back to its base.
-
-For a mask drawn for the tuned model, every parameter (or slice of a fused one)
-the mask does not train gets the base model's value; the trainable parts keep the
-tuned values. The paper found this restores much of the base's knowledge while
-keeping most of what tuning added.
-"""
+"""Half-reset (the paper's pilot finding): put a drawn half of a tuned model back to base."""
 
 from __future__ import annotations
 
@@ -17,32 +11,29 @@ from .mask import Mask
 
 @torch.no_grad()
 def half_reset(base_model: nn.Module, tuned_model: nn.Module, mask: Mask) -> nn.Module:
-    """Reset ``tuned_model``'s parts that ``mask`` freezes to ``base_model``'s; in place, returned."""
-    if not isinstance(mask, Mask):
-        raise HFTError(f"mask must be an hft_plugins Mask, got {type(mask).__name__}")
+    """Copy the base values of ``mask``'s trainable block parts into ``tuned_model``.
+
+    Only the block draw is reset; embeddings, heads and the final norm are not part
+    of the draw and keep their tuned values. Returns ``tuned_model``, changed in place.
+    """
+    base = dict(base_model.named_parameters())
+    tuned = dict(tuned_model.named_parameters())
     mask.check(tuned_model)
-    base = dict(base_model.named_parameters(remove_duplicate=False))
-    tuned = dict(tuned_model.named_parameters(remove_duplicate=False))
     for name, param in tuned.items():
         if name not in base:
             raise HFTError(f"base model has no parameter {name!r}")
         if base[name].shape != param.shape:
             raise HFTError(
-                f"parameter {name!r} has shape {list(base[name].shape)} in the base model "
-                f"and {list(param.shape)} in the tuned model"
+                f"base and tuned models differ at {name!r}: {list(base[name].shape)} vs "
+                f"{list(param.shape)}"
             )
-    plan = mask.params()
-    for name, param in tuned.items():
-        if name not in mask.layout.shapes:
-            continue  # a tied alias: its owner decides
-        source = base[name].to(param.device, param.dtype)
-        if name not in plan:
-            param.copy_(source)
-        elif plan[name] is not None:
-            kept = plan[name]
-            frozen = torch.ones(param.shape[kept.dim], dtype=torch.bool, device=param.device)
-            for a, b in kept.ranges:
-                frozen[a:b] = False
-            index = frozen.nonzero()[:, 0]
-            param.index_copy_(kept.dim, index, source.index_select(kept.dim, index))
+    for unit in mask.layout.block_units():
+        if unit.key not in mask.trainable:
+            continue
+        for part in unit.parts:
+            source, target = base[part.param], tuned[part.param]
+            if part.ranges is None:
+                target.copy_(source)
+            for a, b in part.ranges or ():
+                target.narrow(part.dim, a, b - a).copy_(source.narrow(part.dim, a, b - a))
     return tuned_model

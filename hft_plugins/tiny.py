@@ -1,7 +1,9 @@
 """Tiny models of every built-in family, built from their config classes.
 
 No weights can be downloaded in tests or on air-gapped machines; these give each
-layout a real transformers model of a few thousand parameters to run on.
+layout a real transformers model of a few thousand parameters to run on. Dropout
+is off so that runs are reproducible step for step. Dropout
+is off so that runs are reproducible step for step.
 """
 
 from __future__ import annotations
@@ -98,7 +100,15 @@ def tiny_config(family: str, **overrides):
     if family not in _FAMILIES:
         raise ValueError(f"unknown tiny family {family!r}; known: {', '.join(FAMILIES)}")
     config_cls, _, kwargs = _FAMILIES[family]
-    return getattr(transformers, config_cls)(**{**kwargs, **overrides})
+    config = getattr(transformers, config_cls)(**{**kwargs, **overrides})
+    for key, value in list(vars(config).items()):
+        if (
+            ("dropout" in key or "pdrop" in key)
+            and isinstance(value, float)
+            and key not in overrides
+        ):
+            setattr(config, key, 0.0)
+    return config
 
 
 def tiny_model(family: str = "llama", seed: int = 0, **overrides):
@@ -109,3 +119,47 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
     config = tiny_config(family, **overrides)
     torch.manual_seed(seed)
     return getattr(transformers, _FAMILIES[family][1])(config)
+
+
+# Character-level vocabulary that fits the tiny models' 96 embeddings; ids 0-2 match their
+# pad/bos/eos token ids, the chat markers are single special tokens.
+_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>")
+_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n.,!?'\"-:;()+=*/%#"
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}<|assistant|>{% generation %}"
+    "{{ message['content'] }}</s>{% endgeneration %}"
+    "{% else %}<|{{ message['role'] }}|>{{ message['content'] }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer with pad/eos tokens and a chat template, built offline.
+
+    Its vocabulary (at most 96 ids) fits every tiny model, so TRL's trainers run on them
+    without downloading a tokenizer.
+    """
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(_SPECIALS + tuple(_CHARS))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=list(_SPECIALS[4:]),
+    )
+    tokenizer.chat_template = _CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny(path, family: str = "llama", seed: int = 0) -> None:
+    """Write a tiny ``family`` model and :func:`tiny_tokenizer` to ``path``, loadable by path."""
+    tiny_model(family, seed=seed).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)

@@ -45,7 +45,7 @@ def add_demo_parser(subparsers):
         default=1,
         help="torch CPU threads (1 is fastest on a shared machine)",
     )
-    p.set_defaults(hft_command=run_demo)
+    p.set_defaults(run=run_demo)
     return p
 
 
@@ -104,7 +104,7 @@ def add_bench_parser(subparsers):
     f.add_argument("--workers", type=int, default=1, help="parallel processes")
     f.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     f.add_argument("--out", default="hft-bench-forgetting", help="directory for results")
-    f.set_defaults(hft_command=run_bench)
+    f.set_defaults(run=run_bench)
     return p
 
 

@@ -1,7 +1,8 @@
 """``hft demo``: from the cached base model, fine-tune one new task with FFT and with HFT.
 
-Both runs go through TRL's real ``SFTTrainer`` (``make_sft_trainer`` is the one
-place that builds it) on the same data, steps and learning rate; afterwards the
+Both runs go through TRL's real ``SFTTrainer`` (FFT) and the project's
+``HFTSFTTrainer`` subclass of it (HFT), built in ``make_sft_trainer``, on the same
+data, steps, learning rate and optimizer settings; afterwards the
 base tasks are scored again (retention) and the new task for the first time.
 """
 
@@ -14,35 +15,21 @@ import time
 
 from ..config import HFTConfig
 from ..errors import HFTError
-from ..mask import atomic_write_text, select
+from ..mask import atomic_write_text
 from . import engine, tasks
 from .common import PeakRSS, progress_bar, writable_dir
 
 
 def make_sft_trainer(model, args, train_dataset, tokenizer, hft_config: HFTConfig | None):
-    """A TRL SFTTrainer; with ``hft_config`` the model trains the drawn half only."""
-    import torch
+    """TRL's SFTTrainer for FFT; the project's HFTSFTTrainer (the drawn half only) for HFT."""
     from trl import SFTTrainer
 
-    optimizers = (None, None)
-    if hft_config is not None:
-        from ..optim import HFTOptimizer
+    from ..integrations.trl import HFTSFTTrainer
 
-        optimizer = HFTOptimizer(
-            model,
-            select(model, hft_config),
-            torch.optim.AdamW,
-            lr=args.learning_rate,
-            weight_decay=args.weight_decay,
-        )
-        optimizers = (optimizer, None)
-    return SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        processing_class=tokenizer,
-        optimizers=optimizers,
-    )
+    kwargs = dict(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer)
+    if hft_config is None:
+        return SFTTrainer(**kwargs)
+    return HFTSFTTrainer(**kwargs, hft_config=hft_config)
 
 
 def _scores(model, names):
@@ -99,7 +86,7 @@ def _finetune(base, task, hft_config, *, steps, lr, seed, batch_size, workdir):
     trainer = make_sft_trainer(model, args, Dataset.from_list(rows), char_tokenizer(), hft_config)
     trainable = total
     if hft_config is not None:
-        trainable = trainer.optimizer.mask.trainable_numel
+        trainable = trainer.hft_mask.trainable_numel
     with PeakRSS() as memory:
         started = time.perf_counter()
         trainer.train()

@@ -12,8 +12,9 @@ they differ only in what may move:
 - ``badam``: the real ``badam.BlockOptimizer`` over the blocks in random order,
   switching so that each block gets an equal share of the stage's steps (BAdam's
   defaults: embeddings and head stay frozen).
-- ``half-reset``: ``fft`` for the stage, then ``half_reset`` of the result to the
-  pre-stage weights with that stage's category mask.
+- ``half-reset``: ``fft`` for the stage, then ``half_reset`` (the lead's ``hft reset``
+  helper): the block half that the stage's category draw selects goes back to the
+  pre-stage weights.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ def _parser():
 def test_demo_fast_writes_complete_results(quick_base, tmp_path, capsys):
     out = tmp_path / "demo"
     args = _parser().parse_args(["demo", "--steps", "3", "--seed", "1", "--out", str(out)])
-    assert args.hft_command(args) == 0
+    assert args.run(args) == 0
     result = json.loads((out / "results.json").read_text())
     assert (out / "demo.png").stat().st_size > 0
     assert set(result["runs"]) == {"fft", "hft-category"}
@@ -78,7 +78,7 @@ def test_bench_fast_two_methods_with_lr_grid(quick_base, tmp_path, capsys):
             str(out),
         ]
     )
-    assert args.hft_command(args) == 0
+    assert args.run(args) == 0
     result = json.loads((out / "results.json").read_text())
     _check_bench_result(result, ["reverse", "shift"], [0], ["fft", "hft-category"])
     assert len(result["grid"]) == 4 and all(g["split"] == "val" for g in result["grid"])
@@ -134,7 +134,7 @@ def test_pick_lr_takes_best_new_task_score_ties_to_smaller():
 def test_bench_bad_input_is_one_line_error(argv, message, tmp_path):
     args = _parser().parse_args(["bench", "forgetting", "--out", str(tmp_path), *argv])
     with pytest.raises(HFTError, match=message) as err:
-        args.hft_command(args)
+        args.run(args)
     assert "\n" not in str(err.value)
 
 
@@ -147,7 +147,7 @@ def test_unwritable_output_dir_is_one_line_error(tmp_path):
     ):
         args = _parser().parse_args(argv)
         with pytest.raises(HFTError, match="not writable") as err:
-            args.hft_command(args)
+            args.run(args)
         assert "\n" not in str(err.value)
 
 
@@ -163,4 +163,4 @@ def test_unwritable_output_dir_is_one_line_error(tmp_path):
 def test_demo_bad_input_is_one_line_error(argv, message, tmp_path):
     args = _parser().parse_args(["demo", "--out", str(tmp_path), *argv])
     with pytest.raises(HFTError, match=message):
-        args.hft_command(args)
+        args.run(args)

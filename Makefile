@@ -1,0 +1,37 @@
+# Set-up and checks. Every install step lives here so a fresh machine can run them.
+PYTHON ?= python3
+VENV ?= .venv
+AXOLOTL_VENV ?= .venv-axolotl
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup setup-axolotl test lint format demo
+
+setup: $(VENV)/.installed
+
+# torch comes from the constraints file (the CPU wheel on these machines), then the package.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[trl,demo,bench,dev]"
+	touch $@
+
+# axolotl pins other transformers/trl/peft versions: it gets its own virtualenv
+setup-axolotl:
+	HFT_AXOLOTL_VENV=$(AXOLOTL_VENV) PYTHON=$(PYTHON) bash scripts/setup-axolotl-venv.sh
+
+test: setup setup-axolotl
+	HFT_AXOLOTL_VENV=$(CURDIR)/$(AXOLOTL_VENV) $(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+demo: setup
+	$(VENV)/bin/hft inspect tiny:llama

@@ -1,0 +1,222 @@
+"""Axolotl plugin: ``hft: true`` in a YAML trains a drawn half of each block (HFT).
+
+    plugins:
+      - hft_plugins.integrations.axolotl.HFTPlugin
+    hft: true
+    hft_ratio: 0.5
+
+How it uses axolotl 0.19.0's hooks (which ones are really called, and when):
+
+- ``register(cfg)`` sees the raw YAML before axolotl validates it: conflicting
+  options (adapters, ``unfrozen_parameters``, LISA, per-group learning rates,
+  DeepSpeed/FSDP) fail here with one line, before any data or model loads.
+- ``post_model_load(cfg, model)`` runs for every model the loader builds. The
+  first one in a run is the policy: the mask is drawn and applied to it. DPO's
+  reference model is loaded afterwards through the same loader and hooks; it is
+  recognised as the second model and left untouched.
+- ``post_trainer_create(cfg, trainer)`` checks that the trainer trains the
+  masked model (and does not use it as reference), then installs
+  :class:`HFTOptimizerFactory` as the trainer's optimizer factory: the plugin
+  ``create_optimizer`` hook is declared by axolotl but never called, while the
+  trainer builds its optimizer from ``optimizer_cls_and_kwargs`` at train time,
+  so resumed optimizer state loads into our optimizer as usual.
+
+Only this module imports axolotl, and only when ``HFTPlugin`` is first looked
+up; :func:`check_config` and :class:`HFTArgs` work without axolotl installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+
+from .. import plugins
+from ..config import HFTConfig
+from ..errors import HFTError
+from ..mask import Mask, select
+from ..optim import HFTOptimizer
+
+LOG = logging.getLogger("axolotl.hft_plugins")  # under axolotl's logger, so its log config shows it
+MASK_FILE = "hft_mask.json"
+
+# YAML key -> HFTConfig field
+_FIELDS = {f"hft_{f.name}": f.name for f in dataclasses.fields(HFTConfig)}
+# Options whose job HFT does differently; each would silently undo or bypass the mask.
+_CONFLICTS = {
+    "adapter": "an adapter trains new weights while HFT trains half of the existing ones",
+    "unfrozen_parameters": "axolotl applies it after the plugin and would override the mask",
+    "loraplus_lr_ratio": "HFT builds the optimizer itself, so per-group learning rates are ignored",
+    "embedding_lr": "HFT builds the optimizer itself, so per-group learning rates are ignored",
+    "embedding_lr_scale": "HFT builds the optimizer itself, so per-group learning rates are ignored",
+    "lr_groups": "HFT builds the optimizer itself, so per-group learning rates are ignored",
+    "deepspeed": "DeepSpeed builds its own optimizer over flattened parameters",
+    "fsdp": "HFT's optimizer is not yet supported under FSDP",
+    "fsdp_config": "HFT's optimizer is not yet supported under FSDP",
+}
+_LISA = "LISA switches the trainable layers during training; HFT fixes one half per stage"
+
+
+def _help(name: str) -> str:
+    return next(f.metadata["help"] for f in dataclasses.fields(HFTConfig) if f.name == name)
+
+
+class HFTArgs(BaseModel):
+    """The YAML keys the plugin adds to axolotl's config schema."""
+
+    hft: bool | None = Field(
+        default=None,
+        json_schema_extra={"description": "Half Fine-Tuning: train a drawn half of each block."},
+    )
+    hft_strategy: str | None = Field(
+        default=None, json_schema_extra={"description": _help("strategy")}
+    )
+    hft_ratio: float | None = Field(default=None, json_schema_extra={"description": _help("ratio")})
+    hft_seed: int | None = Field(default=None, json_schema_extra={"description": _help("seed")})
+    hft_stage: int | None = Field(default=None, json_schema_extra={"description": _help("stage")})
+    hft_train_embeddings: bool | None = Field(
+        default=None, json_schema_extra={"description": _help("train_embeddings")}
+    )
+    hft_train_head: bool | None = Field(
+        default=None, json_schema_extra={"description": _help("train_head")}
+    )
+    hft_train_final_norm: bool | None = Field(
+        default=None, json_schema_extra={"description": _help("train_final_norm")}
+    )
+
+
+def hft_config(cfg: Mapping[str, Any]) -> HFTConfig | None:
+    """The HFTConfig an axolotl config asks for, or None when ``hft`` is off."""
+    enabled = cfg.get("hft")
+    if enabled is None or enabled is False:
+        return None
+    if enabled is not True:
+        raise HFTError(f"hft must be true or false, got {enabled!r}")
+    known = set(_FIELDS) | {"hft"}
+    unknown = sorted(
+        k for k in cfg if isinstance(k, str) and k.startswith("hft_") and k not in known
+    )
+    if unknown:
+        raise HFTError(f"unknown option {unknown[0]!r}; known: {', '.join(sorted(_FIELDS))}")
+    values = {field: cfg[key] for key, field in _FIELDS.items() if cfg.get(key) is not None}
+    return HFTConfig(**values)
+
+
+def check_config(cfg: Mapping[str, Any]) -> HFTConfig | None:
+    """Reject options that conflict with ``hft: true``; return its HFTConfig (None when off).
+
+    Pure (no axolotl import) so it is testable anywhere; the plugin calls it on
+    the raw YAML, where unset options are absent rather than filled with defaults.
+    """
+    config = hft_config(cfg)
+    if config is None:
+        return None
+    for key, why in _CONFLICTS.items():
+        value = cfg.get(key)
+        if value not in (None, False, "", [], {}):
+            raise HFTError(f"hft: true cannot be combined with {key}: {value!r} ({why})")
+    for key in sorted(k for k in cfg if isinstance(k, str) and k.startswith("lisa_")):
+        if cfg[key] is not None:
+            raise HFTError(f"hft: true cannot be combined with {key}: {cfg[key]!r} ({_LISA})")
+    plugins.strategy(config.strategy)  # an unknown strategy fails now, not after loading
+    return config
+
+
+class HFTOptimizerFactory:
+    """Builds the HFTOptimizer when the trainer builds its optimizer.
+
+    transformers calls ``factory()(model, **kwargs)``, axolotl's trainers
+    ``factory()(model, training_args, **kwargs)``; both end here.
+    """
+
+    def __call__(self, model, training_args=None, *, hft_mask: Mask, optimizer_cls, **kwargs):
+        optimizer = HFTOptimizer(model, hft_mask, optimizer_cls, **kwargs)
+        LOG.info(f"HFT: training with {optimizer!r}")
+        return optimizer
+
+
+def optimizer_cls_and_kwargs(trainer, mask: Mask) -> tuple[type, dict[str, Any]]:
+    """The trainer's own optimizer choice, wrapped so that only the mask's half has state."""
+    if trainer.optimizer_cls_and_kwargs is not None:  # an axolotl custom optimizer
+        optimizer_cls, kwargs = trainer.optimizer_cls_and_kwargs
+    else:
+        optimizer_cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
+    is_torch_optimizer = isinstance(optimizer_cls, type) and issubclass(
+        optimizer_cls, torch.optim.Optimizer
+    )
+    if not is_torch_optimizer or {"params", "model", "optimizer_dict"} & set(kwargs):
+        raise HFTError(
+            f"hft: true cannot wrap optimizer {trainer.args.optim!r}: it builds its own "
+            "parameter groups; use a torch optimizer such as adamw_torch"
+        )
+    kwargs = {**kwargs, "weight_decay": trainer.args.weight_decay}
+    return HFTOptimizerFactory, {"hft_mask": mask, "optimizer_cls": optimizer_cls, **kwargs}
+
+
+def _build_plugin_class():
+    from axolotl.integrations.base import BasePlugin
+
+    class HFTPlugin(BasePlugin):
+        """Half Fine-Tuning for axolotl: ``hft: true`` trains a drawn half of each block."""
+
+        def __init__(self):
+            super().__init__()
+            self._reset()
+
+        def _reset(self):
+            self.config: HFTConfig | None = None
+            self.policy = None
+            self.mask: Mask | None = None
+
+        def get_input_args(self) -> str:
+            return f"{__name__}.HFTArgs"
+
+        def register(self, cfg):
+            self._reset()
+            self.config = check_config(cfg)
+
+        def post_model_load(self, cfg, model):
+            config = hft_config(cfg)
+            if config is None:
+                return
+            if self.policy is not None:
+                # The policy always loads first (axolotl.train.setup_model_and_trainer);
+                # a second model in the same run is the DPO/KTO reference: no mask.
+                LOG.info("HFT: leaving the reference model untouched")
+                return
+            mask = select(model, config)
+            mask.apply(model)
+            if not config.train_embeddings and cfg.gradient_checkpointing:
+                model.enable_input_require_grads()  # else checkpointed blocks get no grad
+            self.policy, self.mask = model, mask
+            LOG.info(f"HFT: mask applied to the policy model\n{mask.summary()}")
+
+        def post_trainer_create(self, cfg, trainer):
+            if hft_config(cfg) is None:
+                return
+            if self.mask is None or trainer.model is not self.policy:
+                raise HFTError("the trainer's model is not the one the HFT plugin masked")
+            if getattr(trainer, "ref_model", None) is self.policy:
+                raise HFTError("the HFT-masked policy model is also the reference model")
+            trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs(trainer, self.mask)
+            if trainer.is_world_process_zero():
+                Path(trainer.args.output_dir).mkdir(parents=True, exist_ok=True)
+                self.mask.save(Path(trainer.args.output_dir) / MASK_FILE)
+
+        def post_train_unload(self, cfg):
+            self._reset()
+
+    HFTPlugin.__qualname__ = "HFTPlugin"  # defined lazily, but named as the YAML names it
+    return HFTPlugin
+
+
+def __getattr__(name: str):
+    if name == "HFTPlugin":
+        cls = globals()["HFTPlugin"] = _build_plugin_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

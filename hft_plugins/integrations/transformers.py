@@ -1,0 +1,252 @@
+"""HFT in the Hugging Face Trainer: a mixin that builds the sparse-aware optimizer, and a callback.
+
+The Trainer builds its optimizer in ``create_optimizer`` from whatever has
+``requires_grad`` at that moment, and loads resumed optimizer state right after,
+before any callback runs. So the mask is applied, and an :class:`HFTOptimizer`
+built, inside ``create_optimizer``; a resumed ``optimizer.pt`` carries the mask and
+``HFTOptimizer.load_state_dict`` redraws to it. The callback logs what trains and
+redraws the half at epoch boundaries when asked to.
+
+    trainer = HFTTrainer(model=model, args=TrainingArguments(...), train_dataset=ds,
+                         hft_config=HFTConfig(ratio=0.5, seed=0))
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from ..config import HFTConfig
+from ..errors import HFTError
+from ..mask import Mask, select
+from ..optim import HFTOptimizer
+
+__all__ = [
+    "HFTCallback",
+    "HFTTrainer",
+    "HFTTrainerMixin",
+    "check_hft_config",
+    "resolve_hft_config",
+    "unwrap_optimizer",
+]
+
+# Keys the optimizer factory of ``get_optimizer_cls_and_kwargs`` uses to hand over its own groups.
+_SPECIAL_OPTIMIZER_KEYS = ("params", "model", "optimizer_dict")
+
+
+def resolve_hft_config(hft_config, args) -> HFTConfig | None:
+    """The stage's config: ``hft_config`` if given, else the ``hft_*`` fields of an HFT*Config
+    (None when its ``hft`` is false), else the paper's default."""
+    if hft_config is not None:
+        return check_hft_config(hft_config)
+    if hasattr(args, "to_hft_config"):
+        return args.to_hft_config()
+    return HFTConfig()
+
+
+def check_hft_config(hft_config) -> HFTConfig:
+    """``hft_config`` as an HFTConfig (None means the paper's default); anything else is an error."""
+    if hft_config is None:
+        return HFTConfig()
+    if not isinstance(hft_config, HFTConfig):
+        raise HFTError(
+            f"hft_config must be an hft_plugins.HFTConfig, got {type(hft_config).__name__}"
+        )
+    return hft_config
+
+
+def reject_peft(model) -> None:
+    """HFT trains half of the base weights; a PEFT adapter freezes them all: refuse the mix."""
+    if hasattr(model, "peft_config") or any(
+        "lora_" in name for name, _ in model.named_parameters()
+    ):
+        raise HFTError(
+            "HFT cannot be combined with a PEFT adapter on the same model: use one or the other"
+        )
+
+
+def _is_hft_model(model) -> bool:
+    from .peft_style import HFTModel
+
+    return isinstance(model, HFTModel)
+
+
+def unwrap_optimizer(optimizer) -> HFTOptimizer | None:
+    """The HFTOptimizer inside accelerate's (or any) ``.optimizer`` wrappers, or None."""
+    seen = 0
+    while optimizer is not None and seen < 8:
+        if isinstance(optimizer, HFTOptimizer):
+            return optimizer
+        optimizer = getattr(optimizer, "optimizer", None)
+        seen += 1
+    return None
+
+
+def hft_logs(optimizer: HFTOptimizer) -> dict[str, float]:
+    """What the Trainer's logs get: the trainable fraction of all parameters and the stage."""
+    done, total = optimizer.mask.fractions()["total"]
+    return {"hft_trainable_fraction": done / total, "hft_stage": optimizer.mask.config.stage}
+
+
+class HFTCallback(TrainerCallback):
+    """Logs the trainable fraction; with ``redraw_every_epoch`` draws a new half each epoch.
+
+    An epoch redraw moves to the next stage of the optimizer's current mask, so a run
+    resumed mid-epoch keeps the mask saved in its checkpoint and a run resumed at an
+    epoch boundary redraws exactly as the uninterrupted run did.
+    """
+
+    def __init__(self, redraw_every_epoch: bool = False):
+        if not isinstance(redraw_every_epoch, bool):
+            raise HFTError(f"redraw_every_epoch must be true or false, got {redraw_every_epoch!r}")
+        self.redraw_every_epoch = redraw_every_epoch
+        # Called with the new mask before each redraw (e.g. to unshare a DPO reference).
+        self.before_redraw: list[Callable[[Mask], None]] = []
+
+    def redraw(self, optimizer: HFTOptimizer, mask: Mask) -> None:
+        for hook in self.before_redraw:
+            hook(mask)
+        optimizer.redraw(mask)
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        if unwrap_optimizer(optimizer) is None:
+            raise HFTError(
+                "HFTCallback needs an HFTOptimizer: use HFTTrainer or pass optimizers=(HFTOptimizer(...), None)"
+            )
+
+    def on_epoch_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        opt = unwrap_optimizer(optimizer)
+        fresh_epoch = state.global_step > 0 and float(state.epoch or 0).is_integer()
+        if self.redraw_every_epoch and opt is not None and fresh_epoch:
+            self.redraw(opt, select(opt.model, opt.mask.config.next_stage()))
+
+    def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):
+        opt = unwrap_optimizer(optimizer)
+        if opt is None or logs is None or "hft_trainable_fraction" in logs:
+            return
+        extra = hft_logs(opt)
+        logs.update(extra)
+        if state.log_history:
+            state.log_history[-1].update(extra)
+
+
+class HFTTrainerMixin:
+    """Put before a ``transformers.Trainer`` subclass: trains only the HFT half.
+
+    ``hft_config`` (an :class:`HFTConfig`, default the paper's rule) draws the mask when
+    the optimizer is built. An optimizer passed in ``optimizers=`` must be an HFTOptimizer.
+    The optimizer class and its lr/betas/eps/weight decay come from the TrainingArguments,
+    as the plain Trainer's do; only torch optimizer classes can be wrapped.
+    """
+
+    def __init__(self, *args, hft_config: HFTConfig | None = None, **kwargs):
+        bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
+        given = unwrap_optimizer((bound.get("optimizers") or (None, None))[0])
+        if hft_config is None and given is not None:
+            hft_config = given.mask.config
+        if hft_config is None and _is_hft_model(bound.get("model")):
+            hft_config = bound["model"].hft_config
+        self.hft_config = resolve_hft_config(hft_config, bound.get("args"))
+        self.hft_callback = None
+        if self.hft_config is None:  # an HFT*Config with hft=False: the plain trainer
+            super().__init__(**bound)
+            return
+        if bound.get("peft_config") is not None:
+            raise HFTError(
+                "HFT cannot be combined with peft_config: HFT trains half of the base weights, "
+                "a PEFT adapter freezes them all; pass one of the two"
+            )
+        if given is not None and given.mask.config != self.hft_config:
+            raise HFTError(
+                f"hft_config (stage {self.hft_config.stage}, seed {self.hft_config.seed}) differs "
+                "from the mask of the HFTOptimizer passed in optimizers=; pass one of the two"
+            )
+        callbacks = list(bound.get("callbacks") or [])
+        mine = [cb for cb in callbacks if isinstance(cb, HFTCallback)]
+        if not mine:
+            mine = [HFTCallback()]
+            callbacks.append(mine[0])
+        self.hft_callback = mine[0]
+        super().__init__(**{**bound, "callbacks": callbacks})
+        reject_peft(self._hft_target())
+        if self.optimizer is not None and unwrap_optimizer(self.optimizer) is None:
+            raise HFTError(
+                f"optimizers= holds a {type(self.optimizer).__name__}; HFTTrainer needs an "
+                "HFTOptimizer (or none, to build one from the TrainingArguments)"
+            )
+        # Freeze now so that anything that counts trainable parameters before training sees
+        # the half (a given optimizer's own mask, else a fresh draw).
+        self._hft_mask = (
+            given.mask if given is not None else select(self._hft_target(), self.hft_config)
+        )
+        self._hft_mask.apply(self._hft_target())
+
+    def _hft_target(self, model=None):
+        """The model the mask is drawn for: an HFTModel's wrapped model, else the model."""
+        model = self.model if model is None else model
+        return model.base_model if _is_hft_model(model) else model
+
+    @property
+    def hft_optimizer(self) -> HFTOptimizer | None:
+        return unwrap_optimizer(self.optimizer)
+
+    @property
+    def hft_mask(self) -> Mask:
+        """The half that trains now (after a resume or a redraw, the optimizer's)."""
+        opt = self.hft_optimizer
+        return opt.mask if opt is not None else self._hft_mask
+
+    def create_optimizer(self, model=None):
+        if self.hft_config is None:
+            return super().create_optimizer(model)
+        if self.optimizer is not None:
+            if unwrap_optimizer(self.optimizer) is None:
+                raise HFTError(
+                    f"optimizer is a {type(self.optimizer).__name__}; HFTTrainer needs an HFTOptimizer"
+                )
+            return self.optimizer
+        opt_model = self._hft_target(model)
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        kwargs = dict(kwargs)
+        if not (
+            isinstance(optimizer_cls, type)
+            and issubclass(optimizer_cls, torch.optim.Optimizer)
+            and not any(k in kwargs for k in _SPECIAL_OPTIMIZER_KEYS)
+        ):
+            raise HFTError(
+                f"HFT wraps torch optimizer classes; optim={self.args.optim!r} gives "
+                f"{getattr(optimizer_cls, '__name__', optimizer_cls)!r}"
+            )
+        kwargs.setdefault("weight_decay", self.args.weight_decay)
+        self._hft_mask = select(opt_model, self.hft_config)
+        self.optimizer = HFTOptimizer(opt_model, self._hft_mask, optimizer_cls, **kwargs)
+        return self.optimizer
+
+    def next_stage(self) -> HFTConfig:
+        """Start the next stage: a fresh half for the next ``train()`` call (optimizer kept)."""
+        if self.hft_config is None:
+            raise HFTError("next_stage() needs HFT turned on (hft_config or --hft)")
+        self.hft_config = self.hft_config.next_stage()
+        self._hft_mask = select(self._hft_target(), self.hft_config)
+        opt = self.hft_optimizer
+        if opt is not None:
+            self.hft_callback.redraw(opt, self._hft_mask)
+        else:
+            self._hft_mask.apply(self._hft_target())
+        return self.hft_config
+
+    def log(self, logs, *args, **kwargs):
+        opt = self.hft_optimizer
+        if opt is not None:
+            logs.update(hft_logs(opt))
+        return super().log(logs, *args, **kwargs)
+
+
+class HFTTrainer(HFTTrainerMixin, Trainer):
+    """``transformers.Trainer`` that trains only the half drawn by ``hft_config``."""

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create .venv-axolotl: axolotl 0.19.0 in its own virtualenv (it pins other transformers/trl/peft
+# versions than the main env), with this repository installed into it without dependencies.
+# Idempotent: a venv where axolotl and this checkout's hft_plugins already import is left alone.
+#   HFT_AXOLOTL_VENV  where to put it (default: .venv-axolotl at the repository root)
+#   PYTHON            the interpreter to build it with (default: python3.11)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$PWD"
+venv="$(realpath -m "${HFT_AXOLOTL_VENV:-.venv-axolotl}")"
+python="${PYTHON:-python3.11}"
+
+# Run from / so the checkout on the working directory cannot stand in for an installed package.
+imports() { (cd / && "$venv/bin/python" -c "$1" >/dev/null 2>&1); }
+ours="import hft_plugins, pathlib, sys; sys.exit(pathlib.Path(hft_plugins.__file__).resolve().parents[1] != pathlib.Path('$repo'))"
+
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+fi
+if ! imports "import axolotl"; then
+  "$venv/bin/pip" install -c constraints.txt torch==2.13.0 axolotl==0.19.0
+fi
+if ! imports "$ours"; then
+  "$venv/bin/pip" install --no-deps -e "$repo"
+fi
+imports "import axolotl, hft_plugins.integrations.axolotl; $ours"
+echo "axolotl venv ready: $venv"

@@ -1,0 +1,216 @@
+"""HFTTrainer and HFTCallback on the real transformers Trainer, on CPU with a tiny llama."""
+
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
+from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer, unwrap_optimizer
+from hft_plugins.tiny import tiny_model
+from tests.integrations._common import assert_half_trained, lm_dataset, snapshot
+
+
+def args(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        weight_decay=0.1,
+        max_steps=4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+    )
+    return TrainingArguments(**{**base, **kw})
+
+
+def test_trains_only_the_half_and_logs_the_fraction(tmp_path):
+    model = tiny_model("llama")
+    config = HFTConfig(seed=3)
+    before = snapshot(model)
+    trainer = HFTTrainer(
+        model=model,
+        args=args(tmp_path, adam_beta1=0.8, adam_beta2=0.99, adam_epsilon=1e-6),
+        train_dataset=lm_dataset(),
+        hft_config=config,
+    )
+    trainer.train()
+    opt = trainer.hft_optimizer
+    assert isinstance(opt, HFTOptimizer) and isinstance(opt.inner, torch.optim.AdamW)
+    assert opt.mask == select(model, config)
+    defaults = opt.inner.defaults
+    assert (defaults["lr"], defaults["betas"], defaults["eps"]) == (1e-2, (0.8, 0.99), 1e-6)
+    assert [g["weight_decay"] for g in opt.inner.param_groups] == [0.1, 0.0]
+    assert_half_trained(opt.mask, before, model)
+    done, total = opt.mask.fractions()["total"]
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert logged and all(e["hft_trainable_fraction"] == done / total for e in logged)
+    assert all(e["hft_stage"] == 0 for e in logged)
+
+
+def test_fused_tensors_keep_their_frozen_slices(tmp_path):
+    model = tiny_model("phi3")  # fused qkv_proj and gate_up_proj
+    before = snapshot(model)
+    trainer = HFTTrainer(model=model, args=args(tmp_path), train_dataset=lm_dataset())
+    trainer.train()
+    mask = trainer.hft_mask
+    assert any(s is not None for s in mask.params().values())
+    assert_half_trained(mask, before, model)
+
+
+def test_next_stage_redraws_between_train_calls(tmp_path):
+    model = tiny_model("llama")
+    trainer = HFTTrainer(model=model, args=args(tmp_path, max_steps=2), train_dataset=lm_dataset())
+    trainer.train()
+    first = trainer.hft_mask
+    trainer.next_stage()
+    before = snapshot(model)
+    trainer.train()
+    second = trainer.hft_mask
+    assert second.config.stage == 1 and second.trainable != first.trainable
+    assert unwrap_optimizer(trainer.optimizer).mask == second
+    assert_half_trained(second, before, model)
+
+
+def test_every_epoch_redraw(tmp_path):
+    model = tiny_model("llama")
+    trainer = HFTTrainer(
+        model=model,
+        args=args(tmp_path, max_steps=-1, num_train_epochs=3),  # 4 steps per epoch
+        train_dataset=lm_dataset(),
+        callbacks=[HFTCallback(redraw_every_epoch=True)],
+    )
+    trainer.train()
+    stages = [e["hft_stage"] for e in trainer.state.log_history if "loss" in e]
+    assert stages == [0] * 4 + [1] * 4 + [2] * 4
+    assert trainer.hft_mask == select(model, HFTConfig(stage=2))
+
+
+def _run(tmp_path, resume=None, **kw):
+    model = tiny_model("llama")
+    trainer = HFTTrainer(
+        model=model,
+        args=args(
+            tmp_path,
+            **{
+                "max_steps": -1,
+                "num_train_epochs": 3,
+                "save_strategy": "steps",
+                "save_steps": 2,
+                **kw,
+            },
+        ),
+        train_dataset=lm_dataset(),
+        callbacks=[HFTCallback(redraw_every_epoch=True)],
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, model
+
+
+@pytest.mark.parametrize("step", [4, 6])
+def test_resume_is_bit_identical(tmp_path, step):
+    _, full = _run(tmp_path / "full")
+    # checkpoint-6 lies mid-way through epoch 2 (stage 1): resuming must redraw to that mask;
+    # checkpoint-4 ends epoch 1 (stage 0): the resumed run must redraw to stage 1 itself
+    trainer, resumed = _run(
+        tmp_path / "resumed", resume=str(tmp_path / "full" / f"checkpoint-{step}")
+    )
+    assert trainer.hft_mask.config.stage == 2
+    for (name, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_resume_with_a_mask_of_another_model_is_refused(tmp_path):
+    _run(tmp_path / "full", max_steps=2)
+    ckpt = tmp_path / "full" / "checkpoint-2"
+    state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    other = tiny_model("llama", intermediate_size=48)
+    state["mask"] = select(other, HFTConfig()).to_json()
+    torch.save(state, ckpt / "optimizer.pt")
+    with pytest.raises(HFTError, match="mask does not match the model") as err:
+        _run(tmp_path / "again", resume=str(ckpt), max_steps=4)
+    assert "\n" not in str(err.value)
+
+
+def test_resume_from_a_plain_optimizer_checkpoint_is_refused(tmp_path):
+    plain = Trainer(
+        model=tiny_model(),
+        args=args(tmp_path / "plain", max_steps=2, save_strategy="steps", save_steps=2),
+        train_dataset=lm_dataset(),
+    )
+    plain.train()
+    with pytest.raises(HFTError, match="not an HFT optimizer state"):
+        _run(tmp_path / "hft", resume=str(tmp_path / "plain" / "checkpoint-2"), max_steps=4)
+
+
+def test_bad_hft_config_type(tmp_path):
+    with pytest.raises(HFTError, match="hft_config must be an hft_plugins.HFTConfig, got dict"):
+        HFTTrainer(
+            model=tiny_model(), args=args(tmp_path), train_dataset=lm_dataset(), hft_config={}
+        )
+
+
+def test_a_plain_optimizer_is_refused(tmp_path):
+    model = tiny_model()
+    plain = torch.optim.AdamW(model.parameters())
+    with pytest.raises(HFTError, match="HFTTrainer needs an HFTOptimizer"):
+        HFTTrainer(
+            model=model, args=args(tmp_path), train_dataset=lm_dataset(), optimizers=(plain, None)
+        )
+
+
+def test_a_user_hft_optimizer_is_used(tmp_path):
+    model = tiny_model()
+    mask = select(model, HFTConfig(seed=5))
+    opt = HFTOptimizer(model, mask, torch.optim.SGD, lr=0.1)
+    before = snapshot(model)
+    trainer = HFTTrainer(
+        model=model, args=args(tmp_path), train_dataset=lm_dataset(), optimizers=(opt, None)
+    )
+    trainer.train()
+    assert trainer.hft_optimizer is opt and trainer.hft_config == HFTConfig(seed=5)
+    assert_half_trained(mask, before, model)
+    with pytest.raises(HFTError, match="differs from the mask of the HFTOptimizer"):
+        HFTTrainer(
+            model=model,
+            args=args(tmp_path),
+            train_dataset=lm_dataset(),
+            optimizers=(opt, None),
+            hft_config=HFTConfig(seed=6),
+        )
+
+
+def test_optim_from_training_arguments_is_wrapped(tmp_path):
+    trainer = HFTTrainer(
+        model=tiny_model(), args=args(tmp_path, optim="adafactor"), train_dataset=lm_dataset()
+    )
+    trainer.create_optimizer()
+    assert type(trainer.hft_optimizer.inner).__name__ == "Adafactor"
+
+
+def test_an_optimizer_factory_is_refused(tmp_path):
+    def factory(params, **kw):
+        return torch.optim.SGD(params, lr=0.1)
+
+    trainer = HFTTrainer(
+        model=tiny_model(),
+        args=args(tmp_path),
+        train_dataset=lm_dataset(),
+        optimizer_cls_and_kwargs=(factory, {}),
+    )
+    with pytest.raises(HFTError, match="HFT wraps torch optimizer classes"):
+        trainer.create_optimizer()
+
+
+def test_callback_on_a_plain_trainer_needs_hft_optimizer(tmp_path):
+    trainer = Trainer(
+        model=tiny_model(),
+        args=args(tmp_path),
+        train_dataset=lm_dataset(),
+        callbacks=[HFTCallback()],
+    )
+    with pytest.raises(HFTError, match="HFTCallback needs an HFTOptimizer"):
+        trainer.train()

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from hft_plugins import HFTConfig, HFTError, Mask, apply_hft, select
+from hft_plugins.tiny import tiny_model
+
+
+def test_apply_sets_requires_grad_by_plan():
+    model = tiny_model("llama")
+    mask = apply_hft(model, HFTConfig(seed=1))
+    plan = mask.params()
+    for name, param in model.named_parameters():
+        assert param.requires_grad == (name in plan)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == mask.trainable_numel  # Llama has no fused tensors
+
+
+def test_json_round_trip(tmp_path):
+    model = tiny_model("gpt2")
+    mask = select(model, HFTConfig(strategy="matrix", ratio=0.4, seed=2, stage=3))
+    mask.save(tmp_path / "mask.json")
+    loaded = Mask.load(tmp_path / "mask.json")
+    assert loaded == mask
+    assert loaded.params() == mask.params()
+    assert loaded.config == HFTConfig(strategy="matrix", ratio=0.4, seed=2, stage=3)
+    assert loaded.summary() == mask.summary()
+    assert not list(tmp_path.glob(".*tmp*"))  # nothing half-written left beside it
+
+
+def test_mask_for_another_model_names_first_mismatch():
+    mask = select(tiny_model("llama"), HFTConfig())
+    other = tiny_model("llama", intermediate_size=48)
+    with pytest.raises(
+        HFTError, match=r"parameter 'model.layers.0.mlp.gate_proj.weight' has shape \[48, 32\]"
+    ):
+        mask.apply(other)
+    with pytest.raises(
+        HFTError, match="parameter 'model.layers.4.input_layernorm.weight' is not in it"
+    ):
+        mask.apply(tiny_model("llama", num_hidden_layers=5))
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("{not json", "corrupt HFT mask"),
+        ('{"format": "other"}', "not an HFT mask"),
+        ('{"format": "hft-mask/1", "shapes": {}}', "corrupt HFT mask: KeyError"),
+    ],
+)
+def test_corrupt_mask_json(tmp_path, text, match):
+    path = tmp_path / "mask.json"
+    path.write_text(text)
+    with pytest.raises(HFTError, match=match):
+        Mask.load(path)
+
+
+def test_edited_shapes_fail_the_fingerprint(tmp_path):
+    data = select(tiny_model("llama"), HFTConfig()).to_json()
+    data["shapes"]["model.norm.weight"] = [33]
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    with pytest.raises(HFTError, match="fingerprint does not match"):
+        Mask.load(tmp_path / "m.json")
+
+
+def test_summary_shows_blocks_and_totals():
+    text = select(tiny_model("llama"), HFTConfig()).summary()
+    assert "strategy=category ratio=0.5 seed=0 stage=0 layout=llama blocks=4" in text
+    assert "block fraction 0.500000 (ratio 0.5; exact)" in text
+    assert text.count("2/4 ") == 4  # attention, every block

@@ -1,0 +1,190 @@
+"""The sparse-aware optimizer: frozen stays bit-identical, state only for the trained half."""
+
+import pytest
+import torch
+
+from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
+from hft_plugins.tiny import tiny_model
+
+STEPS = 20
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 96, (2, 16), generator=g)
+
+
+def _train(model, opt, steps, start=0):
+    for step in range(start, start + steps):
+        ids = _batch(step)
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def _frozen_mask(mask, name, shape):
+    """Boolean tensor: True where the parameter is frozen."""
+    plan = mask.params()
+    frozen = torch.ones(shape, dtype=torch.bool)
+    if name in plan:
+        if plan[name] is None:
+            frozen.fill_(False)
+        else:
+            for a, b in plan[name].ranges:
+                frozen.narrow(plan[name].dim, a, b - a).fill_(False)
+    return frozen
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "phi3"])
+def test_frozen_bit_identical_after_adamw_with_decay(family):
+    model = tiny_model(family)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mask = select(model, HFTConfig(seed=3))
+    opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-2, weight_decay=0.1)
+    _train(model, opt, STEPS)
+    sliced = 0
+    for name, param in model.named_parameters():
+        frozen = _frozen_mask(mask, name, param.shape)
+        assert torch.equal(param[frozen], before[name][frozen]), name
+        trained = ~frozen
+        if trained.any():
+            assert not torch.equal(param[trained], before[name][trained]), name
+        sliced += bool(frozen.any() and trained.any())
+    assert sliced > 0 or family == "llama"  # fused families really exercise slices
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_state_bytes_are_two_moments_of_the_trainable_elements(family):
+    model = tiny_model(family)
+    mask = select(model, HFTConfig())
+    opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3, weight_decay=0.1)
+    _train(model, opt, 1)
+    moments = sum(
+        v.numel() * v.element_size()
+        for s in opt.state.values()
+        for k, v in s.items()
+        if k in ("exp_avg", "exp_avg_sq")
+    )
+    assert moments == 2 * mask.trainable_numel * 4
+    assert abs(opt.state_bytes() / (2 * mask.trainable_numel * 4) - 1) < 0.01
+
+
+def test_decay_groups_follow_the_hf_trainer_rule():
+    model = tiny_model("gpt2")
+    opt = HFTOptimizer(
+        model, select(model, HFTConfig()), torch.optim.AdamW, lr=1e-3, weight_decay=0.1
+    )
+    decay, plain = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all("bias" not in n and "ln_" not in n for n in decay["names"])
+    assert any(n.startswith("transformer.h.0.ln_") for n in plain["names"]) or any(
+        n.startswith("transformer.ln_f") for n in plain["names"]
+    )
+    assert all("bias" in n or "ln_" in n for n in plain["names"])
+
+
+def test_redraw_frees_newly_frozen_state_and_keeps_the_rest():
+    model = tiny_model("llama", num_hidden_layers=8)
+    first = select(model, HFTConfig(seed=1))
+    opt = HFTOptimizer(model, first, torch.optim.AdamW, lr=1e-3, weight_decay=0.1)
+    _train(model, opt, 2)
+    by_name = {n: p for n, p in model.named_parameters()}
+    kept_before = {n: opt.state[by_name[n]]["exp_avg"].clone() for n in first.params()}
+    second = select(model, HFTConfig(seed=1).next_stage())
+    opt.redraw(second)
+    both = set(first.params()) & set(second.params())
+    dropped = set(first.params()) - set(second.params())
+    added = set(second.params()) - set(first.params())
+    assert dropped and added
+    assert len(opt.state) == len(both)  # state counted: newly frozen freed, new ones not yet made
+    for name in both:
+        assert torch.equal(opt.state[by_name[name]]["exp_avg"], kept_before[name])
+    for name in dropped:
+        assert not by_name[name].requires_grad and by_name[name].grad is None
+    frozen_now = {n: p.detach().clone() for n, p in by_name.items() if n not in second.params()}
+    _train(model, opt, 2, start=2)
+    assert len(opt.state) == len(second.params())
+    assert all(opt.state[by_name[n]]["step"].item() == 2 for n in added)
+    for name, value in frozen_now.items():
+        assert torch.equal(by_name[name], value), name
+
+
+def _resume_equal(family, tmp_path):
+    torch.manual_seed(0)
+    model = tiny_model(family)
+    mask = select(model, HFTConfig(seed=5))
+    opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-2, weight_decay=0.1)
+    _train(model, opt, 3)
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    _train(model, opt, 3, start=3)
+
+    resumed = tiny_model(family, seed=123)
+    resumed.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    # start from another stage's mask: loading must redraw to the saved one
+    opt2 = HFTOptimizer(
+        resumed,
+        select(resumed, HFTConfig(seed=5, stage=4)),
+        torch.optim.AdamW,
+        lr=1e-2,
+        weight_decay=0.1,
+    )
+    opt2.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    assert opt2.mask == mask
+    _train(resumed, opt2, 3, start=3)
+    for (name, a), (_, b) in zip(model.named_parameters(), resumed.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    return opt, opt2
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_state_dict_round_trip_and_bit_identical_resume(family, tmp_path):
+    opt, opt2 = _resume_equal(family, tmp_path)
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["state"].keys() == b["state"].keys()
+    for key in a["state"]:
+        for k, v in a["state"][key].items():
+            assert torch.equal(v, b["state"][key][k])
+
+
+def test_state_dict_keys_are_names_and_slices():
+    model = tiny_model("gpt2")
+    opt = HFTOptimizer(model, select(model, HFTConfig()), torch.optim.AdamW, lr=1e-3)
+    _train(model, opt, 1)
+    keys = set(opt.state_dict()["state"])
+    assert "transformer.wte.weight" in keys
+    assert any(k.startswith("transformer.h.0.attn.c_attn.weight[1:") for k in keys)
+
+
+def test_bad_inputs():
+    model = tiny_model("llama")
+    mask = select(model, HFTConfig())
+    with pytest.raises(HFTError, match="mask must be an hft_plugins Mask"):
+        HFTOptimizer(model, {"a": 1})
+    with pytest.raises(HFTError, match="optimizer_cls must be a torch optimizer class"):
+        HFTOptimizer(model, mask, "adamw")
+    opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3)
+    with pytest.raises(HFTError, match="not an HFT optimizer state"):
+        opt.load_state_dict({"state": {}, "param_groups": []})
+    other = select(tiny_model("llama", intermediate_size=48), HFTConfig())
+    with pytest.raises(HFTError, match="mask does not match the model"):
+        opt.redraw(other)
+
+
+def test_works_with_other_torch_optimizers():
+    model = tiny_model("llama")
+    mask = select(model, HFTConfig())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = HFTOptimizer(model, mask, torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.1)
+    _train(model, opt, 3)
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]) == (name not in mask.params()), name
+
+
+def test_lr_scheduler_drives_the_wrapped_groups():
+    model = tiny_model("llama")
+    opt = HFTOptimizer(model, select(model, HFTConfig()), torch.optim.AdamW, lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5**step)
+    _train(model, opt, 1)
+    sched.step()
+    assert all(g["lr"] == 0.5 for g in opt.inner.param_groups)
