@@ -151,23 +151,39 @@ def curves(grid_runs: list[dict]) -> dict[str, list[tuple[float, float, float]]]
     return out
 
 
-def matched_retention(method_curves: dict) -> tuple[float | None, dict[str, float | None]]:
-    """Retention interpolated at the highest new-task score every curve reaches."""
-    if not method_curves:
-        return None, {}
-    target = min(max(p[1] for p in pts) for pts in method_curves.values())
-    result = {}
+MIN_MATCHED_SCORE = 0.05
+
+
+def _interpolate(points, x):
+    """Retention at new-task score ``x`` along a curve of (lr, new, kept) points, or None."""
+    pts = sorted((p[1], p[2]) for p in points)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[-1][1] if pts and math.isclose(pts[-1][0], x) else None
+
+
+def matched_retention(method_curves: dict, reference: str = "fft") -> dict[str, dict | None]:
+    """Per method: its and the reference's base-task retention at one new-task score.
+
+    The score is the highest both curves reach; a method that never reaches
+    ``MIN_MATCHED_SCORE`` gets None (it did not learn the new tasks at any lr).
+    """
+    if reference not in method_curves:
+        return {}
+    ref = method_curves[reference]
+    out = {}
     for method, pts in method_curves.items():
-        pts = sorted((x, y) for _, x, y in pts)
-        value = None
-        for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
-            if x0 <= target <= x1:
-                value = y0 if x1 == x0 else y0 + (y1 - y0) * (target - x0) / (x1 - x0)
-                break
-        if value is None and pts and math.isclose(pts[-1][0], target):
-            value = pts[-1][1]
-        result[method] = value
-    return target, result
+        target = min(max(p[1] for p in pts), max(p[1] for p in ref))
+        if method == reference or target < MIN_MATCHED_SCORE:
+            out[method] = None
+            continue
+        out[method] = {
+            "new_task_score": target,
+            "retention": _interpolate(pts, target),
+            "reference_retention": _interpolate(ref, target),
+        }
+    return out
 
 
 def _run_all(jobs, workers, desc):
@@ -244,7 +260,7 @@ def run_bench(
     runs = _run_all(jobs, workers, "benchmark")
     summary = summarize(runs)
     method_curves = curves(grid)
-    target, matched = matched_retention(method_curves)
+    matched = matched_retention(method_curves)
     result = {
         "command": command,
         "setting": {
@@ -267,8 +283,7 @@ def run_bench(
         "runs": runs,
         "grid": grid,
         "curves": method_curves,
-        "matched_new_task_score": target,
-        "retention_at_matched_new_task_score": matched,
+        "retention_at_matched_new_task_score_vs_fft": matched,
         "wall_seconds": time.perf_counter() - started,
     }
     atomic_write_text(out / "results.json", json.dumps(result, indent=1))
@@ -298,6 +313,10 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def report(result: dict) -> str:
     """Markdown: the headline table, retention at matched new-task score, every R matrix."""
     setting, summary = result["setting"], result["summary"]
@@ -323,25 +342,30 @@ def report(result: dict) -> str:
             f"| {ms(s['bwt_latent'])} | {ms(s['new_task_exact'])} "
             f"| {ms(s['base_tasks_final_exact'])} | {ms(s['base_tasks_final_latent'])} |"
         )
-    target, matched = (
-        result["matched_new_task_score"],
-        result["retention_at_matched_new_task_score"],
-    )
-    if target is not None:
+    matched = result["retention_at_matched_new_task_score_vs_fft"]
+    if result["curves"]:
+        lrs = [p[0] for p in next(iter(result["curves"].values()))]
         lines += [
             "",
-            f"Base-task latent score at matched new-task exact match {target:.3f} "
-            "(interpolated along each method's lr curve, tuning seed, val split):",
+            "Retention vs learning over the lr grid (tuning seed, val split): mean new-task exact "
+            "match / base tasks' latent score after the last stage; then both interpolated at "
+            "the highest new-task score the method and FFT both reach:",
             "",
             "| method | "
-            + " | ".join(f"lr {p[0]:g}: new / kept" for p in next(iter(result["curves"].values())))
-            + " | kept at matched |",
-            "|---|" + "---|" * (len(next(iter(result["curves"].values()))) + 1),
+            + " | ".join(f"lr {lr:g}" for lr in lrs)
+            + " | matched new-task score | kept (method) | kept (FFT) |",
+            "|---|" + "---|" * (len(lrs) + 3),
         ]
         for m, pts in result["curves"].items():
-            kept = matched.get(m)
             cells = " | ".join(f"{p[1]:.2f} / {p[2]:.2f}" for p in pts)
-            lines.append(f"| {m} | {cells} | {'n/a' if kept is None else f'{kept:.3f}'} |")
+            hit = matched.get(m)
+            tail = (
+                "- | - | -"
+                if hit is None
+                else f"{hit['new_task_score']:.2f} | {_fmt(hit['retention'])} | "
+                f"{_fmt(hit['reference_retention'])}"
+            )
+            lines.append(f"| {m} | {cells} | {tail} |")
     for metric in ("exact", "latent"):
         lines += ["", f"Mean R matrices ({metric}; row = after stage, column = task):", ""]
         for m, s in summary.items():

@@ -164,3 +164,17 @@ def test_demo_bad_input_is_one_line_error(argv, message, tmp_path):
     args = _parser().parse_args(["demo", "--out", str(tmp_path), *argv])
     with pytest.raises(HFTError, match=message):
         args.run(args)
+
+
+def test_matched_retention_interpolates_both_curves_at_the_shared_best_score():
+    curves = {
+        "fft": [(1e-3, 0.2, 0.5), (3e-3, 0.6, 0.1)],
+        "hft-category": [(1e-3, 0.1, 0.8), (3e-3, 0.4, 0.2)],
+        "half-reset": [(1e-3, 0.0, 0.9), (3e-3, 0.01, 0.9)],
+    }
+    matched = bench.matched_retention(curves)
+    assert matched["fft"] is None and matched["half-reset"] is None  # reference; never learned
+    hit = matched["hft-category"]
+    assert hit["new_task_score"] == 0.4
+    assert hit["retention"] == pytest.approx(0.2)
+    assert hit["reference_retention"] == pytest.approx(0.3)  # halfway from 0.5 to 0.1
