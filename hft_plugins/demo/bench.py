@@ -14,7 +14,6 @@ rate. The same grid runs give each method a retention-vs-new-task curve.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import multiprocessing
@@ -275,9 +274,7 @@ def run_bench(
             "threads": threads,
             "workers": workers,
             "eval_rows_per_task": eval_rows,
-            "trainable_fraction": {
-                m: methods.trainable_fraction(m, copy.deepcopy(base)) for m in methods_
-            },
+            "trainable_fraction": {m: methods.trainable_fraction(m, base) for m in methods_},
         },
         "summary": summary,
         "runs": runs,
