@@ -1,0 +1,140 @@
+"""Subcommand hooks for the ``hft`` console script: ``hft demo`` and ``hft bench forgetting``.
+
+The lead's ``hft_plugins/cli.py`` wires them: ``add_demo_parser(subparsers)`` and
+``add_bench_parser(subparsers)`` add the parsers; ``run_demo(args)`` and
+``run_bench(args)`` run them and return an exit code. Bad input raises HFTError
+(one line) for the console script to print.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from .. import strategies
+
+
+def _command() -> str:
+    return "hft " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def add_demo_parser(subparsers):
+    from .tasks import SEQUENCE_TASKS
+
+    p = subparsers.add_parser(
+        "demo",
+        help="fine-tune the embedded tiny model on a new task with FFT and with HFT; compare",
+        description="From the cached base model (built on first use), fine-tune a new task "
+        "with full fine-tuning and with HFT through TRL's SFTTrainer, then print retention "
+        "of the base tasks, the new task's score and the cost of each.",
+    )
+    p.add_argument("--task", default="shift", help=f"new task: one of {', '.join(SEQUENCE_TASKS)}")
+    p.add_argument(
+        "--strategy",
+        default="category",
+        help=f"HFT strategy ({', '.join(strategies.BUILTIN_STRATEGIES)} or a plugin's)",
+    )
+    p.add_argument("--ratio", type=float, default=0.5, help="HFT ratio in (0, 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the HFT draw and of the data order")
+    p.add_argument("--steps", type=int, default=150, help="optimizer steps per run")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of both runs")
+    p.add_argument("--out", default="hft-demo", help="directory for results.json and demo.png")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1 is fastest on a shared machine)",
+    )
+    p.set_defaults(run=run_demo)
+    return p
+
+
+def run_demo(args) -> int:
+    import torch
+
+    from . import demo
+
+    torch.set_num_threads(max(1, args.threads))
+    result = demo.run_demo(
+        task=args.task,
+        strategy=args.strategy,
+        ratio=args.ratio,
+        seed=args.seed,
+        steps=args.steps,
+        lr=args.lr,
+        out=args.out,
+        command=_command(),
+    )
+    print(demo.table(result))
+    print(f"wrote {args.out}/results.json and {args.out}/demo.png ({result['wall_seconds']:.0f} s)")
+    return 0
+
+
+def add_bench_parser(subparsers):
+    from .bench import DEFAULT_LRS
+    from .methods import METHODS
+    from .tasks import SEQUENCE_TASKS
+
+    p = subparsers.add_parser("bench", help="built-in benchmarks")
+    sub = p.add_subparsers(dest="bench", required=True)
+    f = sub.add_parser(
+        "forgetting",
+        help="continual learning over a task sequence: R matrix, OP and BWT per method",
+        description="Fine-tune the base model on each task in turn with every method; the "
+        "learning rate of each method is the best of one grid on a tuning seed (mean "
+        "new-task exact match on the val split).",
+    )
+    f.add_argument(
+        "--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS)
+    )
+    f.add_argument("--seeds", default="0,1,2,3,4", help="comma list of seeds")
+    f.add_argument("--steps", type=int, default=150, help="optimizer steps per stage")
+    f.add_argument("--tasks", default=",".join(SEQUENCE_TASKS), help="comma list, in order")
+    f.add_argument(
+        "--lrs",
+        default=",".join(f"{x:g}" for x in DEFAULT_LRS),
+        help="learning-rate grid, the same for every method",
+    )
+    f.add_argument(
+        "--eval-rows",
+        type=int,
+        default=100,
+        help="held-out rows scored per task (the eval split has 200)",
+    )
+    f.add_argument("--workers", type=int, default=1, help="parallel processes")
+    f.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    f.add_argument("--out", default="hft-bench-forgetting", help="directory for results")
+    f.set_defaults(run=run_bench)
+    return p
+
+
+def run_bench(args) -> int:
+    import torch
+
+    from ..errors import HFTError
+    from . import bench
+    from .common import parse_names, parse_seeds
+
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        lrs = [float(x) for x in parse_names(args.lrs)]
+    except ValueError:
+        raise HFTError(f"learning-rate grid {args.lrs!r} is not a comma list of numbers") from None
+    result = bench.run_bench(
+        methods_=parse_names(args.methods),
+        seeds=parse_seeds(args.seeds),
+        steps=args.steps,
+        task_names=parse_names(args.tasks),
+        out=args.out,
+        lrs=lrs,
+        workers=args.workers,
+        threads=args.threads,
+        eval_rows=args.eval_rows,
+        command=_command(),
+    )
+    print(bench.table(result))
+    print(
+        f"wrote {args.out}/results.json and {args.out}/forgetting.png "
+        f"({result['wall_seconds']:.0f} s)"
+    )
+    return 0
