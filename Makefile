@@ -34,4 +34,4 @@ format: setup
 	$(VENV)/bin/ruff format .
 
 demo: setup
-	$(VENV)/bin/hft inspect tiny:llama
+	$(VENV)/bin/hft demo --out hft-demo

@@ -1,4 +1,4 @@
-"""The ``hft`` command: inspect a layout, half-reset a model, list plugins, run the demo."""
+"""The ``hft`` command: inspect a layout, half-reset a model, list plugins, demo, benchmarks."""
 
 from __future__ import annotations
 
@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("plugins", help="list plugins, strategies and layouts")
     listing.set_defaults(run=cmd_plugins)
+
+    from .demo.cli import add_bench_parser, add_demo_parser
+
+    add_demo_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 
