@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from . import plugins
+from .atomic import atomic_directory
 from .config import HFTConfig
 from .errors import HFTError
 from .mask import select
@@ -92,10 +91,7 @@ def cmd_reset(args) -> int:
     tuned = _load_model(args.tuned, "tuned")
     mask = select(tuned, _config(args))
     half_reset(base, tuned, mask)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # write beside the target, then rename: a crash never leaves a half-written output
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as staging:  # a crash never leaves a half-written output
         tuned.save_pretrained(staging)
         for item in Path(args.tuned).iterdir():  # tokenizer and other non-weight files
             if (
@@ -105,15 +101,6 @@ def cmd_reset(args) -> int:
             ):
                 shutil.copy2(item, staging / item.name)
         mask.save(staging / "hft_reset_mask.json")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     done, total = mask.fractions()["blocks"]
     print(f"half-reset {done:,} of {total:,} block parameters to {args.base}; wrote {out}")
     return 0

@@ -28,6 +28,7 @@ from .architectures import (
     resolve,
 )
 from .architectures import fingerprint as compute_fingerprint
+from .atomic import atomic_write_text
 from .config import HFTConfig
 from .errors import HFTError
 
@@ -286,19 +287,6 @@ class Mask:
             f"Mask(strategy={self.config.strategy!r}, stage={self.config.stage}, "
             f"blocks trainable {done}/{total})"
         )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write beside ``path`` and rename over it: a crash leaves the old file or the new one."""
-    if path.is_dir():
-        raise HFTError(f"cannot write {path}: it is a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:

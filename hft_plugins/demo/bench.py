@@ -22,8 +22,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from ..errors import HFTError
-from ..mask import atomic_write_text
 from . import engine, methods, tasks
 from .common import progress_bar, writable_dir
 

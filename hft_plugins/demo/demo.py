@@ -13,9 +13,9 @@ import json
 import tempfile
 import time
 
+from ..atomic import atomic_write_text
 from ..config import HFTConfig
 from ..errors import HFTError
-from ..mask import atomic_write_text
 from . import engine, tasks
 from .common import PeakRSS, progress_bar, writable_dir
 

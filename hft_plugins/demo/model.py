@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write_text
 from ..errors import HFTError
-from ..mask import atomic_write_text
 from . import engine, tasks
 from .tokenizer import VOCAB
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..atomic import atomic_directory
 from ..config import HFTConfig
 from ..errors import HFTError
 from ..mask import Mask, Slices, select
@@ -107,25 +106,13 @@ class HFTModel(nn.Module):
         target = Path(save_directory)
         if target.exists() and not target.is_dir():
             raise HFTError(f"cannot save an HFT model to {target}: it is a file")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        with atomic_directory(target) as staging:
             tensors = {
                 k: v.contiguous().cpu() for k, v in _pieces(self.hft_mask, self.base_model).items()
             }
-            save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "hft-model/1"})
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.hft_config.to_dict(), indent=2))
-            self.hft_mask.save(tmp / MASK_NAME)
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            save_file(tensors, staging / WEIGHTS_NAME, metadata={"format": "hft-model/1"})
+            (staging / CONFIG_NAME).write_text(json.dumps(self.hft_config.to_dict(), indent=2))
+            self.hft_mask.save(staging / MASK_NAME)
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, save_directory: str | os.PathLike) -> HFTModel:
