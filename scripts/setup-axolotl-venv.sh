@@ -17,8 +17,10 @@ ours="import hft_plugins, pathlib, sys; sys.exit(pathlib.Path(hft_plugins.__file
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
-if ! imports "import axolotl"; then
-  "$venv/bin/pip" install -c constraints.txt torch==2.13.0 axolotl==0.19.0
+# hft-plugins goes in with --no-deps (axolotl pins the frameworks), so its own core
+# dependencies that axolotl does not bring are named here
+if ! imports "import axolotl, pluggy, safetensors"; then
+  "$venv/bin/pip" install -c constraints.txt torch==2.13.0 axolotl==0.19.0 pluggy safetensors
 fi
 if ! imports "$ours"; then
   "$venv/bin/pip" install --no-deps -e "$repo"
