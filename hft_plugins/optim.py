@@ -208,6 +208,7 @@ class HFTOptimizer(torch.optim.Optimizer):
             raise HFTError("the mask leaves nothing trainable")
         self._entries = entries
         self._views = [e for e in entries if e.tensor is not e.param]
+        self._params = list({id(e.param): e.param for e in entries}.values())
         try:
             self.inner = self.optimizer_cls(groups, **self.optimizer_kwargs)
         except (TypeError, ValueError) as exc:
@@ -232,10 +233,18 @@ class HFTOptimizer(torch.optim.Optimizer):
             # FSDP2 assigns sharded gradients itself; step() hands those to the views
             if entry.narrow is not None and not isinstance(entry.param, DTensor):
                 by_param[id(entry.param)].append(entry)
+        # a projection with the sliced backward already leaves its frozen ranges at zero
+        sliced = set(sliced_grad.installed(self.model))
         owner = weakref.ref(self)  # a hook left on a model must not keep the optimizer alive
         self._grad_hooks = [
             entries[0].param.register_post_accumulate_grad_hook(
-                _SliceGradHook(owner, entries, _frozen_ranges(entries))
+                _SliceGradHook(
+                    owner,
+                    entries,
+                    []
+                    if entries[0].key.split("[")[0].rpartition(".")[0] in sliced
+                    else _frozen_ranges(entries),
+                )
             )
             for entries in by_param.values()
         ]
@@ -263,7 +272,7 @@ class HFTOptimizer(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         for entry in self._views:
             entry.tensor.grad = None  # views of the gradient; set after backward or in step()
-        for param in {id(e.param): e.param for e in self._entries}.values():
+        for param in self._params:
             if param.grad is None:
                 continue
             if set_to_none:

@@ -190,19 +190,21 @@ def test_lr_scheduler_drives_the_wrapped_groups():
     assert all(g["lr"] == 0.5 for g in opt.inner.param_groups)
 
 
-def _fused_backward(scaler=None):
+def _fused_backward(scaler=None, sliced_grad=True):
     model = tiny_model("phi3")
     mask = select(model, HFTConfig())
-    opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3)
+    opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3, sliced_grad=sliced_grad)
     ids = _batch()
     loss = model(input_ids=ids, labels=ids).loss
     (loss if scaler is None else scaler.scale(loss)).backward()
     return model, mask, opt
 
 
-def test_frozen_slices_have_zero_gradient_so_clipping_sees_the_trainable_half():
-    """clip_grad_norm_(model.parameters()) must not count the frozen rows of qkv_proj."""
-    model, mask, _ = _fused_backward()
+@pytest.mark.parametrize("sliced_grad", [True, False])
+def test_frozen_slices_have_zero_gradient_so_clipping_sees_the_trainable_half(sliced_grad):
+    """clip_grad_norm_(model.parameters()) must not count the frozen rows of qkv_proj: the
+    sliced backward leaves them zero, and without it the post-backward hook zeroes them."""
+    model, mask, _ = _fused_backward(sliced_grad=sliced_grad)
     for name, param in model.named_parameters():
         if param.grad is not None:
             frozen = _frozen_mask(mask, name, param.shape)
