@@ -1,0 +1,241 @@
+"""Sorting one block's parameters into units by the role of the modules that hold them.
+
+A registered layout names a family's modules; everything it does not name (and every
+module of a family without a layout) is sorted here, from the names and classes along
+each parameter's module path, the shallowest one that tells: a norm, attention, a
+state-space or other sequence mixer, a feed-forward network, its routed experts (fused
+3-D tensors split into gate/up/down by the metadata transformers attaches to them),
+shared experts, the router. What cannot be told is reported as an issue, never guessed
+silently: a parameter no rule places, a fused projection whose split is not known, a
+large category that is a single matrix (no half of it can be drawn).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+# Categories of block units; "other" holds what was not placed (accepted only with guess_layout).
+BLOCK_CATEGORIES = ("attention", "ffn", "shared_ffn", "router", "mixer", "sink", "norm", "other")
+
+_MIXER_WORDS = (
+    "mamba",
+    "ssm",
+    "linear_attn",
+    "linearattention",
+    "deltanet",
+    "rwkv",
+    "recurrent",
+    "rglru",
+    "lstm",
+    "shortconv",
+    "hyena",
+    "retention",
+)
+_MIXER_TOKENS = {"conv", "mixer", "time_mix", "mamba_mixer", "ssm"}
+_ATTENTION_WORDS = ("attn", "attention")
+_FFN_WORDS = ("mlp", "ffn", "feed_forward", "feedforward", "expert", "moe", "densereludense")
+_FFN_TOKENS = {"fc", "fc1", "fc2", "c_fc", "intermediate", "output", "layerff", "wi", "wo"}
+_FFN_TOKENS |= {"w1", "w2", "w3", "dense_h_to_4h", "dense_4h_to_h", "gate_proj", "up_proj"}
+_FFN_TOKENS |= {"down_proj", "denseactdense", "t5layerff"}
+_ROUTER_NAMES = {"gate", "router", "gating", "wg", "gate_network", "switch"}
+_FUSED_ATTENTION = {"qkv", "qkv_proj", "c_attn", "query_key_value", "wqkv", "w_pack", "kv_proj"}
+_FUSED_ATTENTION |= {"qkv_linear", "key_value", "kv", "in_proj", "qkv_a_proj"}
+_FUSED_GATE_UP = {"gate_up_proj", "gate_up", "w12", "w13", "fc_gate_up"}
+_NUMBER = re.compile(r"^\d+$")
+
+
+@dataclass(frozen=True)
+class PlannedUnit:
+    """A unit of one block before its parameters are prefixed: block-relative names."""
+
+    category: str
+    name: str
+    parts: tuple  # of architectures.Part with block-relative parameter names
+
+
+def is_norm(name: str, module: nn.Module) -> bool:
+    """A normalisation layer, by class or by its attribute name."""
+    leaf = name.rsplit(".", 1)[-1].lower()
+    return "norm" in type(module).__name__.lower() or "norm" in leaf or leaf.startswith("ln")
+
+
+def _words(token: str, module: nn.Module) -> tuple[str, str]:
+    return token.lower(), type(module).__name__.lower()
+
+
+def _role(token: str, module: nn.Module) -> str | None:
+    """What one level of a module path says about the parameters below it, if anything."""
+    token, cls = _words(token, module)
+    if any(w in token or w in cls for w in _MIXER_WORDS) or token in _MIXER_TOKENS:
+        if "attention" in cls and "linear" not in cls:
+            return "attention"  # e.g. a generic 'mixer' attribute holding an attention module
+        if "mlp" in cls or "moe" in cls or "expert" in cls:
+            return "ffn"
+        return "mixer"
+    if any(w in token or w in cls for w in _ATTENTION_WORDS):
+        return "attention"
+    if any(w in token or w in cls for w in _FFN_WORDS) or token in _FFN_TOKENS:
+        return "ffn"
+    if cls.endswith("ff") or "feedforward" in cls:
+        return "ffn"
+    return None
+
+
+def _has_experts(block: nn.Module) -> bool:
+    for name, param in block.named_parameters():
+        if param.dim() == 3 or "expert" in name.lower():
+            return True
+    return False
+
+
+def _normalise(path: str) -> str:
+    """Replace the index of each expert in a ModuleList of experts by '*'."""
+    pieces = path.split(".")
+    for i in range(1, len(pieces)):
+        if _NUMBER.match(pieces[i]) and "expert" in pieces[i - 1].lower():
+            pieces[i] = "*"
+    return ".".join(pieces)
+
+
+class BlockSorter:
+    """Sort the parameters of one block that a layout did not claim."""
+
+    def __init__(self, block: nn.Module, make_part):
+        self.block = block
+        self.modules = dict(block.named_modules())
+        self.make_part = make_part
+        self.experts = _has_experts(block)
+        self.units: dict[str, PlannedUnit] = {}
+        self.issues: list[str] = []
+
+    # ---- one module's role ------------------------------------------------
+
+    def role(self, path: str) -> str | None:
+        """The category of the parameters owned by the module at ``path``."""
+        module = self.modules[path]
+        if is_norm(path, module):
+            return "norm"
+        pieces = path.split(".") if path else []
+        lowered = [p.lower() for p in pieces]
+        leaf = lowered[-1] if lowered else ""
+        shared = any(p.startswith("shared_expert") or p == "shared_mlp" for p in lowered)
+        if self.experts and (leaf in _ROUTER_NAMES or leaf.endswith(("_gate", "router"))):
+            return "router"
+        if shared:
+            return "shared_ffn"
+        for depth in range(1, len(pieces) + 1):
+            found = _role(pieces[depth - 1], self.modules[".".join(pieces[:depth])])
+            if found:
+                return found
+        return None
+
+    # ---- units ------------------------------------------------------------
+
+    def add(self, category: str, name: str, parts: list) -> None:
+        name = _normalise(name)
+        if name in self.units:
+            old = self.units[name]
+            self.units[name] = PlannedUnit(category, name, old.parts + tuple(parts))
+        else:
+            self.units[name] = PlannedUnit(category, name, tuple(parts))
+
+    def sort(self, params: dict[str, nn.Parameter]) -> None:
+        """Place ``params`` (block-relative name -> parameter) into units, or report them."""
+        by_owner: dict[str, list[str]] = {}
+        for name in params:
+            by_owner.setdefault(name.rpartition(".")[0], []).append(name)
+        for path, names in by_owner.items():
+            module = self.modules[path]
+            category = self.role(path)
+            if category is None:
+                self.issues.append(f"no rule places parameter {names[0]!r}")
+                for name in names:
+                    self.add("other", name, [self.make_part(name)])
+                continue
+            leaf = path.rpartition(".")[2].lower()
+            has_children = any(True for _ in module.children())
+            if any(params[n].dim() == 3 for n in names) and category in ("ffn", "shared_ffn"):
+                self._experts(path, module, names, params, category)
+            elif has_children or isinstance(module, nn.MultiheadAttention):
+                self._loose(path, module, names, category)
+            else:
+                if category == "attention" and leaf in _FUSED_ATTENTION:
+                    self.issues.append(f"fused attention projection {path!r} has no known split")
+                if category in ("ffn", "shared_ffn") and leaf in _FUSED_GATE_UP:
+                    self.issues.append(f"fused gate/up projection {path!r} has no known split")
+                self.add(category, path, [self.make_part(n) for n in names])
+
+    def _loose(self, path: str, module: nn.Module, names: list[str], category: str) -> None:
+        """Parameters a container module holds itself (sinks, A_log, in_proj_weight...)."""
+        for name in names:
+            leaf = name.rpartition(".")[2]
+            if category == "attention" and leaf.startswith("sink"):
+                self.add("sink", name, [self.make_part(name)])
+            elif category == "attention" and "in_proj" in leaf:
+                self.issues.append(f"fused attention projection {name!r} has no known split")
+                self.add(category, name, [self.make_part(name)])
+            else:
+                self.add(category, name, [self.make_part(name)])
+
+    def _experts(self, path, module, names, params, category) -> None:
+        """Routed experts stored as 3-D tensors [experts, ...]: one unit per logical matrix,
+        each across all experts; a fused gate/up tensor splits by transformers' metadata."""
+        has_gate = getattr(module, "has_gate", None)
+        transposed = getattr(module, "is_transposed", None)
+        concatenated = getattr(module, "is_concatenated", None)
+        biases = {n for n in names if n.endswith("_bias") and n[: -len("_bias")] in names}
+        for name in names:
+            if name in biases:
+                continue
+            leaf = name.rpartition(".")[2]
+            bias = f"{name}_bias" if f"{name}_bias" in biases else None
+            if params[name].dim() != 3:
+                self.add(category, name, [self.make_part(name)])
+                continue
+            fused = leaf.lower() in _FUSED_GATE_UP
+            if fused and (has_gate is None or transposed is None or concatenated is None):
+                self.issues.append(
+                    f"fused expert tensor {name!r} has no known gate/up layout "
+                    "(no has_gate/is_transposed/is_concatenated metadata)"
+                )
+            if not fused or has_gate is False or has_gate is None or transposed is None:
+                parts = [self.make_part(name)] + ([self.make_part(bias)] if bias else [])
+                self.add(category, name, parts)
+                continue
+            out_dim = 2 if transposed else 1
+            width = params[name].shape[out_dim]
+            half = width // 2
+            if concatenated is not False:
+                pieces = {"gate": ((0, half),), "up": ((half, width),)}
+                step = 1
+            else:  # interleaved: gate at even, up at odd output features
+                pieces = {"gate": ((0, width),), "up": ((1, width),)}
+                step = 2
+            for logical, ranges in pieces.items():
+                parts = [self.make_part(name, out_dim, ranges, step)]
+                if bias:
+                    parts.append(self.make_part(bias, 1, ranges, step))
+                self.add(category, f"{name}[{logical}]", parts)
+
+    # ---- checks -----------------------------------------------------------
+
+    def check(self, numel) -> None:
+        """Report what no draw could halve: a large category that is one matrix, or an
+        attention or GLU feed-forward whose matrices are fused without a known split."""
+        by_category: dict[str, list[PlannedUnit]] = {}
+        for unit in self.units.values():
+            by_category.setdefault(unit.category, []).append(unit)
+        total = sum(numel(u) for u in self.units.values()) or 1
+        for category, units in by_category.items():
+            if category in ("other", "norm", "router", "sink"):
+                continue
+            size = sum(numel(u) for u in units)
+            largest = max(units, key=numel)
+            if size >= 0.1 * total and (len(units) == 1 or numel(largest) > 0.75 * size):
+                self.issues.append(
+                    f"{category} is dominated by one matrix {largest.name!r} "
+                    f"({numel(largest) / size:.0%} of it): no half of it can be drawn"
+                )
