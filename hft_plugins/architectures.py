@@ -15,10 +15,19 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .blocks import BLOCK_CATEGORIES, BlockSorter, PlannedUnit, is_norm
+from .blocks import BLOCK_CATEGORIES, BlockSorter, ExpertLayout, PlannedUnit, is_norm
 from .errors import HFTError
 
-__all__ = ["BLOCK_CATEGORIES", "OUTER_CATEGORIES", "Layout", "ModelLayout", "Part", "Unit"]
+__all__ = [
+    "BLOCK_CATEGORIES",
+    "OUTER_CATEGORIES",
+    "ExpertLayout",
+    "Fused",
+    "Layout",
+    "ModelLayout",
+    "Part",
+    "Unit",
+]
 
 OUTER_CATEGORIES = ("embed", "head", "final_norm")
 
@@ -37,14 +46,20 @@ class Fused:
 
 @dataclass(frozen=True)
 class Layout:
-    """One family's block structure, by block-relative module paths."""
+    """One family's block structure, by block-relative module paths.
+
+    A layout may name only part of a block (its fused projections, say, or just how its
+    experts store gate and up): the rest is sorted by role (:mod:`hft_plugins.blocks`).
+    """
 
     name: str
     model_types: tuple[str, ...]
-    attention: tuple[str, ...]
-    ffn: tuple[str, ...]
-    norms: tuple[str, ...]
+    attention: tuple[str, ...] = ()
+    ffn: tuple[str, ...] = ()
+    norms: tuple[str, ...] = ()
     fused: Mapping[str, Fused] = field(default_factory=dict)
+    # experts module path -> how its 3-D tensors are stored, where the module does not say
+    experts: Mapping[str, ExpertLayout] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -305,7 +320,7 @@ def choose_layout(model: nn.Module, block: nn.Module, layouts: list[Layout]) -> 
         if model_type in layout.model_types and _layout_fits(layout, block):
             return layout
     for layout in layouts:
-        if not layout.fused and _layout_fits(layout, block):
+        if not (layout.fused or layout.experts) and _layout_fits(layout, block):
             return layout
     return None
 
@@ -425,7 +440,11 @@ def _plan_block(block, block_prefix, layout, config, tied, claimed, shapes):
                     for n in mine
                 )
                 planned.append(PlannedUnit(category, f"{path}[{logical}]", parts))
-    sorter = BlockSorter(block, lambda n, dim=0, ranges=None, step=1: Part(n, dim, ranges, step))
+    sorter = BlockSorter(
+        block,
+        lambda n, dim=0, ranges=None, step=1: Part(n, dim, ranges, step),
+        layout.experts if layout is not None else {},
+    )
     rest = {n: p for n, p in own.items() if n not in taken}
     if rest:
         sorter.sort(rest)

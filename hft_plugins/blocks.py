@@ -34,7 +34,7 @@ _MIXER_WORDS = (
     "hyena",
     "retention",
 )
-_MIXER_TOKENS = {"conv", "mixer", "time_mix", "mamba_mixer", "ssm"}
+_MIXER_TOKENS = {"conv", "time_mix", "mamba_mixer", "ssm"}
 _ATTENTION_WORDS = ("attn", "attention")
 _FFN_WORDS = ("mlp", "ffn", "feed_forward", "feedforward", "expert", "moe", "densereludense")
 _FFN_TOKENS = {"fc", "fc1", "fc2", "c_fc", "intermediate", "output", "layerff", "wi", "wo"}
@@ -45,6 +45,25 @@ _FUSED_ATTENTION = {"qkv", "qkv_proj", "c_attn", "query_key_value", "wqkv", "w_p
 _FUSED_ATTENTION |= {"qkv_linear", "key_value", "kv", "in_proj", "qkv_a_proj"}
 _FUSED_GATE_UP = {"gate_up_proj", "gate_up", "w12", "w13", "fc_gate_up"}
 _NUMBER = re.compile(r"^\d+$")
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    """How a module of routed experts stores its 3-D tensors (transformers' metadata)."""
+
+    has_gate: bool = True  # gate and up fused in ``gate_up_proj``; else ``up_proj`` alone
+    transposed: bool = False  # [experts, in, out] rather than [experts, out, in]
+    concatenated: bool = True  # gate then up; False: interleaved (gate at even outputs)
+
+    @classmethod
+    def of(cls, module: nn.Module) -> ExpertLayout | None:
+        """The metadata transformers' ``use_experts_implementation`` attaches, if any."""
+        values = [
+            getattr(module, k, None) for k in ("has_gate", "is_transposed", "is_concatenated")
+        ]
+        if any(v is None for v in values):
+            return None
+        return cls(*values)
 
 
 @dataclass(frozen=True)
@@ -62,25 +81,29 @@ def is_norm(name: str, module: nn.Module) -> bool:
     return "norm" in type(module).__name__.lower() or "norm" in leaf or leaf.startswith("ln")
 
 
-def _words(token: str, module: nn.Module) -> tuple[str, str]:
-    return token.lower(), type(module).__name__.lower()
-
-
 def _role(token: str, module: nn.Module) -> str | None:
-    """What one level of a module path says about the parameters below it, if anything."""
-    token, cls = _words(token, module)
-    if any(w in token or w in cls for w in _MIXER_WORDS) or token in _MIXER_TOKENS:
-        if "attention" in cls and "linear" not in cls:
-            return "attention"  # e.g. a generic 'mixer' attribute holding an attention module
-        if "mlp" in cls or "moe" in cls or "expert" in cls:
+    """What one level of a module path says about the parameters below it, if anything.
+
+    The attribute name speaks first (``feed_forward`` of an RWKV block is its FFN though
+    its class is ``RwkvFeedForward``); a generic one (``mixer``, ``layer.0``) defers to
+    the class of the module it holds.
+    """
+    token, cls = token.lower(), type(module).__name__.lower()
+    generic = token in ("mixer", "block", "layer", "module") or _NUMBER.match(token)
+    if not generic:
+        if any(w in token for w in _MIXER_WORDS) or token in _MIXER_TOKENS:
+            return "mixer"
+        if any(w in token for w in _ATTENTION_WORDS):
+            return "attention"
+        if any(w in token for w in _FFN_WORDS) or token in _FFN_TOKENS:
             return "ffn"
+    if any(w in cls for w in _ATTENTION_WORDS):
+        linear = any(w in cls for w in ("linear", "deltanet", "lightning"))
+        return "mixer" if linear else "attention"
+    if any(w in cls for w in _FFN_WORDS) or cls.endswith("ff"):
+        return "ffn"
+    if any(w in cls for w in _MIXER_WORDS) or "mixer" in cls:
         return "mixer"
-    if any(w in token or w in cls for w in _ATTENTION_WORDS):
-        return "attention"
-    if any(w in token or w in cls for w in _FFN_WORDS) or token in _FFN_TOKENS:
-        return "ffn"
-    if cls.endswith("ff") or "feedforward" in cls:
-        return "ffn"
     return None
 
 
@@ -92,10 +115,12 @@ def _has_experts(block: nn.Module) -> bool:
 
 
 def _normalise(path: str) -> str:
-    """Replace the index of each expert in a ModuleList of experts by '*'."""
+    """Name each expert of a list or dict of experts '*': its matrices are units together."""
     pieces = path.split(".")
     for i in range(1, len(pieces)):
         if _NUMBER.match(pieces[i]) and "expert" in pieces[i - 1].lower():
+            pieces[i] = "*"
+        elif re.fullmatch(r"expert_?\d+", pieces[i].lower()) and "expert" in pieces[i - 1].lower():
             pieces[i] = "*"
     return ".".join(pieces)
 
@@ -103,8 +128,9 @@ def _normalise(path: str) -> str:
 class BlockSorter:
     """Sort the parameters of one block that a layout did not claim."""
 
-    def __init__(self, block: nn.Module, make_part):
+    def __init__(self, block: nn.Module, make_part, experts: dict | None = None):
         self.block = block
+        self.expert_layouts = experts or {}
         self.modules = dict(block.named_modules())
         self.make_part = make_part
         self.experts = _has_experts(block)
@@ -120,9 +146,11 @@ class BlockSorter:
             return "norm"
         pieces = path.split(".") if path else []
         lowered = [p.lower() for p in pieces]
-        leaf = lowered[-1] if lowered else ""
         shared = any(p.startswith("shared_expert") or p == "shared_mlp" for p in lowered)
-        if self.experts and (leaf in _ROUTER_NAMES or leaf.endswith(("_gate", "router"))):
+        if self.experts and any(
+            p in _ROUTER_NAMES or (p.endswith(("_gate", "router")) and not p.startswith("expert"))
+            for p in lowered[1:]
+        ):
             return "router"
         if shared:
             return "shared_ffn"
@@ -161,12 +189,17 @@ class BlockSorter:
                 self._experts(path, module, names, params, category)
             elif has_children or isinstance(module, nn.MultiheadAttention):
                 self._loose(path, module, names, category)
+            elif category == "mixer" and leaf == "in_proj" and _mamba2_split(path, self.modules):
+                for logical, (a, b) in _mamba2_split(path, self.modules).items():
+                    parts = [self.make_part(n, 0, ((a, b),)) for n in names]
+                    self.add(category, f"{path}[{logical}]", parts)
             else:
                 if category == "attention" and leaf in _FUSED_ATTENTION:
                     self.issues.append(f"fused attention projection {path!r} has no known split")
                 if category in ("ffn", "shared_ffn") and leaf in _FUSED_GATE_UP:
                     self.issues.append(f"fused gate/up projection {path!r} has no known split")
-                self.add(category, path, [self.make_part(n) for n in names])
+                for stem, group in _stems(path, names).items():
+                    self.add(category, stem, [self.make_part(n) for n in group])
 
     def _loose(self, path: str, module: nn.Module, names: list[str], category: str) -> None:
         """Parameters a container module holds itself (sinks, A_log, in_proj_weight...)."""
@@ -182,38 +215,35 @@ class BlockSorter:
 
     def _experts(self, path, module, names, params, category) -> None:
         """Routed experts stored as 3-D tensors [experts, ...]: one unit per logical matrix,
-        each across all experts; a fused gate/up tensor splits by transformers' metadata."""
-        has_gate = getattr(module, "has_gate", None)
-        transposed = getattr(module, "is_transposed", None)
-        concatenated = getattr(module, "is_concatenated", None)
+        each across all experts; a fused gate/up tensor splits as the module stores it."""
+        layout = self.expert_layouts.get(path) or ExpertLayout.of(module)
         biases = {n for n in names if n.endswith("_bias") and n[: -len("_bias")] in names}
         for name in names:
             if name in biases:
                 continue
-            leaf = name.rpartition(".")[2]
             bias = f"{name}_bias" if f"{name}_bias" in biases else None
-            if params[name].dim() != 3:
-                self.add(category, name, [self.make_part(name)])
-                continue
-            fused = leaf.lower() in _FUSED_GATE_UP
-            if fused and (has_gate is None or transposed is None or concatenated is None):
-                self.issues.append(
-                    f"fused expert tensor {name!r} has no known gate/up layout "
-                    "(no has_gate/is_transposed/is_concatenated metadata)"
-                )
-            if not fused or has_gate is False or has_gate is None or transposed is None:
+            fused = name.rpartition(".")[2].lower() in _FUSED_GATE_UP
+            if params[name].dim() != 3 or not fused:
                 parts = [self.make_part(name)] + ([self.make_part(bias)] if bias else [])
                 self.add(category, name, parts)
                 continue
-            out_dim = 2 if transposed else 1
+            if layout is None or not layout.has_gate:
+                self.issues.append(
+                    f"fused expert tensor {name!r} has no known gate/up layout "
+                    "(no has_gate/is_transposed/is_concatenated metadata or registered layout)"
+                )
+                self.add(
+                    category,
+                    name,
+                    [self.make_part(name)] + ([self.make_part(bias)] if bias else []),
+                )
+                continue
+            out_dim = 2 if layout.transposed else 1
             width = params[name].shape[out_dim]
-            half = width // 2
-            if concatenated is not False:
-                pieces = {"gate": ((0, half),), "up": ((half, width),)}
-                step = 1
+            if layout.concatenated:
+                pieces, step = {"gate": ((0, width // 2),), "up": ((width // 2, width),)}, 1
             else:  # interleaved: gate at even, up at odd output features
-                pieces = {"gate": ((0, width),), "up": ((1, width),)}
-                step = 2
+                pieces, step = {"gate": ((0, width),), "up": ((1, width),)}, 2
             for logical, ranges in pieces.items():
                 parts = [self.make_part(name, out_dim, ranges, step)]
                 if bias:
@@ -239,3 +269,30 @@ class BlockSorter:
                     f"{category} is dominated by one matrix {largest.name!r} "
                     f"({numel(largest) / size:.0%} of it): no half of it can be drawn"
                 )
+
+
+def _mamba2_split(path: str, modules: dict) -> dict[str, tuple[int, int]] | None:
+    """A Mamba-2 mixer's in_proj outputs [z | x, B, C (the conv input) | dt], read from the
+    mixer's own sizes; None where they do not add up to the projection."""
+    mixer = modules.get(path.rpartition(".")[0])
+    sizes = [getattr(mixer, k, None) for k in ("intermediate_size", "n_groups", "ssm_state_size")]
+    heads = getattr(mixer, "num_heads", None)
+    weight = getattr(modules[path], "weight", None)
+    if None in sizes or heads is None or weight is None or weight.dim() != 2:
+        return None
+    inner, groups, state = sizes
+    conv = inner + 2 * groups * state
+    if weight.shape[0] != inner + conv + heads:
+        return None
+    return {"z": (0, inner), "xBC": (inner, inner + conv), "dt": (inner + conv, weight.shape[0])}
+
+
+def _stems(path: str, names: list[str]) -> dict[str, list[str]]:
+    """A leaf module's parameters by matrix: ``weight`` with ``bias``, ``x_weight`` with
+    ``x_bias`` (an RG-LRU's two gates are two units)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        leaf = name.rpartition(".")[2]
+        stem = re.sub(r"_?(weight|bias)$", "", leaf)
+        groups.setdefault(f"{path}.{stem}" if stem else path, []).append(name)
+    return groups
