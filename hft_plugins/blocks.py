@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from torch import nn
 
 # Categories of block units; "other" holds what was not placed (accepted only with guess_layout).
-BLOCK_CATEGORIES = ("attention", "ffn", "shared_ffn", "router", "mixer", "sink", "norm", "other")
+BLOCK_CATEGORIES = ("attention", "ffn", "shared_ffn", "router", "mixer", "scale", "norm", "other")
 
 _MIXER_WORDS = (
     "mamba",
@@ -96,6 +96,8 @@ def _role(token: str, module: nn.Module) -> str | None:
         if any(w in token for w in _ATTENTION_WORDS):
             return "attention"
         if any(w in token for w in _FFN_WORDS) or token in _FFN_TOKENS:
+            return "ffn"
+        if token.startswith(("intermediate", "output")):
             return "ffn"
     if any(w in cls for w in _ATTENTION_WORDS):
         linear = any(w in cls for w in ("linear", "deltanet", "lightning"))
@@ -178,6 +180,11 @@ class BlockSorter:
         for path, names in by_owner.items():
             module = self.modules[path]
             category = self.role(path)
+            if category is None and not path and all(params[n].dim() <= 1 for n in names):
+                category = "scale"  # vectors the block holds itself: residual scales, lambdas
+                for name in names:
+                    self.add(category, name, [self.make_part(name)])
+                continue
             if category is None:
                 self.issues.append(f"no rule places parameter {names[0]!r}")
                 for name in names:
@@ -193,6 +200,8 @@ class BlockSorter:
                 for logical, (a, b) in _mamba2_split(path, self.modules).items():
                     parts = [self.make_part(n, 0, ((a, b),)) for n in names]
                     self.add(category, f"{path}[{logical}]", parts)
+            elif category == "attention" and isinstance(module, nn.Embedding):
+                self.add("scale", path, [self.make_part(n) for n in names])  # T5's position bias
             else:
                 if category == "attention" and leaf in _FUSED_ATTENTION:
                     self.issues.append(f"fused attention projection {path!r} has no known split")
@@ -202,11 +211,16 @@ class BlockSorter:
                     self.add(category, stem, [self.make_part(n) for n in group])
 
     def _loose(self, path: str, module: nn.Module, names: list[str], category: str) -> None:
-        """Parameters a container module holds itself (sinks, A_log, in_proj_weight...)."""
+        """Parameters a container module holds itself (sinks, A_log, in_proj_weight...).
+
+        Vectors of an attention or FFN (gpt-oss sinks, gates, lambdas) are scales, not
+        matrices; a mixer's own vectors (A_log, D, dt_bias) are its state-space parameters.
+        """
         for name in names:
             leaf = name.rpartition(".")[2]
-            if category == "attention" and leaf.startswith("sink"):
-                self.add("sink", name, [self.make_part(name)])
+            vector = self.block.get_parameter(name).dim() <= 1
+            if vector and category in ("attention", "ffn", "shared_ffn"):
+                self.add("scale", name, [self.make_part(name)])
             elif category == "attention" and "in_proj" in leaf:
                 self.issues.append(f"fused attention projection {name!r} has no known split")
                 self.add(category, name, [self.make_part(name)])
@@ -252,15 +266,40 @@ class BlockSorter:
 
     # ---- checks -----------------------------------------------------------
 
+    def _check_fused_by_shape(self) -> None:
+        """Fused projections under names no rule knows, told by their shapes: an attention
+        of two matrices (q, k and v in one), or a two-matrix FFN whose first projects to
+        twice the second's input (gate and up in one, a GLU)."""
+        groups: dict[tuple[str, str], list[PlannedUnit]] = {}
+        for unit in self.units.values():
+            if unit.category in ("attention", "ffn", "shared_ffn") and "[" not in unit.name:
+                groups.setdefault((unit.category, unit.name.rpartition(".")[0]), []).append(unit)
+        for (category, parent), units in groups.items():
+            shapes = [_matrix(self.block, u) for u in units]
+            named = {u.name.rpartition(".")[2].lower() for u in units}
+            if None in shapes or len(units) != 2 or named & (_FUSED_ATTENTION | _FUSED_GATE_UP):
+                continue  # reported by name already
+            if category == "attention":
+                self.issues.append(
+                    f"attention {parent!r} has two matrices: one must fuse q, k and v, "
+                    "and its split is not known"
+                )
+            elif shapes[0][0] == 2 * shapes[1][1]:
+                self.issues.append(
+                    f"{units[0].name!r} projects to twice {units[1].name!r}'s input: a fused "
+                    "gate/up projection whose split is not known"
+                )
+
     def check(self, numel) -> None:
         """Report what no draw could halve: a large category that is one matrix, or an
         attention or GLU feed-forward whose matrices are fused without a known split."""
         by_category: dict[str, list[PlannedUnit]] = {}
         for unit in self.units.values():
             by_category.setdefault(unit.category, []).append(unit)
+        self._check_fused_by_shape()
         total = sum(numel(u) for u in self.units.values()) or 1
         for category, units in by_category.items():
-            if category in ("other", "norm", "router", "sink"):
+            if category in ("other", "norm", "router", "scale"):
                 continue
             size = sum(numel(u) for u in units)
             largest = max(units, key=numel)
@@ -296,3 +335,12 @@ def _stems(path: str, names: list[str]) -> dict[str, list[str]]:
         stem = re.sub(r"_?(weight|bias)$", "", leaf)
         groups.setdefault(f"{path}.{stem}" if stem else path, []).append(name)
     return groups
+
+
+def _matrix(block: nn.Module, unit: PlannedUnit) -> tuple[int, ...] | None:
+    """The shape of a unit's weight when it is one whole 2-D matrix, else None."""
+    if len(unit.parts) > 2 or any(p.ranges is not None for p in unit.parts):
+        return None
+    shapes = [tuple(block.get_parameter(p.param).shape) for p in unit.parts]
+    matrices = [s for s in shapes if len(s) == 2]
+    return matrices[0] if len(matrices) == 1 else None

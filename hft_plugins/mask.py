@@ -195,8 +195,11 @@ class Mask:
             units = by_block[block]
             cells = [str(block)]
             for cat in columns:
+                mine = [u.name for u in units if u.category == cat]
                 names = [
-                    _short(u.name) for u in units if u.category == cat and u.key in self.trainable
+                    _short(u.name, mine)
+                    for u in units
+                    if u.category == cat and u.key in self.trainable
                 ]
                 total = sum(u.category == cat for u in units)
                 cells.append(f"{len(names)}/{total} " + ",".join(names) if total else "-")
@@ -338,5 +341,10 @@ def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     return tuple((a, b) for a, b in merged)
 
 
-def _short(name: str) -> str:
-    return name.rsplit(".", 1)[-1]
+def _short(name: str, siblings: list[str]) -> str:
+    """The last piece of a unit's name, or the last two where that is ambiguous (a decoder
+    block's self- and cross-attention both have a ``q``)."""
+    last = name.rsplit(".", 1)[-1]
+    if sum(s.rsplit(".", 1)[-1] == last for s in siblings) > 1:
+        return ".".join(name.rsplit(".", 2)[-2:])
+    return last
