@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .blocks import BLOCK_CATEGORIES, BlockSorter, ExpertLayout, PlannedUnit, is_norm
+from .blocks import shape_of as param_shape
 from .errors import HFTError
 
 __all__ = [
@@ -123,11 +124,6 @@ class ModelLayout:
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.shapes)
-
-
-def param_shape(param) -> tuple[int, ...]:
-    """A parameter's full shape, also under DeepSpeed ZeRO-3 (which empties ``.shape``)."""
-    return tuple(getattr(param, "ds_shape", None) or param.shape)
 
 
 def fingerprint(shapes: Mapping[str, tuple[int, ...]]) -> str:

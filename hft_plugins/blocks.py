@@ -75,6 +75,11 @@ class PlannedUnit:
     parts: tuple  # of architectures.Part with block-relative parameter names
 
 
+def shape_of(param) -> tuple[int, ...]:
+    """A parameter's full shape, also under DeepSpeed ZeRO-3 (which empties ``.shape``)."""
+    return tuple(getattr(param, "ds_shape", None) or param.shape)
+
+
 def is_norm(name: str, module: nn.Module) -> bool:
     """A normalisation layer, by class or by its attribute name."""
     leaf = name.rsplit(".", 1)[-1].lower()
@@ -111,7 +116,7 @@ def _role(token: str, module: nn.Module) -> str | None:
 
 def _has_experts(block: nn.Module) -> bool:
     for name, param in block.named_parameters():
-        if param.dim() == 3 or "expert" in name.lower():
+        if len(shape_of(param)) == 3 or "expert" in name.lower():
             return True
     return False
 
@@ -180,7 +185,7 @@ class BlockSorter:
         for path, names in by_owner.items():
             module = self.modules[path]
             category = self.role(path)
-            if category is None and not path and all(params[n].dim() <= 1 for n in names):
+            if category is None and not path and all(len(shape_of(params[n])) <= 1 for n in names):
                 category = "scale"  # vectors the block holds itself: residual scales, lambdas
                 for name in names:
                     self.add(category, name, [self.make_part(name)])
@@ -192,7 +197,10 @@ class BlockSorter:
                 continue
             leaf = path.rpartition(".")[2].lower()
             has_children = any(True for _ in module.children())
-            if any(params[n].dim() == 3 for n in names) and category in ("ffn", "shared_ffn"):
+            if any(len(shape_of(params[n])) == 3 for n in names) and category in (
+                "ffn",
+                "shared_ffn",
+            ):
                 self._experts(path, module, names, params, category)
             elif has_children or isinstance(module, nn.MultiheadAttention):
                 self._loose(path, module, names, category)
@@ -218,7 +226,7 @@ class BlockSorter:
         """
         for name in names:
             leaf = name.rpartition(".")[2]
-            vector = self.block.get_parameter(name).dim() <= 1
+            vector = len(shape_of(self.block.get_parameter(name))) <= 1
             if vector and category in ("attention", "ffn", "shared_ffn"):
                 self.add("scale", name, [self.make_part(name)])
             elif category == "attention" and "in_proj" in leaf:
@@ -237,7 +245,7 @@ class BlockSorter:
                 continue
             bias = f"{name}_bias" if f"{name}_bias" in biases else None
             fused = name.rpartition(".")[2].lower() in _FUSED_GATE_UP
-            if params[name].dim() != 3 or not fused:
+            if len(shape_of(params[name])) != 3 or not fused:
                 parts = [self.make_part(name)] + ([self.make_part(bias)] if bias else [])
                 self.add(category, name, parts)
                 continue
@@ -253,7 +261,7 @@ class BlockSorter:
                 )
                 continue
             out_dim = 2 if layout.transposed else 1
-            width = params[name].shape[out_dim]
+            width = shape_of(params[name])[out_dim]
             if layout.concatenated:
                 pieces, step = {"gate": ((0, width // 2),), "up": ((width // 2, width),)}, 1
             else:  # interleaved: gate at even, up at odd output features
@@ -317,13 +325,14 @@ def _mamba2_split(path: str, modules: dict) -> dict[str, tuple[int, int]] | None
     sizes = [getattr(mixer, k, None) for k in ("intermediate_size", "n_groups", "ssm_state_size")]
     heads = getattr(mixer, "num_heads", None)
     weight = getattr(modules[path], "weight", None)
-    if None in sizes or heads is None or weight is None or weight.dim() != 2:
+    if None in sizes or heads is None or weight is None or len(shape_of(weight)) != 2:
         return None
     inner, groups, state = sizes
     conv = inner + 2 * groups * state
-    if weight.shape[0] != inner + conv + heads:
+    rows = shape_of(weight)[0]
+    if rows != inner + conv + heads:
         return None
-    return {"z": (0, inner), "xBC": (inner, inner + conv), "dt": (inner + conv, weight.shape[0])}
+    return {"z": (0, inner), "xBC": (inner, inner + conv), "dt": (inner + conv, rows)}
 
 
 def _stems(path: str, names: list[str]) -> dict[str, list[str]]:
@@ -341,6 +350,6 @@ def _matrix(block: nn.Module, unit: PlannedUnit) -> tuple[int, ...] | None:
     """The shape of a unit's weight when it is one whole 2-D matrix, else None."""
     if len(unit.parts) > 2 or any(p.ranges is not None for p in unit.parts):
         return None
-    shapes = [tuple(block.get_parameter(p.param).shape) for p in unit.parts]
+    shapes = [shape_of(block.get_parameter(p.param)) for p in unit.parts]
     matrices = [s for s in shapes if len(s) == 2]
     return matrices[0] if len(matrices) == 1 else None
