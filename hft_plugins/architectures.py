@@ -363,7 +363,7 @@ def resolve(
             block_prefix = f"{stack_name}.{local}."
             layout = choose_layout(model, block, layouts)
             planned, block_issues, name = _plan_block(
-                block, block_prefix, layout, config, tied, claimed, shapes
+                block, block_prefix, layout, config, tied, claimed, stack_name.rpartition(".")[2]
             )
             if name not in used:
                 used.append(name)
@@ -401,7 +401,7 @@ def resolve(
     return ModelLayout("+".join(used), units, index, shapes, tied, tuple(issues))
 
 
-def _plan_block(block, block_prefix, layout, config, tied, claimed, shapes):
+def _plan_block(block, block_prefix, layout, config, tied, claimed, context):
     """(planned units, issues, layout name) of one block."""
     own = {
         n: p
@@ -440,6 +440,7 @@ def _plan_block(block, block_prefix, layout, config, tied, claimed, shapes):
         block,
         lambda n, dim=0, ranges=None, step=1: Part(n, dim, ranges, step),
         layout.experts if layout is not None else {},
+        context,
     )
     rest = {n: p for n, p in own.items() if n not in taken}
     if rest:

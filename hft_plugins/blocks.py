@@ -51,9 +51,10 @@ _NUMBER = re.compile(r"^\d+$")
 class ExpertLayout:
     """How a module of routed experts stores its 3-D tensors (transformers' metadata)."""
 
-    has_gate: bool = True  # gate and up fused in ``gate_up_proj``; else ``up_proj`` alone
+    has_gate: bool = True  # gate and up fused in one tensor; else ``up_proj`` alone
     transposed: bool = False  # [experts, in, out] rather than [experts, out, in]
     concatenated: bool = True  # gate then up; False: interleaved (gate at even outputs)
+    fused_name: str = "gate_up_proj"  # the tensor holding gate and up
 
     @classmethod
     def of(cls, module: nn.Module) -> ExpertLayout | None:
@@ -94,6 +95,8 @@ def _role(token: str, module: nn.Module) -> str | None:
     the class of the module it holds.
     """
     token, cls = token.lower(), type(module).__name__.lower()
+    if "norm" in token:
+        return None  # a norm's name (post_attention_layernorm) says nothing of what it holds
     generic = token in ("mixer", "block", "layer", "module") or _NUMBER.match(token)
     if not generic:
         if any(w in token for w in _MIXER_WORDS) or token in _MIXER_TOKENS:
@@ -135,8 +138,10 @@ def _normalise(path: str) -> str:
 class BlockSorter:
     """Sort the parameters of one block that a layout did not claim."""
 
-    def __init__(self, block: nn.Module, make_part, experts: dict | None = None):
+    def __init__(self, block: nn.Module, make_part, experts: dict | None = None, context: str = ""):
         self.block = block
+        self.context = context  # the stack's name: XLM keeps "attentions" and "ffns" apart
+        self.sections: dict[str, str] = {}  # unit name -> path of the module that told its role
         self.expert_layouts = experts or {}
         self.modules = dict(block.named_modules())
         self.make_part = make_part
@@ -148,24 +153,35 @@ class BlockSorter:
 
     def role(self, path: str) -> str | None:
         """The category of the parameters owned by the module at ``path``."""
+        return self._role_and_section(path)[0]
+
+    def _role_and_section(self, path: str) -> tuple[str | None, str]:
+        """The category, and the path of the module that told it (the attention, the FFN)."""
         module = self.modules[path]
         if is_norm(path, module):
-            return "norm"
+            return "norm", path
         pieces = path.split(".") if path else []
         lowered = [p.lower() for p in pieces]
         shared = any(p.startswith("shared_expert") or p == "shared_mlp" for p in lowered)
+        # (a shared expert's own router, shared_expert_gate, is a router: checked first)
         if self.experts and any(
             p in _ROUTER_NAMES or (p.endswith(("_gate", "router")) and not p.startswith("expert"))
             for p in lowered[1:]
         ):
-            return "router"
+            return "router", path
         if shared:
-            return "shared_ffn"
+            depth = next(
+                i for i, p in enumerate(lowered) if p.startswith("shared_") or p == "shared"
+            )
+            return "shared_ffn", ".".join(pieces[: depth + 1])
         for depth in range(1, len(pieces) + 1):
-            found = _role(pieces[depth - 1], self.modules[".".join(pieces[:depth])])
+            section = ".".join(pieces[:depth])
+            found = _role(pieces[depth - 1], self.modules[section])
             if found:
-                return found
-        return None
+                return found, section
+        if self.context:
+            return _role(self.context, self.block), ""
+        return None, ""
 
     # ---- units ------------------------------------------------------------
 
@@ -184,7 +200,9 @@ class BlockSorter:
             by_owner.setdefault(name.rpartition(".")[0], []).append(name)
         for path, names in by_owner.items():
             module = self.modules[path]
-            category = self.role(path)
+            category, section = self._role_and_section(path)
+            for name in names:
+                self.sections[_normalise(name.rpartition(".")[0])] = section
             if category is None and not path and all(len(shape_of(params[n])) <= 1 for n in names):
                 category = "scale"  # vectors the block holds itself: residual scales, lambdas
                 for name in names:
@@ -244,7 +262,8 @@ class BlockSorter:
             if name in biases:
                 continue
             bias = f"{name}_bias" if f"{name}_bias" in biases else None
-            fused = name.rpartition(".")[2].lower() in _FUSED_GATE_UP
+            leaf = name.rpartition(".")[2]
+            fused = leaf.lower() in _FUSED_GATE_UP or (layout and leaf == layout.fused_name)
             if len(shape_of(params[name])) != 3 or not fused:
                 parts = [self.make_part(name)] + ([self.make_part(bias)] if bias else [])
                 self.add(category, name, parts)
@@ -281,7 +300,8 @@ class BlockSorter:
         groups: dict[tuple[str, str], list[PlannedUnit]] = {}
         for unit in self.units.values():
             if unit.category in ("attention", "ffn", "shared_ffn") and "[" not in unit.name:
-                groups.setdefault((unit.category, unit.name.rpartition(".")[0]), []).append(unit)
+                section = self.sections.get(unit.name, unit.name.rpartition(".")[0])
+                groups.setdefault((unit.category, section), []).append(unit)
         for (category, parent), units in groups.items():
             shapes = [_matrix(self.block, u) for u in units]
             named = {u.name.rpartition(".")[2].lower() for u in units}
@@ -351,5 +371,5 @@ def _matrix(block: nn.Module, unit: PlannedUnit) -> tuple[int, ...] | None:
     if len(unit.parts) > 2 or any(p.ranges is not None for p in unit.parts):
         return None
     shapes = [shape_of(block.get_parameter(p.param)) for p in unit.parts]
-    matrices = [s for s in shapes if len(s) == 2]
+    matrices = [s[-2:] for s in shapes if len(s) in (2, 3)]  # an expert tensor: one expert's
     return matrices[0] if len(matrices) == 1 else None
