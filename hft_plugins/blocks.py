@@ -124,6 +124,19 @@ def _has_experts(block: nn.Module) -> bool:
     return False
 
 
+def _routes(pieces: list[str]) -> bool:
+    """A router's path: ``mlp.gate``, ``mlp.router``, ``shared_expert_gate``; not a module
+    inside an expert (``experts.0.gate`` is that expert's gate projection)."""
+    for piece in pieces:
+        if piece in _ROUTER_NAMES or (
+            piece.endswith(("_gate", "router")) and not piece.startswith("expert")
+        ):
+            return True
+        if "expert" in piece:
+            return False
+    return False
+
+
 def _normalise(path: str) -> str:
     """Name each expert of a list or dict of experts '*': its matrices are units together."""
     pieces = path.split(".")
@@ -164,10 +177,7 @@ class BlockSorter:
         lowered = [p.lower() for p in pieces]
         shared = any(p.startswith("shared_expert") or p == "shared_mlp" for p in lowered)
         # (a shared expert's own router, shared_expert_gate, is a router: checked first)
-        if self.experts and any(
-            p in _ROUTER_NAMES or (p.endswith(("_gate", "router")) and not p.startswith("expert"))
-            for p in lowered[1:]
-        ):
+        if self.experts and _routes(lowered):
             return "router", path
         if shared:
             depth = next(
@@ -327,7 +337,15 @@ class BlockSorter:
         self._check_fused_by_shape()
         total = sum(numel(u) for u in self.units.values()) or 1
         for category, units in by_category.items():
-            if category in ("other", "norm", "router", "scale"):
+            if category in ("norm", "router", "scale"):
+                for unit in units:  # small by nature: a large one is a matrix misread
+                    if numel(unit) > 0.05 * total:
+                        self.issues.append(
+                            f"{unit.name!r} was read as a {category} but holds "
+                            f"{numel(unit) / total:.0%} of the block"
+                        )
+                continue
+            if category == "other":
                 continue
             size = sum(numel(u) for u in units)
             largest = max(units, key=numel)

@@ -256,3 +256,40 @@ def test_unplaced_parameters_train_as_other_when_guessing():
 def test_a_ratio_the_strategy_cannot_meet_warns_with_what_it_trains():
     with pytest.warns(UserWarning, match=r"strategy 'layer' trains 0\.5000 .* ratio 0\.25"):
         select(tiny_model("llama", num_hidden_layers=2), HFTConfig(strategy="layer", ratio=0.25))
+
+
+class _ListExperts(nn.Module):
+    """Experts as a list of MLPs whose gate projection is called ``gate``, and a router."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention = nn.ModuleDict({n: nn.Linear(8, 8) for n in "qkvo"})
+        expert = lambda: nn.ModuleDict(  # noqa: E731
+            {"gate": nn.Linear(8, 16), "up": nn.Linear(8, 16), "down": nn.Linear(16, 8)}
+        )
+        self.moe = nn.ModuleDict(
+            {"router": nn.Linear(8, 4), "experts": nn.ModuleList(expert() for _ in range(4))}
+        )
+        self.norm = nn.LayerNorm(8)
+
+
+def test_a_list_of_experts_draws_each_matrix_across_all_experts():
+    mask = select(_Net(_ListExperts), HFTConfig())
+    units = _units(mask, 0)
+    assert units["moe.router"].category == "router"
+    for name in ("gate", "up", "down"):
+        unit = units[f"moe.experts.*.{name}"]
+        assert unit.category == "ffn" and len(unit.parts) == 8  # weight and bias of 4 experts
+
+
+class _NormNamedMatrix(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = nn.ModuleDict({n: nn.Linear(8, 8) for n in "qkvo"})
+        self.mlp = nn.ModuleDict({"up": nn.Linear(8, 16), "down": nn.Linear(16, 8)})
+        self.norm_proj = nn.Linear(8, 64)
+
+
+def test_a_matrix_named_like_a_norm_is_refused():
+    with pytest.raises(HFTError, match="'norm_proj' was read as a norm but holds"):
+        select(_Net(_NormNamedMatrix), HFTConfig())
