@@ -1,11 +1,14 @@
 """A torch optimizer that keeps state only for the trainable half.
 
 Whole trainable tensors go to the wrapped optimizer as they are. A partly
-trainable tensor (a slice of a fused projection) goes to it as views of its
-trainable ranges: the views share the parameter's storage, their ``.grad`` is a
-view of the parameter's gradient, so the wrapped optimizer's moments have the
-slice's shape and its updates land in place. Frozen tensors and frozen slices
-are never handed to the wrapped optimizer, so no decay or momentum reaches them.
+trainable tensor (a slice of a fused projection) goes to it one trainable range
+at a time, so the wrapped optimizer's moments have the range's shape. A
+contiguous range (rows) is handed over as a view: updates land in place. A
+non-contiguous one (GPT-2's column slices) is handed over as a contiguous copy
+that :meth:`HFTOptimizer.step` refreshes from the parameter and writes back,
+because torch's fused kernels write past the bounds of non-contiguous views.
+Frozen tensors and frozen slices are never handed to the wrapped optimizer, so
+no decay or momentum reaches them.
 """
 
 from __future__ import annotations
@@ -44,16 +47,38 @@ _NO_DECAY_PATTERNS = [
 
 @dataclass
 class _Entry:
-    """One tensor the wrapped optimizer steps: a whole parameter or a view of (a slice of) it.
+    """One tensor the wrapped optimizer steps, for a whole parameter or a range of it.
 
-    Views are plain tensors: of a slice, or of this rank's shard of an FSDP2 DTensor (so
-    torch's foreach and fused kernels never see DTensors and plain tensors together).
+    ``part`` is that piece of the parameter as a plain tensor (of this rank's shard under
+    FSDP2, so torch's foreach and fused kernels never see DTensors and plain tensors
+    together). ``tensor`` is what the wrapped optimizer holds: the parameter itself, or
+    ``part`` when contiguous, else a contiguous copy of it (see :meth:`HFTOptimizer.step`).
     """
 
     key: str
     param: nn.Parameter
+    part: torch.Tensor
     tensor: torch.Tensor
     narrow: tuple[int, int, int] | None  # (dim, start, length) in the local tensor, for a slice
+
+    @property
+    def copied(self) -> bool:
+        return self.tensor is not self.part
+
+    def grad_of(self, grad: torch.Tensor) -> torch.Tensor:
+        """This entry's part of the parameter's (local) gradient: a view, no copy."""
+        grad = _local(grad)
+        return grad if self.narrow is None else grad.narrow(*self.narrow)
+
+
+def _entry(key: str, param: nn.Parameter, narrow: tuple[int, int, int] | None) -> _Entry:
+    if narrow is None and not isinstance(param, DTensor) and param.is_contiguous():
+        return _Entry(key, param, param, param, None)
+    part = _local(param).detach()
+    if narrow is not None:
+        part = part.narrow(*narrow)
+    tensor = part if part.is_contiguous() else part.clone(memory_format=torch.contiguous_format)
+    return _Entry(key, param, part, tensor, narrow)
 
 
 def no_decay_names(model: nn.Module) -> set[str]:
@@ -116,7 +141,8 @@ def _frozen_ranges(entries: list[_Entry]) -> list[tuple[int, int]]:
 
 
 class _SliceGradHook:
-    """Post-accumulate-grad hook of one partly trainable parameter (see _hook_sliced_grads)."""
+    """Post-accumulate-grad hook of one parameter stepped through views or copies
+    (see _hook_sliced_grads)."""
 
     def __init__(self, owner, entries: list[_Entry], frozen: list[tuple[int, int]]):
         self.owner, self.entries, self.frozen = owner, entries, frozen
@@ -125,11 +151,11 @@ class _SliceGradHook:
     def __call__(self, param: torch.Tensor) -> None:
         if self.owner() is None or param.grad is None:
             return
-        dim = self.entries[0].narrow[0]
         for start, length in self.frozen:
-            param.grad.narrow(dim, start, length).zero_()
+            param.grad.narrow(self.entries[0].narrow[0], start, length).zero_()
         for entry in self.entries:
-            entry.tensor.grad = param.grad.narrow(*entry.narrow)
+            # a view even for a copied entry: unscaling (GradScaler) must reach param.grad
+            entry.tensor.grad = entry.grad_of(param.grad)
 
 
 class HFTOptimizer(torch.optim.Optimizer):
@@ -188,12 +214,10 @@ class HFTOptimizer(torch.optim.Optimizer):
                 continue
             slices = plan[name]
             if slices is None:
-                tensor = param.to_local().detach() if isinstance(param, DTensor) else param
-                group = [_Entry(name, param, tensor, None)]
+                group = [_entry(name, param, None)]
             else:
-                base = _local(param).detach()
                 group = [
-                    _Entry(key, param, base.narrow(*narrow), narrow)
+                    _entry(key, param, narrow)
                     for key, narrow in _slice_narrows(name, param, slices)
                 ]
             entries += group
@@ -220,7 +244,7 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     def _hook_sliced_grads(self) -> None:
         """After each backward, zero the frozen ranges of a partly trainable tensor's gradient
-        and give its trainable views their ``.grad``.
+        and give the tensors the wrapped optimizer holds for it their ``.grad`` (views of it).
 
         Gradient clipping (over ``model.parameters()``) then sees only the trainable half,
         as for models without fused tensors, and fp16 loss scaling (``GradScaler.unscale_``
@@ -231,7 +255,7 @@ class HFTOptimizer(torch.optim.Optimizer):
         by_param: dict[int, list[_Entry]] = defaultdict(list)
         for entry in self._views:
             # FSDP2 assigns sharded gradients itself; step() hands those to the views
-            if entry.narrow is not None and not isinstance(entry.param, DTensor):
+            if not isinstance(entry.param, DTensor):
                 by_param[id(entry.param)].append(entry)
         # a projection with the sliced backward already leaves its frozen ranges at zero
         sliced = set(sliced_grad.installed(self.model))
@@ -242,7 +266,8 @@ class HFTOptimizer(torch.optim.Optimizer):
                     owner,
                     entries,
                     []
-                    if entries[0].key.split("[")[0].rpartition(".")[0] in sliced
+                    if entries[0].narrow is None
+                    or entries[0].key.split("[")[0].rpartition(".")[0] in sliced
                     else _frozen_ranges(entries),
                 )
             )
@@ -253,6 +278,8 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """Step the wrapped optimizer; copied ranges are refreshed from the parameter first
+        (it may have been changed outside, e.g. by loading a checkpoint) and written back."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -260,11 +287,15 @@ class HFTOptimizer(torch.optim.Optimizer):
         for entry in self._views:
             grad = entry.param.grad
             if grad is not None:
-                grad = _local(grad)
-                if entry.narrow is not None:
-                    grad = grad.narrow(*entry.narrow)
+                grad = entry.grad_of(grad)
+                if entry.copied:
+                    grad = grad.contiguous()
+                    entry.tensor.copy_(entry.part)
             entry.tensor.grad = grad
         self.inner.step()
+        for entry in self._views:
+            if entry.copied and entry.tensor.grad is not None:
+                entry.part.copy_(entry.tensor)
         for entry in self._views:
             entry.tensor.grad = None  # do not pin the full gradient between steps
         return loss

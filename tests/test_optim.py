@@ -1,5 +1,7 @@
 """The sparse-aware optimizer: frozen stays bit-identical, state only for the trained half."""
 
+import copy
+
 import pytest
 import torch
 
@@ -51,6 +53,44 @@ def test_frozen_bit_identical_after_adamw_with_decay(family):
             assert not torch.equal(param[trained], before[name][trained]), name
         sliced += bool(frozen.any() and trained.any())
     assert sliced > 0 or family == "llama"  # fused families really exercise slices
+
+
+def test_fused_adamw_keeps_frozen_column_slices():
+    """GPT-2's c_attn slices are column views; torch's fused kernels write past such views,
+    so the wrapped optimizer must only ever see contiguous tensors."""
+    model = tiny_model("gpt2")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mask = select(model, HFTConfig(seed=3))
+    opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-2, weight_decay=0.1, fused=True)
+    assert all(t.is_contiguous() for g in opt.param_groups for t in g["params"])
+    _train(model, opt, 3)
+    columns = 0
+    for name, param in model.named_parameters():
+        frozen = _frozen_mask(mask, name, param.shape)
+        assert torch.equal(param[frozen], before[name][frozen]), name
+        if frozen.any() and not frozen.all():
+            assert not torch.equal(param[~frozen], before[name][~frozen]), name
+            columns += mask.params()[name].dim == 1
+    assert columns > 0
+
+
+def test_step_starts_from_weights_loaded_into_the_live_model():
+    """Copied column slices are refreshed from the parameter: a checkpoint loaded into the
+    model (and the optimizer) after training started is what the next step moves."""
+    model, other = tiny_model("gpt2"), tiny_model("gpt2", seed=1)
+    mask = select(model, HFTConfig(seed=3))
+    opts = [
+        HFTOptimizer(m, mask, torch.optim.AdamW, lr=1e-2, weight_decay=0.1, fused=True)
+        for m in (model, other)
+    ]
+    _train(model, opts[0], 2)
+    _train(other, opts[1], 2, start=5)
+    other.load_state_dict(model.state_dict())
+    opts[1].load_state_dict(copy.deepcopy(opts[0].state_dict()))  # as from a checkpoint
+    _train(model, opts[0], 2, start=2)
+    _train(other, opts[1], 2, start=2)
+    for (name, a), b in zip(model.named_parameters(), other.parameters(), strict=True):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -190,8 +230,8 @@ def test_lr_scheduler_drives_the_wrapped_groups():
     assert all(g["lr"] == 0.5 for g in opt.inner.param_groups)
 
 
-def _fused_backward(scaler=None, sliced_grad=True):
-    model = tiny_model("phi3")
+def _fused_backward(scaler=None, sliced_grad=True, family="phi3"):
+    model = tiny_model(family)
     mask = select(model, HFTConfig())
     opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3, sliced_grad=sliced_grad)
     ids = _batch()
@@ -212,11 +252,13 @@ def test_frozen_slices_have_zero_gradient_so_clipping_sees_the_trainable_half(sl
             assert torch.count_nonzero(param.grad[~frozen]) > 0, name
 
 
-def test_grad_scaler_unscales_the_trainable_slices():
-    """fp16 loss scaling walks param_groups: the slices' gradients must be there to unscale."""
+@pytest.mark.parametrize("family", ["phi3", "gpt2"])  # row views; column copies
+def test_grad_scaler_unscales_the_trainable_slices(family):
+    """fp16 loss scaling walks param_groups: the slices' gradients must be there to unscale,
+    and unscaling them must reach the parameter's gradient (which clipping then reads)."""
     scale = 1024.0
     scaler = torch.amp.GradScaler("cpu", init_scale=scale)
-    model, mask, opt = _fused_backward(scaler)
+    model, mask, opt = _fused_backward(scaler, family=family)
     scaled = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     scaler.unscale_(opt)
     fused = [n for n, s in mask.params().items() if s is not None]
