@@ -163,7 +163,7 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     ``HFTOptimizer(model, mask, torch.optim.AdamW, lr=2e-5, weight_decay=0.1)``;
     at a stage boundary ``redraw(new_mask)``. Weight decay goes to the HF
-    Trainer's decay group only (biases and norm weights get none). With
+    Trainer's decay group only (biases and norm weights get none, even by default). With
     ``sliced_grad`` (default) partly trainable fused projections compute their
     weight gradient only for the trainable slices (see :mod:`hft_plugins.sliced_grad`).
     """
@@ -207,7 +207,7 @@ class HFTOptimizer(torch.optim.Optimizer):
             sliced_grad.install(self.model, mask)
         params = dict(self.model.named_parameters())
         plan = mask.params()
-        no_decay = no_decay_names(self.model)
+        self._no_decay = no_decay = no_decay_names(self.model)
         entries, decay, plain = [], [], []
         for name, param in params.items():
             if name not in plan:
@@ -223,10 +223,14 @@ class HFTOptimizer(torch.optim.Optimizer):
             entries += group
             (plain if name in no_decay else decay).extend(group)
         groups = [{"params": [e.tensor for e in decay], "names": [e.key for e in decay]}]
-        plain_group = {"params": [e.tensor for e in plain], "names": [e.key for e in plain]}
-        if "weight_decay" in self.optimizer_kwargs:
-            plain_group["weight_decay"] = 0.0
-        groups.append(plain_group)
+        # 0.0 even when the caller gives no weight decay: AdamW's default is 0.01
+        groups.append(
+            {
+                "params": [e.tensor for e in plain],
+                "names": [e.key for e in plain],
+                "weight_decay": 0.0,
+            }
+        )
         groups = [g for g in groups if g["params"]]
         if not groups:
             raise HFTError("the mask leaves nothing trainable")
@@ -327,10 +331,11 @@ class HFTOptimizer(torch.optim.Optimizer):
         old_state = {
             e.key: self.inner.state[e.tensor] for e in self._entries if e.tensor in self.inner.state
         }
-        old_groups = self.inner.param_groups
+        old_groups = {self._decays(g): g for g in self.inner.param_groups}
         plugins.call("stage_end", model=self.model, mask=self.mask, stage=self.mask.config.stage)
         self._build(mask)
-        for group, old in zip(self.inner.param_groups, old_groups, strict=False):
+        for group in self.inner.param_groups:  # lr and the rest as a scheduler left them
+            old = old_groups.get(self._decays(group), {})
             group.update({k: v for k, v in old.items() if k not in ("params", "names")})
         for entry in self._entries:
             if entry.key in old_state:
@@ -342,6 +347,10 @@ class HFTOptimizer(torch.optim.Optimizer):
         self.mask = mask
         self._share_inner()
         plugins.call("stage_begin", model=self.model, mask=mask, stage=mask.config.stage)
+
+    def _decays(self, group: dict) -> bool:
+        """Whether ``group`` is the decay group (groups are never empty)."""
+        return group["names"][0].split("[")[0] not in self._no_decay
 
     def end_stage(self) -> None:
         """Tell plugins the current stage has finished (integrations call it after training)."""

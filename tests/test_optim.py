@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
+from hft_plugins import HFTConfig, HFTError, HFTOptimizer, Mask, select
 from hft_plugins.tiny import tiny_model
 
 STEPS = 20
@@ -121,6 +121,42 @@ def test_decay_groups_follow_the_hf_trainer_rule():
         n.startswith("transformer.ln_f") for n in plain["names"]
     )
     assert all("bias" in n or "ln_" in n for n in plain["names"])
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"weight_decay": 0.1}, {"weight_decay": 0.0}])
+def test_biases_and_norms_never_decay(kwargs):
+    """AdamW decays by 0.01 unless told otherwise: the no-decay group must say 0.0 itself,
+    and keep it across a redraw and a resume."""
+    model = tiny_model("gpt2")
+    opt = HFTOptimizer(model, select(model, HFTConfig()), torch.optim.AdamW, lr=1e-3, **kwargs)
+    decay, plain = opt.param_groups
+    assert decay["weight_decay"] == kwargs.get("weight_decay", 0.01)
+    assert plain["weight_decay"] == 0.0
+    # a bias whose gradient is zero does not move at all (decay would shrink it)
+    bias = model.transformer.ln_f.bias
+    with torch.no_grad():
+        bias.fill_(1.0)
+    bias.grad = torch.zeros_like(bias)
+    opt.step()
+    assert torch.equal(bias, torch.ones_like(bias))
+    _train(model, opt, 1)
+    opt.redraw(select(model, HFTConfig(stage=1)))
+    opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert [g["weight_decay"] for g in opt.param_groups] == [decay["weight_decay"], 0.0]
+
+
+def test_redraw_keeps_each_group_its_own_weight_decay():
+    """A stage that trains only norms has no decay group: the next stage's decay group must
+    not inherit the no-decay group's settings."""
+    model = tiny_model("llama")
+    full = select(model, HFTConfig())
+    norms = frozenset(u.key for u in full.layout.units if u.category in ("norm", "final_norm"))
+    opt = HFTOptimizer(
+        model, Mask(full.config, full.layout, norms), torch.optim.AdamW, lr=1e-3, weight_decay=0.1
+    )
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0]
+    opt.redraw(full)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
 
 
 def test_redraw_frees_newly_frozen_state_and_keeps_the_rest():
