@@ -19,14 +19,16 @@ import warnings
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import torch
 from torch import nn
 
 from . import plugins, sliced_grad
+from .architectures import Part
 from .errors import HFTError
-from .mask import Mask, Slices
+from .mask import Mask
 
 try:
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -99,14 +101,22 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def _slice_narrows(name: str, param: torch.Tensor, slices: Slices):
-    """(state key, (dim, start, length) in this process's tensor) per trainable range.
+def _range_narrows(name: str, param: torch.Tensor, parts: tuple[Part, ...]):
+    """(state key, (dim, start, length) in this process's tensor) per trainable unit range.
 
-    A DTensor sharded by FSDP2 holds one box of the full tensor; each range is cut to
-    the part inside it (possibly empty) so the update lands in the local shard. Keys
-    name the full-tensor range, so every rank's optimizer state has the same keys.
+    Ranges are the units' own, not merged, so a unit's key (``name[dim:start:stop]``) and
+    state stay the same whichever of its neighbours train. A DTensor sharded by FSDP2
+    holds one box of the full tensor; each range is cut to the part inside it (possibly
+    empty) so the update lands in the local shard. Keys name the full-tensor range, so
+    every rank's optimizer state has the same keys.
     """
-    dim = slices.dim
+    ranges = sorted((p.dim, a, b) for p in parts for a, b in p.ranges)
+    dim = ranges[0][0]
+    if any(d != dim or a < end for (_, _, end), (d, a, _) in pairwise(ranges)):
+        raise HFTError(
+            f"the units of {name} have overlapping ranges or ranges along different dims; "
+            "HFTOptimizer needs disjoint ranges along one dim"
+        )
     start, stop = 0, param.shape[dim]
     if isinstance(param, DTensor):
         kinds = {type(p) for p in param.placements}
@@ -120,7 +130,7 @@ def _slice_narrows(name: str, param: torch.Tensor, slices: Slices):
         )
         start, stop = offset[dim], offset[dim] + shape[dim]
     narrows = []
-    for a, b in slices.ranges:
+    for _, a, b in ranges:
         lo, hi = max(a, start), min(b, stop)
         local = (dim, lo - start, hi - lo) if hi > lo else (dim, 0, 0)
         narrows.append((f"{name}[{dim}:{a}:{b}]", local))
@@ -206,19 +216,18 @@ class HFTOptimizer(torch.optim.Optimizer):
         if self.sliced_grad:
             sliced_grad.install(self.model, mask)
         params = dict(self.model.named_parameters())
-        plan = mask.params()
+        plan = mask.trainable_parts()
         self._no_decay = no_decay = no_decay_names(self.model)
         entries, decay, plain = [], [], []
         for name, param in params.items():
             if name not in plan:
                 continue
-            slices = plan[name]
-            if slices is None:
+            if plan[name] is None:
                 group = [_entry(name, param, None)]
             else:
                 group = [
                     _entry(key, param, narrow)
-                    for key, narrow in _slice_narrows(name, param, slices)
+                    for key, narrow in _range_narrows(name, param, plan[name])
                 ]
             entries += group
             (plain if name in no_decay else decay).extend(group)

@@ -1,12 +1,15 @@
 """The sparse-aware optimizer: frozen stays bit-identical, state only for the trained half."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, Mask, select
+from hft_plugins.architectures import Part
 from hft_plugins.tiny import tiny_model
+from tests import _experts
 
 STEPS = 20
 
@@ -185,6 +188,32 @@ def test_redraw_frees_newly_frozen_state_and_keeps_the_rest():
         assert torch.equal(by_name[name], value), name
 
 
+@pytest.mark.parametrize("family", ["gpt2", "phi3"])  # column ranges; row ranges
+def test_a_fused_unit_trained_in_both_stages_keeps_its_state(family):
+    """One unit of a fused tensor trains in both stages while its neighbour joins in the
+    second: the unit's moments must survive the redraw exactly (docs/concepts.md)."""
+    model = tiny_model(family)
+    drawn = select(model, HFTConfig(seed=0))
+    fused = [u for u in drawn.layout.units if u.block == 0 and u.parts[0].ranges is not None]
+    kept, joining = fused[0], fused[1]
+    siblings = {u.key for u in fused if u.parts[0].param == kept.parts[0].param}
+    first = Mask(drawn.config, drawn.layout, (drawn.trainable - siblings) | {kept.key})
+    second = Mask(drawn.config.next_stage(), drawn.layout, first.trainable | {joining.key})
+    opt = HFTOptimizer(model, first, torch.optim.AdamW, lr=1e-2, weight_decay=0.1, fused=True)
+    _train(model, opt, 2)
+    keys = [f"{p.param}[{p.dim}:{a}:{b}]" for p in kept.parts for a, b in p.ranges]
+    before = copy.deepcopy({k: opt.state_dict()["state"][k] for k in keys})
+    opt.redraw(second)
+    after = opt.state_dict()["state"]
+    for key in keys:
+        for name, value in before[key].items():
+            assert torch.equal(after[key][name], value), (key, name)
+    _train(model, opt, 1, start=2)
+    assert all(opt.state_dict()["state"][k]["step"].item() == 3 for k in keys)
+    opt.redraw(first)  # and back: the neighbour leaves, the unit keeps its state again
+    assert all(opt.state_dict()["state"][k]["step"].item() == 3 for k in keys)
+
+
 def _resume_equal(family, tmp_path):
     torch.manual_seed(0)
     model = tiny_model(family)
@@ -245,6 +274,20 @@ def test_bad_inputs():
     other = select(tiny_model("llama", intermediate_size=48), HFTConfig())
     with pytest.raises(HFTError, match="mask does not match the model"):
         opt.redraw(other)
+
+
+@pytest.mark.parametrize("gate_up_ranges, dim", [(((0, 7), (6, 12)), 1), (((0, 6), (6, 12)), 0)])
+def test_units_overlapping_or_along_two_dims_are_refused(gate_up_ranges, dim):
+    """State is kept per unit range; overlapping ranges would be stepped twice."""
+    module = _experts.Experts()
+    layout_units = _experts.units(gate_up_ranges)
+    if dim == 0:  # "up" as the first experts instead: another dim of the same tensor
+        layout_units[1] = dataclasses.replace(
+            layout_units[1], parts=(Part("gate_up_proj", 0, ((0, 1),)),)
+        )
+    mask = _experts.mask(module, {"gate", "up"}, layout_units=layout_units)
+    with pytest.raises(HFTError, match="units of gate_up_proj have overlapping ranges or ranges"):
+        HFTOptimizer(module, mask, torch.optim.AdamW, lr=1e-3)
 
 
 def test_works_with_other_torch_optimizers():
