@@ -152,20 +152,46 @@ def _frozen_ranges(entries: list[_Entry]) -> list[tuple[int, int]]:
 
 class _SliceGradHook:
     """Post-accumulate-grad hook of one parameter stepped through views or copies
-    (see _hook_sliced_grads)."""
+    (see _hook_sliced_grads). It holds no reference to the optimizer."""
 
-    def __init__(self, owner, entries: list[_Entry], frozen: list[tuple[int, int]]):
-        self.owner, self.entries, self.frozen = owner, entries, frozen
+    def __init__(self, entries: list[_Entry], frozen: list[tuple[int, int]]):
+        self.entries, self.frozen = entries, frozen
 
     @torch.no_grad()
     def __call__(self, param: torch.Tensor) -> None:
-        if self.owner() is None or param.grad is None:
+        if param.grad is None:
             return
         for start, length in self.frozen:
             param.grad.narrow(self.entries[0].narrow[0], start, length).zero_()
         for entry in self.entries:
             # a view even for a copied entry: unscaling (GradScaler) must reach param.grad
             entry.tensor.grad = entry.grad_of(param.grad)
+
+
+# model -> the finalizer of the HFTOptimizer whose hooks and sliced backward it carries
+_LIVE: weakref.WeakKeyDictionary[nn.Module, weakref.finalize] = weakref.WeakKeyDictionary()
+
+
+def release(model: nn.Module) -> None:
+    """Take an HFTOptimizer's gradient hooks and sliced backward off ``model`` (closing the
+    optimizer), so that later training of the model gets its full gradients.
+
+    ``requires_grad`` stays as the mask set it.
+    """
+    live = _LIVE.pop(model, None)
+    if live is not None:
+        live()
+    sliced_grad.uninstall(model)
+
+
+def _release(model_ref: weakref.ref, grad_hooks: list) -> None:
+    """An optimizer's clean-up; it must not refer to the optimizer (it runs when that dies)."""
+    for handle in grad_hooks:
+        handle.remove()
+    grad_hooks.clear()
+    model = model_ref()
+    if model is not None:
+        sliced_grad.uninstall(model)
 
 
 class HFTOptimizer(torch.optim.Optimizer):
@@ -176,6 +202,10 @@ class HFTOptimizer(torch.optim.Optimizer):
     Trainer's decay group only (biases and norm weights get none, even by default). With
     ``sliced_grad`` (default) partly trainable fused projections compute their
     weight gradient only for the trainable slices (see :mod:`hft_plugins.sliced_grad`).
+
+    Its gradient hooks and the sliced backward change how the model backpropagates; they
+    leave the model with the optimizer: at :meth:`close` (or the end of a ``with`` block),
+    when it is garbage-collected, or when another HFTOptimizer is built on the same model.
     """
 
     def __init__(
@@ -200,7 +230,13 @@ class HFTOptimizer(torch.optim.Optimizer):
         self.optimizer_kwargs = dict(kwargs)
         self.sliced_grad = sliced_grad
         self.mask = mask
-        self._build(mask)
+        entries, inner = self._prepare(mask)  # may raise: nothing on the model changed yet
+        release(model)  # a previous optimizer's hooks would zero what this one trains
+        self._grad_hooks: list = []
+        self._finalizer = weakref.finalize(self, _release, weakref.ref(model), self._grad_hooks)
+        self._finalizer.atexit = False
+        _LIVE[model] = self._finalizer
+        self._attach(mask, entries, inner)
         # The base class gives us its hook registries; the groups and state are the inner ones.
         super().__init__([e.tensor for e in self._entries] or [torch.zeros(0)], self.inner.defaults)
         self._share_inner()
@@ -211,10 +247,9 @@ class HFTOptimizer(torch.optim.Optimizer):
         self.state = self.inner.state
         self.defaults = self.inner.defaults
 
-    def _build(self, mask: Mask) -> None:
-        mask.apply(self.model)
-        if self.sliced_grad:
-            sliced_grad.install(self.model, mask)
+    def _prepare(self, mask: Mask) -> tuple[list[_Entry], torch.optim.Optimizer]:
+        """The tensors to step and the wrapped optimizer over them; the model is untouched."""
+        mask.check(self.model)
         params = dict(self.model.named_parameters())
         plan = mask.trainable_parts()
         self._no_decay = no_decay = no_decay_names(self.model)
@@ -243,16 +278,23 @@ class HFTOptimizer(torch.optim.Optimizer):
         groups = [g for g in groups if g["params"]]
         if not groups:
             raise HFTError("the mask leaves nothing trainable")
-        self._entries = entries
-        self._views = [e for e in entries if e.tensor is not e.param]
-        self._params = list({id(e.param): e.param for e in entries}.values())
         try:
-            self.inner = self.optimizer_cls(groups, **self.optimizer_kwargs)
+            return entries, self.optimizer_cls(groups, **self.optimizer_kwargs)
         except (TypeError, ValueError) as exc:
             raise HFTError(
                 f"{self.optimizer_cls.__name__} rejected its arguments "
                 f"{sorted(self.optimizer_kwargs)}: {exc}"
             ) from None
+
+    def _attach(self, mask: Mask, entries: list[_Entry], inner: torch.optim.Optimizer) -> None:
+        """Freeze by ``mask``, and give the model the sliced backward and gradient hooks."""
+        mask.apply(self.model)
+        if self.sliced_grad:
+            sliced_grad.install(self.model, mask)
+        self._entries = entries
+        self._views = [e for e in entries if e.tensor is not e.param]
+        self._params = list({id(e.param): e.param for e in entries}.values())
+        self.inner = inner
         self._hook_sliced_grads()
 
     def _hook_sliced_grads(self) -> None:
@@ -263,7 +305,7 @@ class HFTOptimizer(torch.optim.Optimizer):
         as for models without fused tensors, and fp16 loss scaling (``GradScaler.unscale_``
         walks ``param_groups``) unscales and inf-checks the slices' gradients too.
         """
-        for handle in getattr(self, "_grad_hooks", ()):
+        for handle in self._grad_hooks:
             handle.remove()
         by_param: dict[int, list[_Entry]] = defaultdict(list)
         for entry in self._views:
@@ -272,11 +314,9 @@ class HFTOptimizer(torch.optim.Optimizer):
                 by_param[id(entry.param)].append(entry)
         # a projection with the sliced backward already leaves its frozen ranges at zero
         sliced = set(sliced_grad.installed(self.model))
-        owner = weakref.ref(self)  # a hook left on a model must not keep the optimizer alive
-        self._grad_hooks = [
+        self._grad_hooks[:] = [  # in place: the finalizer holds this list
             entries[0].param.register_post_accumulate_grad_hook(
                 _SliceGradHook(
-                    owner,
                     entries,
                     []
                     if entries[0].narrow is None
@@ -293,6 +333,7 @@ class HFTOptimizer(torch.optim.Optimizer):
     def step(self, closure=None):
         """Step the wrapped optimizer; copied ranges are refreshed from the parameter first
         (it may have been changed outside, e.g. by loading a checkpoint) and written back."""
+        self._check_open()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -328,6 +369,7 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     def redraw(self, mask: Mask) -> None:
         """Switch to a new stage's mask: free state of newly frozen parts, keep the rest."""
+        self._check_open()
         if not isinstance(mask, Mask):
             raise HFTError(f"redraw needs an hft_plugins Mask, got {type(mask).__name__}")
         mask.check(self.model)
@@ -341,8 +383,9 @@ class HFTOptimizer(torch.optim.Optimizer):
             e.key: self.inner.state[e.tensor] for e in self._entries if e.tensor in self.inner.state
         }
         old_groups = {self._decays(g): g for g in self.inner.param_groups}
+        entries, inner = self._prepare(mask)
         plugins.call("stage_end", model=self.model, mask=self.mask, stage=self.mask.config.stage)
-        self._build(mask)
+        self._attach(mask, entries, inner)
         for group in self.inner.param_groups:  # lr and the rest as a scheduler left them
             old = old_groups.get(self._decays(group), {})
             group.update({k: v for k, v in old.items() if k not in ("params", "names")})
@@ -364,6 +407,35 @@ class HFTOptimizer(torch.optim.Optimizer):
     def end_stage(self) -> None:
         """Tell plugins the current stage has finished (integrations call it after training)."""
         plugins.call("stage_end", model=self.model, mask=self.mask, stage=self.mask.config.stage)
+
+    # ---- leaving the model ---------------------------------------------------
+
+    def close(self) -> None:
+        """Take this optimizer's gradient hooks and sliced backward off the model, so that
+        later training of it (a full fine-tune, another tool) gets full gradients.
+
+        ``requires_grad`` stays as the mask set it; the state stays readable.
+        """
+        if _LIVE.get(self.model) is self._finalizer:
+            del _LIVE[self.model]
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise HFTError(
+                "this HFTOptimizer was closed (close(), merge_and_unload(), or a newer "
+                "HFTOptimizer on the same model); build a new one to train again"
+            )
+
+    def __enter__(self) -> HFTOptimizer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # ---- state -------------------------------------------------------------
 

@@ -2,11 +2,13 @@
 
 import copy
 import dataclasses
+import gc
+import weakref
 
 import pytest
 import torch
 
-from hft_plugins import HFTConfig, HFTError, HFTOptimizer, Mask, select
+from hft_plugins import HFTConfig, HFTError, HFTOptimizer, Mask, select, sliced_grad
 from hft_plugins.architectures import Part
 from hft_plugins.tiny import tiny_model
 from tests import _experts
@@ -347,7 +349,7 @@ def test_grad_scaler_unscales_the_trainable_slices(family):
             assert torch.allclose(param.grad * scale, scaled[name]), name
 
 
-def test_grad_hooks_follow_redraw_and_die_with_the_optimizer():
+def test_grad_hooks_follow_redraw():
     model, _, opt = _fused_backward()
     new = select(model, HFTConfig(stage=1))
     opt.redraw(new)
@@ -357,26 +359,117 @@ def test_grad_hooks_follow_redraw_and_die_with_the_optimizer():
     for name, param in model.named_parameters():
         if param.grad is not None:
             assert torch.count_nonzero(param.grad[_frozen_mask(new, name, param.shape)]) == 0
-    # the hooks hold the optimizer weakly: it can go, and its hooks then do nothing
-    import gc
-    import weakref
 
-    from hft_plugins import sliced_grad
 
-    gone = weakref.ref(opt)
-    del opt
+# ---- an optimizer's hooks and sliced backward leave the model with it -------------------
+
+
+def _full_gradients(model) -> dict[str, torch.Tensor]:
+    """Gradients of one backward with every parameter trainable."""
+    for param in model.parameters():
+        param.requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    ids = _batch(7)
+    model(input_ids=ids, labels=ids).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _assert_plain_backward(model, family="gpt2"):
+    """``model`` backpropagates as an untouched model with the same weights does."""
+    untouched = tiny_model(family, seed=9)
+    untouched.load_state_dict(model.state_dict())
+    want = _full_gradients(untouched)
+    for name, grad in _full_gradients(model).items():
+        torch.testing.assert_close(grad, want[name], rtol=0, atol=0, msg=name)
+
+
+def _hft_stage(model, stage=0, **kwargs) -> HFTOptimizer:
+    opt = HFTOptimizer(model, select(model, HFTConfig(stage=stage)), lr=1e-2, **kwargs)
+    _train(model, opt, 1)
+    return opt
+
+
+def test_close_releases_the_model_and_the_optimizer_refuses_to_step():
+    model = tiny_model("gpt2")
+    opt = _hft_stage(model)
+    assert sliced_grad.installed(model)
+    opt.close()
+    opt.close()  # twice is fine
+    assert opt.closed and not sliced_grad.installed(model)
+    _assert_plain_backward(model)
+    with pytest.raises(HFTError, match="this HFTOptimizer was closed"):
+        opt.step()
+
+
+def test_a_with_block_releases_the_model():
+    model = tiny_model("gpt2")
+    with HFTOptimizer(model, select(model, HFTConfig()), lr=1e-2) as opt:
+        _train(model, opt, 1)
+    assert opt.closed
+    _assert_plain_backward(model)
+
+
+def test_a_collected_optimizer_releases_the_model():
+    """The model holds its optimizer's hooks but not the optimizer: it can be collected."""
+    model = tiny_model("gpt2")
+    gone = weakref.ref(_hft_stage(model, sliced_grad=False))
     gc.collect()
     assert gone() is None
-    sliced_grad.uninstall(model)  # the model's own forward: full weight gradients again
-    model.zero_grad()
-    model(input_ids=ids, labels=ids).loss.backward()
-    qkv = model.model.layers[0].self_attn.qkv_proj.weight
-    assert (
-        torch.count_nonzero(
-            qkv.grad[_frozen_mask(new, "model.layers.0.self_attn.qkv_proj.weight", qkv.shape)]
-        )
-        > 0
-    )
+    model2 = tiny_model("gpt2")
+    gone = weakref.ref(_hft_stage(model2))
+    gc.collect()
+    assert gone() is None
+    _assert_plain_backward(model)
+    _assert_plain_backward(model2)
+
+
+def test_merge_and_unload_releases_the_model():
+    from hft_plugins.integrations.peft_style import get_hft_model
+
+    wrapped = get_hft_model(tiny_model("gpt2"), HFTConfig())
+    opt = HFTOptimizer(wrapped.base_model, wrapped.hft_mask, lr=1e-2)  # still referenced
+    _train(wrapped, opt, 1)
+    model = wrapped.merge_and_unload()
+    assert opt.closed
+    _assert_plain_backward(model)
+
+
+@pytest.mark.parametrize("sliced", [True, False])
+def test_a_new_optimizer_replaces_the_previous_ones_hooks(sliced):
+    """The previous stage's hooks would zero ranges the new stage trains."""
+    model = tiny_model("gpt2")
+    first = _hft_stage(model, sliced_grad=sliced)
+    q = "block.0.attn.c_attn[q]"
+    assert q not in first.mask.trainable  # so the first optimizer's hook zeroes its range
+    drawn = first.mask
+    second_mask = Mask(drawn.config.next_stage(), drawn.layout, drawn.trainable | {q})
+    second = HFTOptimizer(model, second_mask, lr=1e-2, sliced_grad=sliced)
+    assert first.closed and not second.closed
+    untouched = tiny_model("gpt2", seed=9)
+    untouched.load_state_dict(model.state_dict())
+    second.mask.apply(untouched)
+    ids = _batch(3)
+    for m in (model, untouched):
+        m(input_ids=ids, labels=ids).loss.backward()
+    want = dict(untouched.named_parameters())
+    for name, param in model.named_parameters():
+        if param.grad is None:
+            assert want[name].grad is None, name
+            continue
+        trained = ~_frozen_mask(second.mask, name, param.shape)
+        torch.testing.assert_close(param.grad[trained], want[name].grad[trained], msg=name)
+    second.close()
+    _assert_plain_backward(model)
+
+
+def test_a_failed_construction_leaves_the_live_optimizer_alone():
+    model = tiny_model("gpt2")
+    opt = _hft_stage(model)
+    installed = sliced_grad.installed(model)
+    with pytest.raises(HFTError, match="rejected its arguments"):
+        HFTOptimizer(model, select(model, HFTConfig(stage=1)), lr="fast")
+    gc.collect()
+    assert not opt.closed and sliced_grad.installed(model) == installed
 
 
 def test_resuming_with_another_seed_warns_and_keeps_the_checkpoint_mask():
