@@ -83,6 +83,12 @@ def _entry(key: str, param: nn.Parameter, narrow: tuple[int, int, int] | None) -
     return _Entry(key, param, part, tensor, narrow)
 
 
+def qualified_name(obj) -> str:
+    """``module.QualName`` of a class: bitsandbytes' ``AdamW`` must not read as torch's."""
+    module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    return f"{module}.{name}" if module and name else repr(obj)
+
+
 def no_decay_names(model: nn.Module) -> set[str]:
     """Parameter names the HF Trainer excludes from weight decay: biases and norms."""
     names = set()
@@ -282,7 +288,7 @@ class HFTOptimizer(torch.optim.Optimizer):
             return entries, self.optimizer_cls(groups, **self.optimizer_kwargs)
         except (TypeError, ValueError) as exc:
             raise HFTError(
-                f"{self.optimizer_cls.__name__} rejected its arguments "
+                f"{qualified_name(self.optimizer_cls)} rejected its arguments "
                 f"{sorted(self.optimizer_kwargs)}: {exc}"
             ) from None
 
@@ -500,4 +506,4 @@ class HFTOptimizer(torch.optim.Optimizer):
         self._share_inner()
 
     def __repr__(self) -> str:
-        return f"HFTOptimizer({self.optimizer_cls.__name__}, {self.mask!r})"
+        return f"HFTOptimizer({qualified_name(type(self.inner))}, {self.mask!r})"

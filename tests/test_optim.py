@@ -302,6 +302,19 @@ def test_works_with_other_torch_optimizers():
         assert torch.equal(param, before[name]) == (name not in mask.params()), name
 
 
+def test_repr_and_errors_name_the_wrapped_class_with_its_module():
+    """bitsandbytes' AdamW (8-bit with optim_bits=8) must not read as torch's AdamW."""
+    bnb_adamw = type("AdamW", (torch.optim.AdamW,), {"__module__": "bitsandbytes.optim.adamw"})
+    model = tiny_model("llama")
+    opt = HFTOptimizer(model, select(model), bnb_adamw, lr=1e-3)
+    assert repr(opt).startswith("HFTOptimizer(bitsandbytes.optim.adamw.AdamW, Mask(")
+    assert repr(HFTOptimizer(model, select(model), lr=1e-3)).startswith(
+        "HFTOptimizer(torch.optim.adamw.AdamW, Mask("
+    )
+    with pytest.raises(HFTError, match=r"^bitsandbytes\.optim\.adamw\.AdamW rejected its arg"):
+        HFTOptimizer(model, select(model), bnb_adamw, lrr=1e-3)
+
+
 def test_lr_scheduler_drives_the_wrapped_groups():
     model = tiny_model("llama")
     opt = HFTOptimizer(model, select(model, HFTConfig()), torch.optim.AdamW, lr=1.0)
