@@ -74,6 +74,8 @@ class _Entry:
 
 
 def _entry(key: str, param: nn.Parameter, narrow: tuple[int, int, int] | None) -> _Entry:
+    """A contiguous piece is stepped in place; any other through a contiguous copy, since
+    torch's fused kernels write past the bounds of a non-contiguous tensor."""
     if narrow is None and not isinstance(param, DTensor) and param.is_contiguous():
         return _Entry(key, param, param, param, None)
     part = _local(param).detach()
@@ -236,6 +238,7 @@ class HFTOptimizer(torch.optim.Optimizer):
         self.optimizer_kwargs = dict(kwargs)
         self.sliced_grad = sliced_grad
         self.mask = mask
+        self._no_decay = no_decay_names(model)
         entries, inner = self._prepare(mask)  # may raise: nothing on the model changed yet
         release(model)  # a previous optimizer's hooks would zero what this one trains
         self._grad_hooks: list = []
@@ -258,7 +261,6 @@ class HFTOptimizer(torch.optim.Optimizer):
         mask.check(self.model)
         params = dict(self.model.named_parameters())
         plan = mask.trainable_parts()
-        self._no_decay = no_decay = no_decay_names(self.model)
         entries, decay, plain = [], [], []
         for name, param in params.items():
             if name not in plan:
@@ -271,7 +273,7 @@ class HFTOptimizer(torch.optim.Optimizer):
                     for key, narrow in _range_narrows(name, param, plan[name])
                 ]
             entries += group
-            (plain if name in no_decay else decay).extend(group)
+            (plain if name in self._no_decay else decay).extend(group)
         groups = [{"params": [e.tensor for e in decay], "names": [e.key for e in decay]}]
         # 0.0 even when the caller gives no weight decay: AdamW's default is 0.01
         groups.append(
@@ -356,7 +358,6 @@ class HFTOptimizer(torch.optim.Optimizer):
         for entry in self._views:
             if entry.copied and entry.tensor.grad is not None:
                 entry.part.copy_(entry.tensor)
-        for entry in self._views:
             entry.tensor.grad = None  # do not pin the full gradient between steps
         return loss
 
@@ -455,7 +456,8 @@ class HFTOptimizer(torch.optim.Optimizer):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """State keyed by parameter name (slices as ``name[dim:start:stop]``), plus the mask."""
+        """State keyed by parameter name (``name[dim:start:stop]`` per unit range of a fused
+        tensor), plus the mask."""
         state = {
             e.key: dict(self.inner.state[e.tensor])
             for e in self._entries
