@@ -330,6 +330,25 @@ class Mask:
             f"blocks trainable {done}/{total})"
         )
 
+    def trainable_parts(self) -> dict[str, tuple[Part, ...] | None]:
+        """Trainable parameter name -> None (a unit trains it whole) or its trainable units'
+        parts, in order and not merged (unlike :meth:`params`).
+
+        A unit's ranges are fixed for a model, so optimizer state kept per unit range
+        survives a redraw that changes which of the unit's neighbours train.
+        """
+        parts: dict[str, list[Part]] = defaultdict(list)
+        for unit in self.layout.units:
+            if unit.key in self.trainable:
+                for part in unit.parts:
+                    parts[part.param].append(part)
+        return {
+            name: None
+            if any(p.ranges is None for p in found)
+            else tuple(sorted(found, key=lambda p: (p.dim, p.ranges)))
+            for name, found in parts.items()
+        }
+
 
 def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     merged: list[list[int]] = []

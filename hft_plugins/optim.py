@@ -1,11 +1,14 @@
 """A torch optimizer that keeps state only for the trainable half.
 
 Whole trainable tensors go to the wrapped optimizer as they are. A partly
-trainable tensor (a slice of a fused projection) goes to it as views of its
-trainable ranges: the views share the parameter's storage, their ``.grad`` is a
-view of the parameter's gradient, so the wrapped optimizer's moments have the
-slice's shape and its updates land in place. Frozen tensors and frozen slices
-are never handed to the wrapped optimizer, so no decay or momentum reaches them.
+trainable tensor (a slice of a fused projection) goes to it one trainable range
+at a time, so the wrapped optimizer's moments have the range's shape. A
+contiguous range (rows) is handed over as a view: updates land in place. A
+non-contiguous one (GPT-2's column slices) is handed over as a contiguous copy
+that :meth:`HFTOptimizer.step` refreshes from the parameter and writes back,
+because torch's fused kernels write past the bounds of non-contiguous views.
+Frozen tensors and frozen slices are never handed to the wrapped optimizer, so
+no decay or momentum reaches them.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ import warnings
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import torch
 from torch import nn
 
 from . import plugins, sliced_grad
+from .architectures import Part
 from .errors import HFTError
-from .mask import Mask, Slices
+from .mask import Mask
 
 try:
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -44,16 +49,46 @@ _NO_DECAY_PATTERNS = [
 
 @dataclass
 class _Entry:
-    """One tensor the wrapped optimizer steps: a whole parameter or a view of (a slice of) it.
+    """One tensor the wrapped optimizer steps, for a whole parameter or a range of it.
 
-    Views are plain tensors: of a slice, or of this rank's shard of an FSDP2 DTensor (so
-    torch's foreach and fused kernels never see DTensors and plain tensors together).
+    ``part`` is that piece of the parameter as a plain tensor (of this rank's shard under
+    FSDP2, so torch's foreach and fused kernels never see DTensors and plain tensors
+    together). ``tensor`` is what the wrapped optimizer holds: the parameter itself, or
+    ``part`` when contiguous, else a contiguous copy of it (see :meth:`HFTOptimizer.step`).
     """
 
     key: str
     param: nn.Parameter
+    part: torch.Tensor
     tensor: torch.Tensor
     narrow: tuple[int, int, int] | None  # (dim, start, length) in the local tensor, for a slice
+
+    @property
+    def copied(self) -> bool:
+        return self.tensor is not self.part
+
+    def grad_of(self, grad: torch.Tensor) -> torch.Tensor:
+        """This entry's part of the parameter's (local) gradient: a view, no copy."""
+        grad = _local(grad)
+        return grad if self.narrow is None else grad.narrow(*self.narrow)
+
+
+def _entry(key: str, param: nn.Parameter, narrow: tuple[int, int, int] | None) -> _Entry:
+    """A contiguous piece is stepped in place; any other through a contiguous copy, since
+    torch's fused kernels write past the bounds of a non-contiguous tensor."""
+    if narrow is None and not isinstance(param, DTensor) and param.is_contiguous():
+        return _Entry(key, param, param, param, None)
+    part = _local(param).detach()
+    if narrow is not None:
+        part = part.narrow(*narrow)
+    tensor = part if part.is_contiguous() else part.clone(memory_format=torch.contiguous_format)
+    return _Entry(key, param, part, tensor, narrow)
+
+
+def qualified_name(obj) -> str:
+    """``module.QualName`` of a class: bitsandbytes' ``AdamW`` must not read as torch's."""
+    module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    return f"{module}.{name}" if module and name else repr(obj)
 
 
 def no_decay_names(model: nn.Module) -> set[str]:
@@ -74,14 +109,22 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def _slice_narrows(name: str, param: torch.Tensor, slices: Slices):
-    """(state key, (dim, start, length) in this process's tensor) per trainable range.
+def _range_narrows(name: str, param: torch.Tensor, parts: tuple[Part, ...]):
+    """(state key, (dim, start, length) in this process's tensor) per trainable unit range.
 
-    A DTensor sharded by FSDP2 holds one box of the full tensor; each range is cut to
-    the part inside it (possibly empty) so the update lands in the local shard. Keys
-    name the full-tensor range, so every rank's optimizer state has the same keys.
+    Ranges are the units' own, not merged, so a unit's key (``name[dim:start:stop]``) and
+    state stay the same whichever of its neighbours train. A DTensor sharded by FSDP2
+    holds one box of the full tensor; each range is cut to the part inside it (possibly
+    empty) so the update lands in the local shard. Keys name the full-tensor range, so
+    every rank's optimizer state has the same keys.
     """
-    dim = slices.dim
+    ranges = sorted((p.dim, a, b) for p in parts for a, b in p.ranges)
+    dim = ranges[0][0]
+    if any(d != dim or a < end for (_, _, end), (d, a, _) in pairwise(ranges)):
+        raise HFTError(
+            f"the units of {name} have overlapping ranges or ranges along different dims; "
+            "HFTOptimizer needs disjoint ranges along one dim"
+        )
     start, stop = 0, param.shape[dim]
     if isinstance(param, DTensor):
         kinds = {type(p) for p in param.placements}
@@ -95,7 +138,7 @@ def _slice_narrows(name: str, param: torch.Tensor, slices: Slices):
         )
         start, stop = offset[dim], offset[dim] + shape[dim]
     narrows = []
-    for a, b in slices.ranges:
+    for _, a, b in ranges:
         lo, hi = max(a, start), min(b, stop)
         local = (dim, lo - start, hi - lo) if hi > lo else (dim, 0, 0)
         narrows.append((f"{name}[{dim}:{a}:{b}]", local))
@@ -116,20 +159,47 @@ def _frozen_ranges(entries: list[_Entry]) -> list[tuple[int, int]]:
 
 
 class _SliceGradHook:
-    """Post-accumulate-grad hook of one partly trainable parameter (see _hook_sliced_grads)."""
+    """Post-accumulate-grad hook of one parameter stepped through views or copies
+    (see _hook_sliced_grads). It holds no reference to the optimizer."""
 
-    def __init__(self, owner, entries: list[_Entry], frozen: list[tuple[int, int]]):
-        self.owner, self.entries, self.frozen = owner, entries, frozen
+    def __init__(self, entries: list[_Entry], frozen: list[tuple[int, int]]):
+        self.entries, self.frozen = entries, frozen
 
     @torch.no_grad()
     def __call__(self, param: torch.Tensor) -> None:
-        if self.owner() is None or param.grad is None:
+        if param.grad is None:
             return
-        dim = self.entries[0].narrow[0]
         for start, length in self.frozen:
-            param.grad.narrow(dim, start, length).zero_()
+            param.grad.narrow(self.entries[0].narrow[0], start, length).zero_()
         for entry in self.entries:
-            entry.tensor.grad = param.grad.narrow(*entry.narrow)
+            # a view even for a copied entry: unscaling (GradScaler) must reach param.grad
+            entry.tensor.grad = entry.grad_of(param.grad)
+
+
+# model -> the finalizer of the HFTOptimizer whose hooks and sliced backward it carries
+_LIVE: weakref.WeakKeyDictionary[nn.Module, weakref.finalize] = weakref.WeakKeyDictionary()
+
+
+def release(model: nn.Module) -> None:
+    """Take an HFTOptimizer's gradient hooks and sliced backward off ``model`` (closing the
+    optimizer), so that later training of the model gets its full gradients.
+
+    ``requires_grad`` stays as the mask set it.
+    """
+    live = _LIVE.pop(model, None)
+    if live is not None:
+        live()
+    sliced_grad.uninstall(model)
+
+
+def _release(model_ref: weakref.ref, grad_hooks: list) -> None:
+    """An optimizer's clean-up; it must not refer to the optimizer (it runs when that dies)."""
+    for handle in grad_hooks:
+        handle.remove()
+    grad_hooks.clear()
+    model = model_ref()
+    if model is not None:
+        sliced_grad.uninstall(model)
 
 
 class HFTOptimizer(torch.optim.Optimizer):
@@ -137,9 +207,13 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     ``HFTOptimizer(model, mask, torch.optim.AdamW, lr=2e-5, weight_decay=0.1)``;
     at a stage boundary ``redraw(new_mask)``. Weight decay goes to the HF
-    Trainer's decay group only (biases and norm weights get none). With
+    Trainer's decay group only (biases and norm weights get none, even by default). With
     ``sliced_grad`` (default) partly trainable fused projections compute their
     weight gradient only for the trainable slices (see :mod:`hft_plugins.sliced_grad`).
+
+    Its gradient hooks and the sliced backward change how the model backpropagates; they
+    leave the model with the optimizer: at :meth:`close` (or the end of a ``with`` block),
+    when it is garbage-collected, or when another HFTOptimizer is built on the same model.
     """
 
     def __init__(
@@ -164,7 +238,14 @@ class HFTOptimizer(torch.optim.Optimizer):
         self.optimizer_kwargs = dict(kwargs)
         self.sliced_grad = sliced_grad
         self.mask = mask
-        self._build(mask)
+        self._no_decay = no_decay_names(model)
+        entries, inner = self._prepare(mask)  # may raise: nothing on the model changed yet
+        release(model)  # a previous optimizer's hooks would zero what this one trains
+        self._grad_hooks: list = []
+        self._finalizer = weakref.finalize(self, _release, weakref.ref(model), self._grad_hooks)
+        self._finalizer.atexit = False
+        _LIVE[model] = self._finalizer
+        self._attach(mask, entries, inner)
         # The base class gives us its hook registries; the groups and state are the inner ones.
         super().__init__([e.tensor for e in self._entries] or [torch.zeros(0)], self.inner.defaults)
         self._share_inner()
@@ -175,74 +256,79 @@ class HFTOptimizer(torch.optim.Optimizer):
         self.state = self.inner.state
         self.defaults = self.inner.defaults
 
-    def _build(self, mask: Mask) -> None:
-        mask.apply(self.model)
-        if self.sliced_grad:
-            sliced_grad.install(self.model, mask)
+    def _prepare(self, mask: Mask) -> tuple[list[_Entry], torch.optim.Optimizer]:
+        """The tensors to step and the wrapped optimizer over them; the model is untouched."""
+        mask.check(self.model)
         params = dict(self.model.named_parameters())
-        plan = mask.params()
-        no_decay = no_decay_names(self.model)
+        plan = mask.trainable_parts()
         entries, decay, plain = [], [], []
         for name, param in params.items():
             if name not in plan:
                 continue
-            slices = plan[name]
-            if slices is None:
-                tensor = param.to_local().detach() if isinstance(param, DTensor) else param
-                group = [_Entry(name, param, tensor, None)]
+            if plan[name] is None:
+                group = [_entry(name, param, None)]
             else:
-                base = _local(param).detach()
                 group = [
-                    _Entry(key, param, base.narrow(*narrow), narrow)
-                    for key, narrow in _slice_narrows(name, param, slices)
+                    _entry(key, param, narrow)
+                    for key, narrow in _range_narrows(name, param, plan[name])
                 ]
             entries += group
-            (plain if name in no_decay else decay).extend(group)
+            (plain if name in self._no_decay else decay).extend(group)
         groups = [{"params": [e.tensor for e in decay], "names": [e.key for e in decay]}]
-        plain_group = {"params": [e.tensor for e in plain], "names": [e.key for e in plain]}
-        if "weight_decay" in self.optimizer_kwargs:
-            plain_group["weight_decay"] = 0.0
-        groups.append(plain_group)
+        # 0.0 even when the caller gives no weight decay: AdamW's default is 0.01
+        groups.append(
+            {
+                "params": [e.tensor for e in plain],
+                "names": [e.key for e in plain],
+                "weight_decay": 0.0,
+            }
+        )
         groups = [g for g in groups if g["params"]]
         if not groups:
             raise HFTError("the mask leaves nothing trainable")
+        try:
+            return entries, self.optimizer_cls(groups, **self.optimizer_kwargs)
+        except (TypeError, ValueError) as exc:
+            raise HFTError(
+                f"{qualified_name(self.optimizer_cls)} rejected its arguments "
+                f"{sorted(self.optimizer_kwargs)}: {exc}"
+            ) from None
+
+    def _attach(self, mask: Mask, entries: list[_Entry], inner: torch.optim.Optimizer) -> None:
+        """Freeze by ``mask``, and give the model the sliced backward and gradient hooks."""
+        mask.apply(self.model)
+        if self.sliced_grad:
+            sliced_grad.install(self.model, mask)
         self._entries = entries
         self._views = [e for e in entries if e.tensor is not e.param]
         self._params = list({id(e.param): e.param for e in entries}.values())
-        try:
-            self.inner = self.optimizer_cls(groups, **self.optimizer_kwargs)
-        except (TypeError, ValueError) as exc:
-            raise HFTError(
-                f"{self.optimizer_cls.__name__} rejected its arguments "
-                f"{sorted(self.optimizer_kwargs)}: {exc}"
-            ) from None
+        self.inner = inner
         self._hook_sliced_grads()
 
     def _hook_sliced_grads(self) -> None:
         """After each backward, zero the frozen ranges of a partly trainable tensor's gradient
-        and give its trainable views their ``.grad``.
+        and give the tensors the wrapped optimizer holds for it their ``.grad`` (views of it).
 
         Gradient clipping (over ``model.parameters()``) then sees only the trainable half,
         as for models without fused tensors, and fp16 loss scaling (``GradScaler.unscale_``
         walks ``param_groups``) unscales and inf-checks the slices' gradients too.
         """
-        for handle in getattr(self, "_grad_hooks", ()):
+        for handle in self._grad_hooks:
             handle.remove()
         by_param: dict[int, list[_Entry]] = defaultdict(list)
         for entry in self._views:
             # FSDP2 assigns sharded gradients itself; step() hands those to the views
-            if entry.narrow is not None and not isinstance(entry.param, DTensor):
+            if not isinstance(entry.param, DTensor):
                 by_param[id(entry.param)].append(entry)
         # a projection with the sliced backward already leaves its frozen ranges at zero
         sliced = set(sliced_grad.installed(self.model))
-        owner = weakref.ref(self)  # a hook left on a model must not keep the optimizer alive
-        self._grad_hooks = [
+        self._grad_hooks[:] = [  # in place: the finalizer holds this list
             entries[0].param.register_post_accumulate_grad_hook(
                 _SliceGradHook(
-                    owner,
                     entries,
                     []
-                    if entries[0].key.split("[")[0].rpartition(".")[0] in sliced
+                    if entries[0].narrow is None
+                    or entries[0].key.split("[")[0].rpartition(".")[0] in sliced
                     else _frozen_ranges(entries),
                 )
             )
@@ -253,6 +339,9 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """Step the wrapped optimizer; copied ranges are refreshed from the parameter first
+        (it may have been changed outside, e.g. by loading a checkpoint) and written back."""
+        self._check_open()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -260,12 +349,15 @@ class HFTOptimizer(torch.optim.Optimizer):
         for entry in self._views:
             grad = entry.param.grad
             if grad is not None:
-                grad = _local(grad)
-                if entry.narrow is not None:
-                    grad = grad.narrow(*entry.narrow)
+                grad = entry.grad_of(grad)
+                if entry.copied:
+                    grad = grad.contiguous()
+                    entry.tensor.copy_(entry.part)
             entry.tensor.grad = grad
         self.inner.step()
         for entry in self._views:
+            if entry.copied and entry.tensor.grad is not None:
+                entry.part.copy_(entry.tensor)
             entry.tensor.grad = None  # do not pin the full gradient between steps
         return loss
 
@@ -284,6 +376,7 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     def redraw(self, mask: Mask) -> None:
         """Switch to a new stage's mask: free state of newly frozen parts, keep the rest."""
+        self._check_open()
         if not isinstance(mask, Mask):
             raise HFTError(f"redraw needs an hft_plugins Mask, got {type(mask).__name__}")
         mask.check(self.model)
@@ -296,10 +389,12 @@ class HFTOptimizer(torch.optim.Optimizer):
         old_state = {
             e.key: self.inner.state[e.tensor] for e in self._entries if e.tensor in self.inner.state
         }
-        old_groups = self.inner.param_groups
+        old_groups = {self._decays(g): g for g in self.inner.param_groups}
+        entries, inner = self._prepare(mask)
         plugins.call("stage_end", model=self.model, mask=self.mask, stage=self.mask.config.stage)
-        self._build(mask)
-        for group, old in zip(self.inner.param_groups, old_groups, strict=False):
+        self._attach(mask, entries, inner)
+        for group in self.inner.param_groups:  # lr and the rest as a scheduler left them
+            old = old_groups.get(self._decays(group), {})
             group.update({k: v for k, v in old.items() if k not in ("params", "names")})
         for entry in self._entries:
             if entry.key in old_state:
@@ -312,9 +407,42 @@ class HFTOptimizer(torch.optim.Optimizer):
         self._share_inner()
         plugins.call("stage_begin", model=self.model, mask=mask, stage=mask.config.stage)
 
+    def _decays(self, group: dict) -> bool:
+        """Whether ``group`` is the decay group (groups are never empty)."""
+        return group["names"][0].split("[")[0] not in self._no_decay
+
     def end_stage(self) -> None:
         """Tell plugins the current stage has finished (integrations call it after training)."""
         plugins.call("stage_end", model=self.model, mask=self.mask, stage=self.mask.config.stage)
+
+    # ---- leaving the model ---------------------------------------------------
+
+    def close(self) -> None:
+        """Take this optimizer's gradient hooks and sliced backward off the model, so that
+        later training of it (a full fine-tune, another tool) gets full gradients.
+
+        ``requires_grad`` stays as the mask set it; the state stays readable.
+        """
+        if _LIVE.get(self.model) is self._finalizer:
+            del _LIVE[self.model]
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise HFTError(
+                "this HFTOptimizer was closed (close(), merge_and_unload(), or a newer "
+                "HFTOptimizer on the same model); build a new one to train again"
+            )
+
+    def __enter__(self) -> HFTOptimizer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # ---- state -------------------------------------------------------------
 
@@ -328,7 +456,8 @@ class HFTOptimizer(torch.optim.Optimizer):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """State keyed by parameter name (slices as ``name[dim:start:stop]``), plus the mask."""
+        """State keyed by parameter name (``name[dim:start:stop]`` per unit range of a fused
+        tensor), plus the mask."""
         state = {
             e.key: dict(self.inner.state[e.tensor])
             for e in self._entries
@@ -379,4 +508,4 @@ class HFTOptimizer(torch.optim.Optimizer):
         self._share_inner()
 
     def __repr__(self) -> str:
-        return f"HFTOptimizer({self.optimizer_cls.__name__}, {self.mask!r})"
+        return f"HFTOptimizer({qualified_name(type(self.inner))}, {self.mask!r})"

@@ -1,10 +1,17 @@
 """The sparse-aware optimizer: frozen stays bit-identical, state only for the trained half."""
 
+import copy
+import dataclasses
+import gc
+import weakref
+
 import pytest
 import torch
 
-from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
+from hft_plugins import HFTConfig, HFTError, HFTOptimizer, Mask, select, sliced_grad
+from hft_plugins.architectures import Part
 from hft_plugins.tiny import tiny_model
+from tests import _experts
 
 STEPS = 20
 
@@ -53,6 +60,44 @@ def test_frozen_bit_identical_after_adamw_with_decay(family):
     assert sliced > 0 or family == "llama"  # fused families really exercise slices
 
 
+def test_fused_adamw_keeps_frozen_column_slices():
+    """GPT-2's c_attn slices are column views; torch's fused kernels write past such views,
+    so the wrapped optimizer must only ever see contiguous tensors."""
+    model = tiny_model("gpt2")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mask = select(model, HFTConfig(seed=3))
+    opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-2, weight_decay=0.1, fused=True)
+    assert all(t.is_contiguous() for g in opt.param_groups for t in g["params"])
+    _train(model, opt, 3)
+    columns = 0
+    for name, param in model.named_parameters():
+        frozen = _frozen_mask(mask, name, param.shape)
+        assert torch.equal(param[frozen], before[name][frozen]), name
+        if frozen.any() and not frozen.all():
+            assert not torch.equal(param[~frozen], before[name][~frozen]), name
+            columns += mask.params()[name].dim == 1
+    assert columns > 0
+
+
+def test_step_starts_from_weights_loaded_into_the_live_model():
+    """Copied column slices are refreshed from the parameter: a checkpoint loaded into the
+    model (and the optimizer) after training started is what the next step moves."""
+    model, other = tiny_model("gpt2"), tiny_model("gpt2", seed=1)
+    mask = select(model, HFTConfig(seed=3))
+    opts = [
+        HFTOptimizer(m, mask, torch.optim.AdamW, lr=1e-2, weight_decay=0.1, fused=True)
+        for m in (model, other)
+    ]
+    _train(model, opts[0], 2)
+    _train(other, opts[1], 2, start=5)
+    other.load_state_dict(model.state_dict())
+    opts[1].load_state_dict(copy.deepcopy(opts[0].state_dict()))  # as from a checkpoint
+    _train(model, opts[0], 2, start=2)
+    _train(other, opts[1], 2, start=2)
+    for (name, a), b in zip(model.named_parameters(), other.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_state_bytes_are_two_moments_of_the_trainable_elements(family):
     model = tiny_model(family)
@@ -83,6 +128,42 @@ def test_decay_groups_follow_the_hf_trainer_rule():
     assert all("bias" in n or "ln_" in n for n in plain["names"])
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"weight_decay": 0.1}, {"weight_decay": 0.0}])
+def test_biases_and_norms_never_decay(kwargs):
+    """AdamW decays by 0.01 unless told otherwise: the no-decay group must say 0.0 itself,
+    and keep it across a redraw and a resume."""
+    model = tiny_model("gpt2")
+    opt = HFTOptimizer(model, select(model, HFTConfig()), torch.optim.AdamW, lr=1e-3, **kwargs)
+    decay, plain = opt.param_groups
+    assert decay["weight_decay"] == kwargs.get("weight_decay", 0.01)
+    assert plain["weight_decay"] == 0.0
+    # a bias whose gradient is zero does not move at all (decay would shrink it)
+    bias = model.transformer.ln_f.bias
+    with torch.no_grad():
+        bias.fill_(1.0)
+    bias.grad = torch.zeros_like(bias)
+    opt.step()
+    assert torch.equal(bias, torch.ones_like(bias))
+    _train(model, opt, 1)
+    opt.redraw(select(model, HFTConfig(stage=1)))
+    opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert [g["weight_decay"] for g in opt.param_groups] == [decay["weight_decay"], 0.0]
+
+
+def test_redraw_keeps_each_group_its_own_weight_decay():
+    """A stage that trains only norms has no decay group: the next stage's decay group must
+    not inherit the no-decay group's settings."""
+    model = tiny_model("llama")
+    full = select(model, HFTConfig())
+    norms = frozenset(u.key for u in full.layout.units if u.category in ("norm", "final_norm"))
+    opt = HFTOptimizer(
+        model, Mask(full.config, full.layout, norms), torch.optim.AdamW, lr=1e-3, weight_decay=0.1
+    )
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0]
+    opt.redraw(full)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+
+
 def test_redraw_frees_newly_frozen_state_and_keeps_the_rest():
     model = tiny_model("llama", num_hidden_layers=8)
     first = select(model, HFTConfig(seed=1))
@@ -107,6 +188,32 @@ def test_redraw_frees_newly_frozen_state_and_keeps_the_rest():
     assert all(opt.state[by_name[n]]["step"].item() == 2 for n in added)
     for name, value in frozen_now.items():
         assert torch.equal(by_name[name], value), name
+
+
+@pytest.mark.parametrize("family", ["gpt2", "phi3"])  # column ranges; row ranges
+def test_a_fused_unit_trained_in_both_stages_keeps_its_state(family):
+    """One unit of a fused tensor trains in both stages while its neighbour joins in the
+    second: the unit's moments must survive the redraw exactly (docs/concepts.md)."""
+    model = tiny_model(family)
+    drawn = select(model, HFTConfig(seed=0))
+    fused = [u for u in drawn.layout.units if u.block == 0 and u.parts[0].ranges is not None]
+    kept, joining = fused[0], fused[1]
+    siblings = {u.key for u in fused if u.parts[0].param == kept.parts[0].param}
+    first = Mask(drawn.config, drawn.layout, (drawn.trainable - siblings) | {kept.key})
+    second = Mask(drawn.config.next_stage(), drawn.layout, first.trainable | {joining.key})
+    opt = HFTOptimizer(model, first, torch.optim.AdamW, lr=1e-2, weight_decay=0.1, fused=True)
+    _train(model, opt, 2)
+    keys = [f"{p.param}[{p.dim}:{a}:{b}]" for p in kept.parts for a, b in p.ranges]
+    before = copy.deepcopy({k: opt.state_dict()["state"][k] for k in keys})
+    opt.redraw(second)
+    after = opt.state_dict()["state"]
+    for key in keys:
+        for name, value in before[key].items():
+            assert torch.equal(after[key][name], value), (key, name)
+    _train(model, opt, 1, start=2)
+    assert all(opt.state_dict()["state"][k]["step"].item() == 3 for k in keys)
+    opt.redraw(first)  # and back: the neighbour leaves, the unit keeps its state again
+    assert all(opt.state_dict()["state"][k]["step"].item() == 3 for k in keys)
 
 
 def _resume_equal(family, tmp_path):
@@ -171,6 +278,20 @@ def test_bad_inputs():
         opt.redraw(other)
 
 
+@pytest.mark.parametrize("gate_up_ranges, dim", [(((0, 7), (6, 12)), 1), (((0, 6), (6, 12)), 0)])
+def test_units_overlapping_or_along_two_dims_are_refused(gate_up_ranges, dim):
+    """State is kept per unit range; overlapping ranges would be stepped twice."""
+    module = _experts.Experts()
+    layout_units = _experts.units(gate_up_ranges)
+    if dim == 0:  # "up" as the first experts instead: another dim of the same tensor
+        layout_units[1] = dataclasses.replace(
+            layout_units[1], parts=(Part("gate_up_proj", 0, ((0, 1),)),)
+        )
+    mask = _experts.mask(module, {"gate", "up"}, layout_units=layout_units)
+    with pytest.raises(HFTError, match="units of gate_up_proj have overlapping ranges or ranges"):
+        HFTOptimizer(module, mask, torch.optim.AdamW, lr=1e-3)
+
+
 def test_works_with_other_torch_optimizers():
     model = tiny_model("llama")
     mask = select(model, HFTConfig())
@@ -179,6 +300,19 @@ def test_works_with_other_torch_optimizers():
     _train(model, opt, 3)
     for name, param in model.named_parameters():
         assert torch.equal(param, before[name]) == (name not in mask.params()), name
+
+
+def test_repr_and_errors_name_the_wrapped_class_with_its_module():
+    """bitsandbytes' AdamW (8-bit with optim_bits=8) must not read as torch's AdamW."""
+    bnb_adamw = type("AdamW", (torch.optim.AdamW,), {"__module__": "bitsandbytes.optim.adamw"})
+    model = tiny_model("llama")
+    opt = HFTOptimizer(model, select(model), bnb_adamw, lr=1e-3)
+    assert repr(opt).startswith("HFTOptimizer(bitsandbytes.optim.adamw.AdamW, Mask(")
+    assert repr(HFTOptimizer(model, select(model), lr=1e-3)).startswith(
+        "HFTOptimizer(torch.optim.adamw.AdamW, Mask("
+    )
+    with pytest.raises(HFTError, match=r"^bitsandbytes\.optim\.adamw\.AdamW rejected its arg"):
+        HFTOptimizer(model, select(model), bnb_adamw, lrr=1e-3)
 
 
 def test_lr_scheduler_drives_the_wrapped_groups():
@@ -190,8 +324,8 @@ def test_lr_scheduler_drives_the_wrapped_groups():
     assert all(g["lr"] == 0.5 for g in opt.inner.param_groups)
 
 
-def _fused_backward(scaler=None, sliced_grad=True):
-    model = tiny_model("phi3")
+def _fused_backward(scaler=None, sliced_grad=True, family="phi3"):
+    model = tiny_model(family)
     mask = select(model, HFTConfig())
     opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3, sliced_grad=sliced_grad)
     ids = _batch()
@@ -212,11 +346,13 @@ def test_frozen_slices_have_zero_gradient_so_clipping_sees_the_trainable_half(sl
             assert torch.count_nonzero(param.grad[~frozen]) > 0, name
 
 
-def test_grad_scaler_unscales_the_trainable_slices():
-    """fp16 loss scaling walks param_groups: the slices' gradients must be there to unscale."""
+@pytest.mark.parametrize("family", ["phi3", "gpt2"])  # row views; column copies
+def test_grad_scaler_unscales_the_trainable_slices(family):
+    """fp16 loss scaling walks param_groups: the slices' gradients must be there to unscale,
+    and unscaling them must reach the parameter's gradient (which clipping then reads)."""
     scale = 1024.0
     scaler = torch.amp.GradScaler("cpu", init_scale=scale)
-    model, mask, opt = _fused_backward(scaler)
+    model, mask, opt = _fused_backward(scaler, family=family)
     scaled = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     scaler.unscale_(opt)
     fused = [n for n, s in mask.params().items() if s is not None]
@@ -226,7 +362,7 @@ def test_grad_scaler_unscales_the_trainable_slices():
             assert torch.allclose(param.grad * scale, scaled[name]), name
 
 
-def test_grad_hooks_follow_redraw_and_die_with_the_optimizer():
+def test_grad_hooks_follow_redraw():
     model, _, opt = _fused_backward()
     new = select(model, HFTConfig(stage=1))
     opt.redraw(new)
@@ -236,26 +372,117 @@ def test_grad_hooks_follow_redraw_and_die_with_the_optimizer():
     for name, param in model.named_parameters():
         if param.grad is not None:
             assert torch.count_nonzero(param.grad[_frozen_mask(new, name, param.shape)]) == 0
-    # the hooks hold the optimizer weakly: it can go, and its hooks then do nothing
-    import gc
-    import weakref
 
-    from hft_plugins import sliced_grad
 
-    gone = weakref.ref(opt)
-    del opt
+# ---- an optimizer's hooks and sliced backward leave the model with it -------------------
+
+
+def _full_gradients(model) -> dict[str, torch.Tensor]:
+    """Gradients of one backward with every parameter trainable."""
+    for param in model.parameters():
+        param.requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    ids = _batch(7)
+    model(input_ids=ids, labels=ids).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _assert_plain_backward(model, family="gpt2"):
+    """``model`` backpropagates as an untouched model with the same weights does."""
+    untouched = tiny_model(family, seed=9)
+    untouched.load_state_dict(model.state_dict())
+    want = _full_gradients(untouched)
+    for name, grad in _full_gradients(model).items():
+        torch.testing.assert_close(grad, want[name], rtol=0, atol=0, msg=name)
+
+
+def _hft_stage(model, stage=0, **kwargs) -> HFTOptimizer:
+    opt = HFTOptimizer(model, select(model, HFTConfig(stage=stage)), lr=1e-2, **kwargs)
+    _train(model, opt, 1)
+    return opt
+
+
+def test_close_releases_the_model_and_the_optimizer_refuses_to_step():
+    model = tiny_model("gpt2")
+    opt = _hft_stage(model)
+    assert sliced_grad.installed(model)
+    opt.close()
+    opt.close()  # twice is fine
+    assert opt.closed and not sliced_grad.installed(model)
+    _assert_plain_backward(model)
+    with pytest.raises(HFTError, match="this HFTOptimizer was closed"):
+        opt.step()
+
+
+def test_a_with_block_releases_the_model():
+    model = tiny_model("gpt2")
+    with HFTOptimizer(model, select(model, HFTConfig()), lr=1e-2) as opt:
+        _train(model, opt, 1)
+    assert opt.closed
+    _assert_plain_backward(model)
+
+
+def test_a_collected_optimizer_releases_the_model():
+    """The model holds its optimizer's hooks but not the optimizer: it can be collected."""
+    model = tiny_model("gpt2")
+    gone = weakref.ref(_hft_stage(model, sliced_grad=False))
     gc.collect()
     assert gone() is None
-    sliced_grad.uninstall(model)  # the model's own forward: full weight gradients again
-    model.zero_grad()
-    model(input_ids=ids, labels=ids).loss.backward()
-    qkv = model.model.layers[0].self_attn.qkv_proj.weight
-    assert (
-        torch.count_nonzero(
-            qkv.grad[_frozen_mask(new, "model.layers.0.self_attn.qkv_proj.weight", qkv.shape)]
-        )
-        > 0
-    )
+    model2 = tiny_model("gpt2")
+    gone = weakref.ref(_hft_stage(model2))
+    gc.collect()
+    assert gone() is None
+    _assert_plain_backward(model)
+    _assert_plain_backward(model2)
+
+
+def test_merge_and_unload_releases_the_model():
+    from hft_plugins.integrations.peft_style import get_hft_model
+
+    wrapped = get_hft_model(tiny_model("gpt2"), HFTConfig())
+    opt = HFTOptimizer(wrapped.base_model, wrapped.hft_mask, lr=1e-2)  # still referenced
+    _train(wrapped, opt, 1)
+    model = wrapped.merge_and_unload()
+    assert opt.closed
+    _assert_plain_backward(model)
+
+
+@pytest.mark.parametrize("sliced", [True, False])
+def test_a_new_optimizer_replaces_the_previous_ones_hooks(sliced):
+    """The previous stage's hooks would zero ranges the new stage trains."""
+    model = tiny_model("gpt2")
+    first = _hft_stage(model, sliced_grad=sliced)
+    q = "block.0.attn.c_attn[q]"
+    assert q not in first.mask.trainable  # so the first optimizer's hook zeroes its range
+    drawn = first.mask
+    second_mask = Mask(drawn.config.next_stage(), drawn.layout, drawn.trainable | {q})
+    second = HFTOptimizer(model, second_mask, lr=1e-2, sliced_grad=sliced)
+    assert first.closed and not second.closed
+    untouched = tiny_model("gpt2", seed=9)
+    untouched.load_state_dict(model.state_dict())
+    second.mask.apply(untouched)
+    ids = _batch(3)
+    for m in (model, untouched):
+        m(input_ids=ids, labels=ids).loss.backward()
+    want = dict(untouched.named_parameters())
+    for name, param in model.named_parameters():
+        if param.grad is None:
+            assert want[name].grad is None, name
+            continue
+        trained = ~_frozen_mask(second.mask, name, param.shape)
+        torch.testing.assert_close(param.grad[trained], want[name].grad[trained], msg=name)
+    second.close()
+    _assert_plain_backward(model)
+
+
+def test_a_failed_construction_leaves_the_live_optimizer_alone():
+    model = tiny_model("gpt2")
+    opt = _hft_stage(model)
+    installed = sliced_grad.installed(model)
+    with pytest.raises(HFTError, match="rejected its arguments"):
+        HFTOptimizer(model, select(model, HFTConfig(stage=1)), lr="fast")
+    gc.collect()
+    assert not opt.closed and sliced_grad.installed(model) == installed
 
 
 def test_resuming_with_another_seed_warns_and_keeps_the_checkpoint_mask():

@@ -113,12 +113,12 @@ CASES = [
     (
         "optimizer-lr-string",
         lambda t, m, o: HFTOptimizer(m, o.mask, torch.optim.AdamW, lr="fast"),
-        "AdamW rejected its arguments ['lr']",
+        "torch.optim.adamw.AdamW rejected its arguments ['lr']",
     ),
     (
         "optimizer-unknown-kwarg",
         lambda t, m, o: HFTOptimizer(m, o.mask, torch.optim.AdamW, lrr=1e-3),
-        "AdamW rejected its arguments ['lrr']",
+        "torch.optim.adamw.AdamW rejected its arguments ['lrr']",
     ),
     (
         "optimizer-state-of-plain-adamw",

@@ -44,11 +44,10 @@ def test_trainable_grads_match_full_autograd_and_frozen_slices_are_zero(family):
     model, mask, sliced = _sliced_setup(family)
     reference = copy.deepcopy(model)
     mask.apply(reference)
-    HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3)
-    assert sliced_grad.installed(model)
-
     ids = _tokens()
-    model(ids, labels=ids).loss.backward()
+    with HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3):  # the sliced backward's life
+        assert sliced_grad.installed(model)
+        model(ids, labels=ids).loss.backward()
     reference(ids, labels=ids).loss.backward()
 
     expected = dict(reference.named_parameters())
@@ -147,9 +146,9 @@ def test_state_dicts_resume_and_pickling_are_unaffected():
 def test_no_grad_forward_is_the_modules_own():
     model, mask, _ = _sliced_setup("phi3")
     reference = copy.deepcopy(model)
-    HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3)
     ids = _tokens()
-    with torch.no_grad():
+    with HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3), torch.no_grad():
+        assert sliced_grad.installed(model)
         assert torch.equal(model(ids).logits, reference(ids).logits)
 
 
@@ -174,11 +173,11 @@ def test_autocast_bf16_gives_fp32_grads_close_to_autograd():
     model, mask, sliced = _sliced_setup("gpt2")
     reference = copy.deepcopy(model)
     mask.apply(reference)
-    HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3)
     ids = _tokens()
-    for m in (model, reference):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            m(ids, labels=ids).loss.backward()
+    with HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3):
+        for m in (model, reference):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                m(ids, labels=ids).loss.backward()
     expected = dict(reference.named_parameters())
     for name, slices in sliced.items():
         grad = dict(model.named_parameters())[name].grad

@@ -25,6 +25,7 @@ from ..atomic import atomic_directory
 from ..config import HFTConfig
 from ..errors import HFTError
 from ..mask import Mask, Slices, select
+from ..optim import release
 from .transformers import check_hft_config, reject_peft
 
 __all__ = ["HFTModel", "get_hft_model"]
@@ -151,7 +152,9 @@ class HFTModel(nn.Module):
     # ---- leaving ------------------------------------------------------------
 
     def merge_and_unload(self) -> nn.Module:
-        """The plain model, every parameter trainable again (HFT has nothing to merge)."""
+        """The plain model, every parameter trainable again (HFT has nothing to merge), its
+        backward the model's own again (an HFTOptimizer on it is closed)."""
+        release(self.base_model)
         for param in self.base_model.parameters():
             param.requires_grad_(True)
         return self.base_model

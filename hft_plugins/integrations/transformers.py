@@ -23,7 +23,7 @@ from ..config import HFTConfig
 from ..distributed import check_redraw_supported, redraw
 from ..errors import HFTError
 from ..mask import Mask, select
-from ..optim import HFTOptimizer
+from ..optim import HFTOptimizer, qualified_name
 
 __all__ = [
     "HFTCallback",
@@ -241,7 +241,7 @@ class HFTTrainerMixin:
         ):
             raise HFTError(
                 f"HFT wraps torch optimizer classes; optim={self.args.optim!r} gives "
-                f"{getattr(optimizer_cls, '__name__', optimizer_cls)!r}"
+                f"{qualified_name(optimizer_cls)!r}"
             )
         kwargs.setdefault("weight_decay", self.args.weight_decay)
         self._hft_mask = select(opt_model, self.hft_config)

@@ -77,12 +77,12 @@ def test_fsdp2_redraw_trains_the_new_half(fsdp2_runs, family):
 def test_fsdp2_optimizer_state_covers_only_trainable_shards(fsdp2_runs, family):
     _, info = fsdp2_runs[family]
     mask = Mask.from_json(info["mask1"])  # the state after the redraw
-    plan = mask.params()
-    keys = {
-        name if slices is None else f"{name}[{slices.dim}:{a}:{b}]"
-        for name, slices in plan.items()
-        for a, b in ([(0, 0)] if slices is None else slices.ranges)
-    }
+    keys = set()  # whole tensors by name; fused ones per unit range
+    for name, parts in mask.trainable_parts().items():
+        if parts is None:
+            keys.add(name)
+        else:
+            keys |= {f"{name}[{p.dim}:{a}:{b}]" for p in parts for a, b in p.ranges}
     ranks = info["ranks"]
     for rank in ranks:
         assert set(rank["state"]) == keys  # same keys on every rank, no frozen tensor

@@ -134,6 +134,16 @@ def test_axolotl_factory_call_with_training_args_also_works(tmp_path):
     assert isinstance(optimizer, HFTOptimizer)
 
 
+def test_factory_logs_the_wrapped_class_with_its_module(tmp_path, caplog):
+    trainer = _trainer(tmp_path)
+    mask = apply_hft(trainer.model)
+    factory, kwargs = hft_axolotl.optimizer_cls_and_kwargs(trainer, mask)
+    bnb_adamw = type("AdamW", (torch.optim.AdamW,), {"__module__": "bitsandbytes.optim.adamw"})
+    with caplog.at_level("INFO", logger="axolotl.hft_plugins"):
+        factory()(trainer.model, **{**kwargs, "optimizer_cls": bnb_adamw})
+    assert "HFT: training with HFTOptimizer(bitsandbytes.optim.adamw.AdamW, Mask(" in caplog.text
+
+
 def test_an_optimizer_factory_cannot_be_wrapped(tmp_path):
     trainer = _trainer(tmp_path)
     mask = apply_hft(trainer.model)

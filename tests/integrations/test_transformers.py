@@ -51,8 +51,10 @@ def test_trains_only_the_half_and_logs_the_fraction(tmp_path):
     assert all(e["hft_stage"] == 0 for e in logged)
 
 
-def test_fused_tensors_keep_their_frozen_slices(tmp_path):
-    model = tiny_model("phi3")  # fused qkv_proj and gate_up_proj
+@pytest.mark.parametrize("family", ["phi3", "gpt2"])  # row slices; column slices (c_attn)
+def test_fused_tensors_keep_their_frozen_slices(tmp_path, family):
+    """Under the Trainer's default optimizer (adamw_torch_fused) too."""
+    model = tiny_model(family)
     before = snapshot(model)
     trainer = HFTTrainer(model=model, args=args(tmp_path), train_dataset=lm_dataset())
     trainer.train()
