@@ -350,6 +350,13 @@ class Mask:
         }
 
 
+def range_view(tensor, dim: int, start: int, stop: int, step: int = 1):
+    """The view of ``tensor`` holding indices ``start, start + step, ... < stop`` of ``dim``."""
+    index = [slice(None)] * tensor.dim()
+    index[dim] = slice(start, stop, step)
+    return tensor[tuple(index)]
+
+
 def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     merged: list[list[int]] = []
     for a, b in sorted(ranges):

@@ -19,7 +19,6 @@ import warnings
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from torch import nn
 from . import plugins, sliced_grad
 from .architectures import Part
 from .errors import HFTError
-from .mask import Mask
+from .mask import Mask, range_view
 
 try:
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -61,7 +60,9 @@ class _Entry:
     param: nn.Parameter
     part: torch.Tensor
     tensor: torch.Tensor
-    narrow: tuple[int, int, int] | None  # (dim, start, length) in the local tensor, for a slice
+    # (dim, start, count, step) in the local tensor, for a slice: ``count`` indices from
+    # ``start``, every ``step``-th (2 for gpt-oss's interleaved gate and up)
+    narrow: tuple[int, int, int, int] | None
 
     @property
     def copied(self) -> bool:
@@ -70,17 +71,23 @@ class _Entry:
     def grad_of(self, grad: torch.Tensor) -> torch.Tensor:
         """This entry's part of the parameter's (local) gradient: a view, no copy."""
         grad = _local(grad)
-        return grad if self.narrow is None else grad.narrow(*self.narrow)
+        return grad if self.narrow is None else take(grad, self.narrow)
 
 
-def _entry(key: str, param: nn.Parameter, narrow: tuple[int, int, int] | None) -> _Entry:
+def take(tensor: torch.Tensor, spec: tuple[int, int, int, int]) -> torch.Tensor:
+    """The view of ``tensor`` a (dim, start, count, step) slice names."""
+    dim, start, count, step = spec
+    return range_view(tensor, dim, start, start + count * step, step)
+
+
+def _entry(key: str, param: nn.Parameter, narrow: tuple[int, int, int, int] | None) -> _Entry:
     """A contiguous piece is stepped in place; any other through a contiguous copy, since
     torch's fused kernels write past the bounds of a non-contiguous tensor."""
     if narrow is None and not isinstance(param, DTensor) and param.is_contiguous():
         return _Entry(key, param, param, param, None)
     part = _local(param).detach()
     if narrow is not None:
-        part = part.narrow(*narrow)
+        part = take(part, narrow)
     tensor = part if part.is_contiguous() else part.clone(memory_format=torch.contiguous_format)
     return _Entry(key, param, part, tensor, narrow)
 
@@ -110,17 +117,21 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _range_narrows(name: str, param: torch.Tensor, parts: tuple[Part, ...]):
-    """(state key, (dim, start, length) in this process's tensor) per trainable unit range.
+    """(state key, (dim, start, count, step) in this process's tensor) per trainable range.
 
-    Ranges are the units' own, not merged, so a unit's key (``name[dim:start:stop]``) and
-    state stay the same whichever of its neighbours train. A DTensor sharded by FSDP2
-    holds one box of the full tensor; each range is cut to the part inside it (possibly
-    empty) so the update lands in the local shard. Keys name the full-tensor range, so
-    every rank's optimizer state has the same keys.
+    Ranges are the units' own, not merged, so a unit's key (``name[dim:start:stop]``, with
+    ``:step`` when strided) and state stay the same whichever of its neighbours train. A
+    DTensor sharded by FSDP2 holds one box of the full tensor; each range is cut to the
+    part inside it (possibly empty) so the update lands in the local shard. Keys name the
+    full-tensor range, so every rank's optimizer state has the same keys.
     """
-    ranges = sorted((p.dim, a, b) for p in parts for a, b in p.ranges)
+    ranges = sorted((p.dim, a, b, p.step) for p in parts for a, b in p.ranges)
     dim = ranges[0][0]
-    if any(d != dim or a < end for (_, _, end), (d, a, _) in pairwise(ranges)):
+    covered = torch.zeros(param.shape[dim], dtype=torch.int8)
+    same_dim = all(d == dim for d, *_ in ranges)
+    for _, a, b, step in ranges if same_dim else ():
+        covered[a:b:step] += 1
+    if not same_dim or bool((covered > 1).any()):
         raise HFTError(
             f"the units of {name} have overlapping ranges or ranges along different dims; "
             "HFTOptimizer needs disjoint ranges along one dim"
@@ -133,44 +144,47 @@ def _range_narrows(name: str, param: torch.Tensor, parts: tuple[Part, ...]):
                 f"{name} is a DTensor placed as {list(param.placements)}; sliced HFT masks "
                 "support only Shard and Replicate placements (FSDP2's default)"
             )
+        if any(step != 1 for *_, step in ranges):
+            raise HFTError(
+                f"{name} is sharded by FSDP2 and its units are strided (interleaved gate/up); "
+                "HFT cannot slice its shards: train it unsharded or with DDP"
+            )
         shape, offset = compute_local_shape_and_global_offset(
             param.shape, param.device_mesh, param.placements
         )
         start, stop = offset[dim], offset[dim] + shape[dim]
     narrows = []
-    for _, a, b in ranges:
+    for _, a, b, step in ranges:
+        key = f"{name}[{dim}:{a}:{b}]" if step == 1 else f"{name}[{dim}:{a}:{b}:{step}]"
         lo, hi = max(a, start), min(b, stop)
-        local = (dim, lo - start, hi - lo) if hi > lo else (dim, 0, 0)
-        narrows.append((f"{name}[{dim}:{a}:{b}]", local))
+        count = len(range(lo, hi, step))
+        narrows.append((key, (dim, lo - start, count, step) if count else (dim, 0, 0, 1)))
     return narrows
 
 
-def _frozen_ranges(entries: list[_Entry]) -> list[tuple[int, int]]:
-    """The ranges along the sliced dim that no entry of one parameter trains."""
+def _frozen_index(entries: list[_Entry]) -> torch.Tensor:
+    """The indices along the sliced dim that no entry of one parameter trains."""
     dim = entries[0].narrow[0]
-    frozen, start = [], 0
-    for _, a, length in sorted(e.narrow for e in entries):
-        if a > start:
-            frozen.append((start, a - start))
-        start = a + length
-    if start < entries[0].param.shape[dim]:
-        frozen.append((start, entries[0].param.shape[dim] - start))
-    return frozen
+    frozen = torch.ones(entries[0].param.shape[dim], dtype=torch.bool)
+    for _, start, count, step in (e.narrow for e in entries):
+        frozen[start : start + count * step : step] = False
+    return frozen.nonzero().flatten()
 
 
 class _SliceGradHook:
     """Post-accumulate-grad hook of one parameter stepped through views or copies
     (see _hook_sliced_grads). It holds no reference to the optimizer."""
 
-    def __init__(self, entries: list[_Entry], frozen: list[tuple[int, int]]):
+    def __init__(self, entries: list[_Entry], frozen: torch.Tensor | None):
         self.entries, self.frozen = entries, frozen
 
     @torch.no_grad()
     def __call__(self, param: torch.Tensor) -> None:
         if param.grad is None:
             return
-        for start, length in self.frozen:
-            param.grad.narrow(self.entries[0].narrow[0], start, length).zero_()
+        if self.frozen is not None and len(self.frozen):
+            dim = self.entries[0].narrow[0]
+            param.grad.index_fill_(dim, self.frozen.to(param.grad.device), 0)
         for entry in self.entries:
             # a view even for a copied entry: unscaling (GradScaler) must reach param.grad
             entry.tensor.grad = entry.grad_of(param.grad)
@@ -326,10 +340,10 @@ class HFTOptimizer(torch.optim.Optimizer):
             entries[0].param.register_post_accumulate_grad_hook(
                 _SliceGradHook(
                     entries,
-                    []
+                    None
                     if entries[0].narrow is None
                     or entries[0].key.split("[")[0].rpartition(".")[0] in sliced
-                    else _frozen_ranges(entries),
+                    else _frozen_index(entries),
                 )
             )
             for entries in by_param.values()

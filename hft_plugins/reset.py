@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .errors import HFTError
-from .mask import Mask
+from .mask import Mask, range_view
 
 
 @torch.no_grad()
@@ -35,5 +35,6 @@ def half_reset(base_model: nn.Module, tuned_model: nn.Module, mask: Mask) -> nn.
             if part.ranges is None:
                 target.copy_(source)
             for a, b in part.ranges or ():
-                target.narrow(part.dim, a, b - a).copy_(source.narrow(part.dim, a, b - a))
+                view = range_view(target, part.dim, a, b, part.step)
+                view.copy_(range_view(source, part.dim, a, b, part.step))
     return tuned_model

@@ -24,7 +24,7 @@ from torch import nn
 from ..atomic import atomic_directory
 from ..config import HFTConfig
 from ..errors import HFTError
-from ..mask import Mask, Slices, select
+from ..mask import Mask, Slices, range_view, select
 from ..optim import release
 from .transformers import check_hft_config, reject_peft
 
@@ -54,12 +54,14 @@ def _pieces(mask: Mask, model: nn.Module) -> dict[str, torch.Tensor]:
             out[name] = param
         else:
             for a, b in slices.ranges:
-                out[_slice_key(name, slices, a, b)] = param.narrow(slices.dim, a, b - a)
+                view = range_view(param, slices.dim, a, b, slices.step)
+                out[_slice_key(name, slices, a, b)] = view
     return out
 
 
 def _slice_key(name: str, slices: Slices, a: int, b: int) -> str:
-    return f"{name}[{slices.dim}:{a}:{b}]"
+    step = f":{slices.step}" if slices.step != 1 else ""
+    return f"{name}[{slices.dim}:{a}:{b}{step}]"
 
 
 class HFTModel(nn.Module):
