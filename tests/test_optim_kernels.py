@@ -1,8 +1,9 @@
 """HFTOptimizer under every torch Adam kernel equals a plain optimizer over the trainable parts.
 
 For each kernel (fused, foreach, for-loop) of Adam and AdamW, with weight decay, on
-fused column slices (gpt2 ``c_attn``), row slices (phi3, and gpt_neox's per-head rows)
-and a 3-D expert tensor sliced along dim 1: frozen elements stay bit-identical, and the
+fused column slices (gpt2 ``c_attn``), row slices (phi3, and gpt_neox's per-head rows),
+a 3-D expert tensor sliced along dim 1 (by hand, and Mixtral's) and gpt-oss's strided
+(interleaved gate/up) expert slices: frozen elements stay bit-identical, and the
 trainable elements follow the trajectory of a reference that steps, with one plain
 optimizer each, separate leaf copies of the trainable parts fed the same gradients. Two
 stages: a unit trained in both keeps its reference optimizer (so its state).
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from hft_plugins import HFTConfig, HFTOptimizer, select
+from hft_plugins.mask import range_view
 from hft_plugins.optim import no_decay_names
 from hft_plugins.tiny import tiny_model
 from tests import _experts
@@ -25,8 +27,8 @@ KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _pieces(mask, model) -> dict[str, tuple[torch.nn.Parameter, tuple[int, int, int] | None]]:
-    """State key -> (parameter, (dim, start, length) or None), one per trainable unit range."""
+def _pieces(mask, model) -> dict[str, tuple[torch.nn.Parameter, tuple[int, ...] | None]]:
+    """State key -> (parameter, (dim, start, stop, step) or None), one per trainable range."""
     params = dict(model.named_parameters())
     pieces = {}
     for name, parts in mask.trainable_parts().items():
@@ -35,12 +37,14 @@ def _pieces(mask, model) -> dict[str, tuple[torch.nn.Parameter, tuple[int, int, 
             continue
         for part in parts:
             for a, b in part.ranges:
-                pieces[f"{name}[{part.dim}:{a}:{b}]"] = (params[name], (part.dim, a, b - a))
+                step = f":{part.step}" if part.step != 1 else ""
+                key = f"{name}[{part.dim}:{a}:{b}{step}]"
+                pieces[key] = (params[name], (part.dim, a, b, part.step))
     return pieces
 
 
-def _cut(tensor: torch.Tensor, narrow) -> torch.Tensor:
-    return tensor.detach() if narrow is None else tensor.detach().narrow(*narrow)
+def _cut(tensor: torch.Tensor, piece) -> torch.Tensor:
+    return tensor.detach() if piece is None else range_view(tensor.detach(), *piece)
 
 
 def _trainable(mask, model) -> dict[str, torch.Tensor]:
@@ -119,7 +123,9 @@ def _setup(model_kind: str, device: str):
 
 @pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("optimizer_cls", [torch.optim.Adam, torch.optim.AdamW])
-@pytest.mark.parametrize("model_kind", ["gpt2", "phi3", "gpt_neox", "experts"])
+@pytest.mark.parametrize(
+    "model_kind", ["gpt2", "phi3", "gpt_neox", "experts", "mixtral", "gpt_oss"]
+)
 @pytest.mark.parametrize("device", DEVICES)
 def test_every_kernel_steps_exactly_the_trainable_parts(device, model_kind, optimizer_cls, kernel):
     model, loss, masks = _setup(model_kind, device)
