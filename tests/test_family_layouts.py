@@ -1,0 +1,375 @@
+"""Fused projections split into the right logical matrices, checked by what the model computes.
+
+Reading a family's forward tells how its fused tensor splits; these tests check that the
+units named q, k, v (or gate, up) really are those matrices. Attention logits depend on q
+and k only through q.k, so scaling the unit named q by 2 and the one named k by 1/2 must
+leave the model's output unchanged (to float64 rounding), while scaling q alone must not;
+scaling v by 2 and the output projection's weight by 1/2 must leave it unchanged, v alone
+not; likewise up by 2 and down's weight by 1/2 in a GLU feed-forward, gate by 2 not. Per
+head (the first key/value group's q heads with its k head) the same holds, which pins the
+head order too; where k has a bias and no rotary embedding, shifting k's bias leaves the
+softmax unchanged and shifting q's does not, which tells q from k. A wrong split (a slice
+of k inside "q", per-head interleaving read as thirds) breaks at least one of these.
+
+:func:`assert_split_functional` is the one helper; every family below calls it through
+:data:`CASES`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+import transformers as tf
+from torch import nn
+
+from hft_plugins import HFTConfig, select
+from hft_plugins.architectures import ModelLayout, Unit, resolve
+from hft_plugins.tiny import tiny_model
+
+# ---- the helper ------------------------------------------------------------------------
+
+
+def _indices(unit: Unit, part_index: int, chunk: tuple[int, int] | None) -> list[int] | None:
+    """The output indices one part of ``unit`` covers (None: the whole tensor); ``chunk``
+    (h, n) keeps the h-th of n equal pieces of them, in the unit's own order (its heads)."""
+    part = unit.parts[part_index]
+    if part.ranges is None:
+        if chunk is None:
+            return None
+        raise ValueError(f"{unit.name}: a whole-tensor part cannot be cut into heads")
+    indices = [i for a, b in part.ranges for i in range(a, b, part.step)]
+    if chunk is not None:
+        h, n = chunk
+        size, rest = divmod(len(indices), n)
+        assert rest == 0, (unit.name, len(indices), n)
+        indices = indices[h * size : (h + 1) * size]
+    return indices
+
+
+def _rotation(n: int) -> torch.Tensor:
+    """One fixed n x n orthogonal matrix (the same wherever it is used in one change)."""
+    noise = torch.randn(n, n, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
+    return torch.linalg.qr(noise)[0]
+
+
+def _apply(model: nn.Module, units: dict[str, Unit], spec: str, how, generator) -> None:
+    """Scale (a float), shift ("shift": add noise to the bias) or rotate ("rotate": turn
+    the outputs by one fixed orthogonal matrix) the unit that ``spec`` names.
+
+    ``spec`` is a block-relative unit name, optionally with ``#h/n`` (the h-th of n equal
+    pieces of its outputs: a head or a key/value group) or ``.weight`` (its weight only,
+    for an output projection whose bias must stay).
+    """
+    name, chunk = spec, None
+    if "#" in name:
+        name, _, piece = name.partition("#")
+        h, _, n = piece.partition("/")
+        chunk = (int(h), int(n))
+    weight_only = name not in units and name.endswith(".weight")
+    if weight_only:
+        name = name[: -len(".weight")]
+    unit = units[name]
+    params = dict(model.named_parameters())
+    touched = False
+    for i, part in enumerate(unit.parts):
+        is_bias = part.param.endswith("bias")
+        if (weight_only and is_bias) or (how == "shift" and not is_bias):
+            continue
+        param = params[part.param]
+        dim = part.dim if part.ranges is not None else 0
+        indices = _indices(unit, i, chunk)
+        index = [slice(None)] * param.dim()
+        if indices is not None:
+            index[dim] = torch.tensor(indices)
+        index = tuple(index)
+        with torch.no_grad():
+            if how == "shift":
+                values = param[index]
+                param[index] = values + torch.randn(
+                    values.shape, generator=generator, dtype=values.dtype
+                )
+            elif how == "rotate":
+                values = param[index].movedim(dim, 0)
+                turned = torch.tensordot(_rotation(values.shape[0]), values, dims=1)
+                param[index] = turned.movedim(0, dim)
+            else:
+                param[index] = param[index] * how
+        touched = True
+    assert touched, f"{spec}: nothing to {how}"
+
+
+def _output_after(model, run, units, change: dict, seed: int = 0) -> torch.Tensor:
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        for spec, how in change.items():
+            _apply(model, units, spec, how, generator)
+        with torch.no_grad():
+            return run(model)
+    finally:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(saved[n])
+
+
+def assert_split_functional(
+    model: nn.Module,
+    run: Callable[[nn.Module], torch.Tensor],
+    layout: ModelLayout,
+    block: int,
+    *,
+    same: list[dict] = (),
+    differs: list[dict] = (),
+    affine: list[str] = (),
+    not_affine: list[str] = (),
+) -> None:
+    """Check what the units of ``block`` do to ``run(model)`` (a float64 tensor, in eval).
+
+    ``same``: changes (unit spec -> factor, or "shift" for its bias; see :func:`_apply`)
+    after which the output must equal the original; ``differs``: changes after which it
+    must not. ``affine``: units on which the output depends affinely (scaling by 2 moves
+    it half as far as scaling by 3: an "up" entering a GLU as ``up * f(gate)`` or
+    ``(up + 1) * f(gate)``, measured on a probe of that module's output); ``not_affine``:
+    units on which it must not (the gate, through its activation).
+    """
+    units = {u.name: u for u in layout.block_units() if u.block == block}
+    with torch.no_grad():
+        base = run(model)
+    scale = base.abs().max()
+    assert scale > 0
+
+    def gap(out):
+        return float((out - base).abs().max() / scale)
+
+    for change in same:
+        # a shift changes the scores (not their softmax): families that take the softmax
+        # in float32 (Bloom, GPTBigCode, SAM-style vision) round it at 1e-7
+        tol = 1e-6 if "shift" in change.values() else 1e-9
+        assert gap(_output_after(model, run, units, change)) < tol, ("same", block, change)
+    for change in differs:
+        assert gap(_output_after(model, run, units, change)) > 1e-5, ("differs", block, change)
+    for spec, want in [(s, True) for s in affine] + [(s, False) for s in not_affine]:
+        two = _output_after(model, run, units, {spec: 2.0}) - base
+        three = _output_after(model, run, units, {spec: 3.0}) - base
+        assert float(two.abs().max() / scale) > 1e-5, ("no effect", block, spec)
+        err = float((three - 2 * two).abs().max() / scale)
+        assert (err < 1e-9) == want, ("affine" if want else "not affine", block, spec, err)
+
+
+# ---- the standard checks -----------------------------------------------------------------
+
+
+def _weight(name: str) -> str:
+    return name if name.endswith(".weight") else f"{name}.weight"
+
+
+def qk(q: str, k: str) -> dict:
+    """q by 2 and k by 1/2 keep q.k; q alone changes it."""
+    return dict(same=[{q: 2.0, k: 0.5}], differs=[{q: 2.0}])
+
+
+def vo(v: str, o: str) -> dict:
+    """v by 2 and the output projection's weight by 1/2 cancel; v alone does not."""
+    return dict(same=[{v: 2.0, _weight(o): 0.5}], differs=[{v: 2.0}])
+
+
+def heads(q: str, k: str, num_heads: int, kv_heads: int) -> dict:
+    """The first key/value group: its q heads by 2, its k head by 1/2; one q head alone
+    (when a group has several) or the group's q without its k changes the output."""
+    return dict(
+        same=[{f"{q}#0/{kv_heads}": 2.0, f"{k}#0/{kv_heads}": 0.5}],
+        differs=[{f"{q}#0/{num_heads}": 2.0}, {f"{q}#0/{kv_heads}": 2.0}],
+    )
+
+
+def k_shift(q: str, k: str) -> dict:
+    """Without rotary embeddings, q.(k + c) adds the same q.c to every key of a query:
+    softmax ignores it. Shifting q's bias is seen."""
+    return dict(same=[{k: "shift"}], differs=[{q: "shift"}])
+
+
+def glu(gate: str, up: str, down: str) -> dict:
+    """up enters linearly (up * act(gate)): up by 2 and down's weight by 1/2 cancel,
+    gate by 2 does not."""
+    return dict(same=[{up: 2.0, _weight(down): 0.5}], differs=[{gate: 2.0, _weight(down): 0.5}])
+
+
+def fused(path: str, *roles: str) -> tuple[str, ...]:
+    return tuple(f"{path}[{r}]" for r in roles)
+
+
+def attention(path, o, *, num_heads=4, kv_heads=4, shift=False, roles=("q", "k", "v")) -> list:
+    q, k, v = fused(path, *roles)
+    checks = [qk(q, k), vo(v, o), heads(q, k, num_heads, kv_heads)]
+    return checks + ([k_shift(q, k)] if shift else [])
+
+
+# ---- tiny models -------------------------------------------------------------------------
+
+V = 96
+IDS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def _inputs():
+    return torch.randint(3, V, (2, 7), generator=torch.Generator().manual_seed(0))
+
+
+def logits(model):
+    return model(input_ids=_inputs(), use_cache=False).logits
+
+
+def probe(path: str, block: int, stack: str = "model.layers"):
+    """Run the model and return what module ``path`` of block ``block`` output."""
+
+    def run(model):
+        module = model.get_submodule(f"{stack}.{block}.{path}")
+        seen = []
+        handle = module.register_forward_hook(lambda m, i, o: seen.append(o))
+        try:
+            logits(model)
+        finally:
+            handle.remove()
+        return seen[0][0] if isinstance(seen[0], tuple) else seen[0]
+
+    return run
+
+
+def _randomise(model: nn.Module, seed: int = 0) -> None:
+    """Random weights everywhere (inits leave biases, some experts, rel-pos tables zero,
+    which would make the checks vacuous); norms near one."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
+            leaf = name.lower()
+            if "norm" in leaf or ".ln" in leaf or leaf.startswith("ln"):
+                param.copy_(1 + 0.1 * noise)
+            elif param.dim() >= 2:
+                param.copy_(noise / param.shape[-1] ** 0.5)
+            else:
+                param.copy_(0.1 * noise)
+
+
+def _no_dropout(config) -> None:
+    for conf in [config, *[getattr(config, k) for k in vars(config) if k.endswith("_config")]]:
+        for key, value in list(vars(conf).items()):
+            if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
+                setattr(conf, key, 0.0)
+
+
+@dataclass
+class Case:
+    config: Callable[[], object]
+    layout: str  # a layout name the resolved model must use
+    checks: list[dict] = field(default_factory=list)  # for every block holding their units
+    model: Callable | None = None  # default AutoModelForCausalLM.from_config
+    run: Callable | None = None  # default: logits; may take the block (a probe)
+    fraction_tol: float = 0.01
+    builtin: str | None = None  # a hft_plugins.tiny family instead of config
+
+
+def build(case: Case) -> nn.Module:
+    if case.builtin:
+        model = tiny_model(case.builtin)
+    else:
+        config = case.config()
+        _no_dropout(config)
+        torch.manual_seed(0)
+        make = case.model or (lambda c: tf.AutoModelForCausalLM.from_config(c))
+        config._attn_implementation = "eager"
+        config._experts_implementation = "eager"  # grouped_mm has no float64 kernel
+        model = make(config)
+    model = model.double().eval()
+    _randomise(model)
+    return model
+
+
+ATTN = "self_attention"
+CASES: dict[str, Case] = {
+    "gpt2": Case(None, "gpt2", attention("attn.c_attn", "attn.c_proj", shift=True), builtin="gpt2"),
+    "phi3": Case(
+        None,
+        "phi3",
+        attention("self_attn.qkv_proj", "self_attn.o_proj", kv_heads=2)
+        + [glu(*fused("mlp.gate_up_proj", "gate", "up"), "mlp.down_proj")],
+        builtin="phi3",
+    ),
+    "gpt_neox": Case(
+        None,
+        "gpt_neox",
+        attention("attention.query_key_value", "attention.dense"),
+        builtin="gpt_neox",
+    ),
+}
+
+
+# ---- the tests ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = build(CASES[name])
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_family_resolves_to_an_exact_half(name, models):
+    model = models(name)
+    case = CASES[name]
+    mask = select(model, HFTConfig())
+    assert case.layout in mask.layout.layout.replace("(+structural)", "").split("+")
+    done, total = mask.fractions()["blocks"]
+    assert abs(done / total - 0.5) <= case.fraction_tol, done / total
+    # every parameter in a unit; every element of a split tensor in exactly one unit
+    params = dict(model.named_parameters())
+    whole, counts = Counter(), {}
+    for unit in mask.layout.units:
+        for part in unit.parts:
+            if part.ranges is None:
+                whole[part.param] += 1
+                continue
+            count = counts.setdefault(part.param, torch.zeros(params[part.param].shape[part.dim]))
+            for a, b in part.ranges:
+                count[a : b : part.step] += 1
+    assert set(whole) | set(counts) == set(params)
+    assert all(n == 1 for n in whole.values())
+    assert not set(whole) & set(counts)
+    for name_, count in counts.items():
+        assert torch.equal(count, torch.ones_like(count)), name_
+
+
+def check_case(name: str, model: nn.Module, layout: ModelLayout) -> None:
+    """Run the checks of ``CASES[name]`` on every block that holds the units they name."""
+    case = CASES[name]
+    for check in case.checks:
+        needed = {
+            spec.partition("#")[0]
+            for key in ("same", "differs")
+            for change in check.get(key, ())
+            for spec in change
+        } | {spec for key in ("affine", "not_affine") for spec in check.get(key, ())}
+        checked = 0
+        for block in range(layout.num_blocks):
+            names = {u.name for u in layout.block_units() if u.block == block}
+            if not all(s in names or s.removesuffix(".weight") in names for s in needed):
+                continue
+            run = case.run(block) if case.run else logits
+            assert_split_functional(model, run, layout, block, **check)
+            checked += 1
+        assert checked, f"no block of {name} holds {sorted(needed)}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES if CASES[n].checks))
+def test_split_is_functionally_right(name, models):
+    model = models(name)
+    check_case(name, model, resolve(model))
