@@ -11,8 +11,8 @@ head order too; where k has a bias and no rotary embedding, shifting k's bias le
 softmax unchanged and shifting q's does not, which tells q from k. A wrong split (a slice
 of k inside "q", per-head interleaving read as thirds) breaks at least one of these.
 
-:func:`assert_split_functional` is the one helper; every family below calls it through
-:data:`CASES`.
+:func:`assert_split_functional` is the one helper; every family below (and the built-in
+GPT-2, Phi-3 and GPT-NeoX splits) calls it through :data:`CASES`.
 """
 
 from __future__ import annotations
@@ -290,6 +290,7 @@ def build(case: Case) -> nn.Module:
 
 ATTN = "self_attention"
 CASES: dict[str, Case] = {
+    # built-in splits, checked the same way
     "gpt2": Case(None, "gpt2", attention("attn.c_attn", "attn.c_proj", shift=True), builtin="gpt2"),
     "phi3": Case(
         None,
@@ -304,7 +305,377 @@ CASES: dict[str, Case] = {
         attention("attention.query_key_value", "attention.dense"),
         builtin="gpt_neox",
     ),
+    # families of hft_plugins.family_layouts
+    "bloom": Case(
+        lambda: tf.BloomConfig(vocab_size=V, hidden_size=32, n_layer=4, n_head=4, **IDS),
+        "bloom",
+        attention(f"{ATTN}.query_key_value", f"{ATTN}.dense", shift=True),
+    ),
+    "falcon-multi-query": Case(
+        lambda: tf.FalconConfig(
+            vocab_size=V,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            bias=True,
+            multi_query=True,
+            new_decoder_architecture=False,
+            **IDS,
+        ),  # fmt: skip
+        "falcon",
+        attention(f"{ATTN}.query_key_value", f"{ATTN}.dense", kv_heads=1),
+    ),
+    "falcon-interleaved-alibi": Case(
+        lambda: tf.FalconConfig(
+            vocab_size=V,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            bias=True,
+            multi_query=False,
+            new_decoder_architecture=False,
+            alibi=True,
+            parallel_attn=False,
+            **IDS,
+        ),  # fmt: skip
+        "falcon",
+        attention(f"{ATTN}.query_key_value", f"{ATTN}.dense", shift=True),
+    ),
+    "falcon-new-decoder": Case(
+        lambda: tf.FalconConfig(
+            vocab_size=V,
+            hidden_size=48,
+            num_hidden_layers=4,
+            num_attention_heads=6,
+            num_kv_heads=2,
+            new_decoder_architecture=True,
+            **IDS,
+        ),  # fmt: skip
+        "falcon",
+        attention(f"{ATTN}.query_key_value", f"{ATTN}.dense", num_heads=6, kv_heads=2),
+    ),
+    "mpt": Case(
+        lambda: tf.MptConfig(vocab_size=V, d_model=32, n_heads=4, n_layers=4, max_seq_len=64),
+        "mpt",
+        attention("attn.Wqkv", "attn.out_proj"),
+    ),
+    "dbrx": Case(
+        lambda: tf.DbrxConfig(
+            vocab_size=V,
+            d_model=32,
+            n_heads=4,
+            n_layers=4,
+            max_seq_len=64,
+            attn_config=dict(kv_n_heads=2, clip_qkv=1e6, rope_theta=10000.0),
+            ffn_config=dict(ffn_hidden_size=16, moe_num_experts=4, moe_top_k=2),
+            **IDS,
+        ),  # fmt: skip
+        "dbrx",
+        attention("norm_attn_norm.attn.Wqkv", "norm_attn_norm.attn.out_proj", kv_heads=2),
+    ),
+    "gpt_bigcode-multi-query": Case(
+        lambda: tf.GPTBigCodeConfig(
+            vocab_size=V, n_embd=32, n_layer=4, n_head=4, n_positions=64, multi_query=True, **IDS
+        ),
+        "gpt_bigcode",
+        attention("attn.c_attn", "attn.c_proj", kv_heads=1, shift=True),
+    ),
+    "gpt_bigcode-multi-head": Case(
+        lambda: tf.GPTBigCodeConfig(
+            vocab_size=V, n_embd=32, n_layer=4, n_head=4, n_positions=64, multi_query=False, **IDS
+        ),
+        "gpt_bigcode",
+        attention("attn.c_attn", "attn.c_proj", shift=True),
+    ),
+    "persimmon": Case(
+        lambda: tf.PersimmonConfig(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            qk_layernorm=False,
+            **IDS,
+        ),  # fmt: skip
+        "persimmon",
+        attention("self_attn.query_key_value", "self_attn.dense"),
+    ),
+    # with q/k layer norms (its default) scaling q or k is normalised away: v and o only
+    "persimmon-qk-layernorm": Case(
+        lambda: tf.PersimmonConfig(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            qk_layernorm=True,
+            **IDS,
+        ),  # fmt: skip
+        "persimmon",
+        [vo("self_attn.query_key_value[v]", "self_attn.dense")],
+    ),
+    "fuyu": Case(
+        lambda: tf.FuyuConfig(
+            text_config=dict(
+                model_type="persimmon",
+                vocab_size=V,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                qk_layernorm=False,
+            ),
+            image_size=30,
+            patch_size=10,
+            hidden_size=32,
+            image_token_id=V - 1,
+            **IDS,
+        ),  # fmt: skip
+        "persimmon",
+        attention("self_attn.query_key_value", "self_attn.dense"),
+        model=lambda c: tf.FuyuForCausalLM(c),
+    ),
+    "codegen": Case(
+        lambda: tf.CodeGenConfig(
+            vocab_size=V,
+            n_embd=32,
+            n_layer=4,
+            n_head=4,
+            rotary_dim=4,
+            n_positions=64,
+            n_ctx=64,
+            **IDS,
+        ),  # fmt: skip
+        "codegen",
+        attention("attn.qkv_proj", "attn.out_proj"),
+    ),
+    "gpt_neox_japanese": Case(
+        lambda: tf.GPTNeoXJapaneseConfig(
+            vocab_size=V, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, **IDS
+        ),
+        "gpt_neox_japanese",
+        attention("attention.query_key_value", "attention.dense"),
+    ),
+    "openai-gpt": Case(
+        lambda: tf.OpenAIGPTConfig(vocab_size=V, n_embd=32, n_layer=4, n_head=4, n_positions=64),
+        "openai-gpt",
+        attention("attn.c_attn", "attn.c_proj", shift=True),
+    ),
+    # JetMoE: q and o are the attention experts (whole), k | v one fused tensor; its FFN
+    # experts' input_linear is gate | up
+    "jetmoe": Case(
+        lambda: tf.JetMoeConfig(
+            vocab_size=V,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_key_value_heads=2,
+            kv_channels=8,
+            intermediate_size=16,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            **IDS,
+        ),  # fmt: skip
+        "jetmoe",
+        [
+            qk(f"{ATTN}.experts.input_linear", f"{ATTN}.kv_proj[k]"),
+            vo(f"{ATTN}.kv_proj[v]", f"{ATTN}.experts.output_linear"),
+            glu(*fused("mlp.input_linear", "gate", "up"), "mlp.output_linear.weight"),
+        ],
+    ),
+    # MiniMax lightning layers: linear attention out = sum (q.k) v, normalised over all
+    # heads, after an activation on the fused output (made the identity here). Scaling
+    # whole units is normalised away, so per head: q by 2 with k (or v) by 1/2 cancels,
+    # one head's q, k or v alone does not; turning q and k by one rotation keeps q.k
+    # (no rotary embedding here), turning k and v does not: that tells v from q and k.
+    "minimax": Case(
+        lambda: tf.MiniMaxConfig(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=16,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            num_local_experts=4,
+            block_size=4,
+            hidden_act="linear",
+            **IDS,
+        ),  # fmt: skip
+        "minimax_lightning",
+        [
+            dict(
+                same=[
+                    {"self_attn.qkv_proj[q]#0/4": 2.0, "self_attn.qkv_proj[k]#0/4": 0.5},
+                    {"self_attn.qkv_proj[k]#1/4": 2.0, "self_attn.qkv_proj[v]#1/4": 0.5},
+                    {"self_attn.qkv_proj[q]#3/4": 2.0, "self_attn.qkv_proj[v]#3/4": 0.5},
+                    {"self_attn.qkv_proj[q]#2/4": "rotate", "self_attn.qkv_proj[k]#2/4": "rotate"},
+                ],
+                differs=[
+                    {"self_attn.qkv_proj[q]#0/4": 2.0},
+                    {"self_attn.qkv_proj[k]#1/4": 2.0},
+                    {"self_attn.qkv_proj[v]#3/4": 2.0},
+                    {"self_attn.qkv_proj[q]#0/4": 2.0, "self_attn.qkv_proj[k]#1/4": 0.5},
+                    {"self_attn.qkv_proj[k]#2/4": "rotate", "self_attn.qkv_proj[v]#2/4": "rotate"},
+                ],
+            )
+        ],
+    ),
+    # gate | up experts without transformers' metadata
+    "llama4_text": Case(
+        lambda: tf.Llama4TextConfig(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=16,
+            intermediate_size_mlp=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            num_local_experts=4,
+            **IDS,
+        ),  # fmt: skip
+        "llama4",
+        [
+            glu(
+                *fused("feed_forward.experts.gate_up_proj", "gate", "up"),
+                "feed_forward.experts.down_proj",
+            )
+        ],  # fmt: skip
+    ),
+    "longcat_flash": Case(
+        lambda: tf.LongcatFlashConfig(
+            vocab_size=V,
+            hidden_size=32,
+            num_layers=2,
+            num_attention_heads=4,
+            ffn_hidden_size=32,
+            q_lora_rank=16,
+            kv_lora_rank=16,
+            qk_nope_head_dim=8,
+            qk_rope_head_dim=4,
+            head_dim=4,
+            v_head_dim=8,
+            moe_topk=2,
+            n_routed_experts=4,
+            zero_expert_num=2,
+            expert_ffn_hidden_size=16,
+            **IDS,
+        ),  # fmt: skip
+        "longcat_flash",
+        [glu(*fused("mlp.experts.gate_up_proj", "gate", "up"), "mlp.experts.down_proj")],
+    ),
+    # kv_proj is one matrix read as both key and value: nothing to split, only to place.
+    # Its attention category is many unequal units (hyper-connection tables the size of
+    # q_b_proj in a model this small); the category rule's draw is only near half.
+    "deepseek_v4": Case(
+        lambda: tf.DeepseekV4Config(
+            vocab_size=V,
+            hidden_size=32,
+            moe_intermediate_size=16,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            head_dim=16,
+            q_lora_rank=16,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            o_groups=2,
+            o_lora_rank=16,
+            index_n_heads=2,
+            index_head_dim=8,
+            index_topk=4,
+            sliding_window=4,
+            **IDS,
+        ),  # fmt: skip
+        "deepseek_v4_csa",
+        fraction_tol=0.05,
+    ),
+    "glm": Case(
+        lambda: tf.GlmConfig(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            **IDS,
+        ),  # fmt: skip
+        "glm",
+        [glu(*fused("mlp.gate_up_proj", "gate", "up"), "mlp.down_proj")],
+    ),
+    "glm4": Case(
+        lambda: tf.Glm4Config(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            **IDS,
+        ),  # fmt: skip
+        "glm",
+        [glu(*fused("mlp.gate_up_proj", "gate", "up"), "mlp.down_proj")],
+    ),
+    # (up + 1) * swiglu(gate): up enters affinely, so checked on the MLP's own output
+    "minimax_m3_vl_text": Case(
+        lambda: tf.MiniMaxM3VLTextConfig(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=16,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            dense_intermediate_size=32,
+            shared_intermediate_size=16,
+            rotary_dim=4,
+            swiglu_limit=1e6,
+            mlp_layer_types=["dense", "sparse", "dense", "sparse"],
+            index_n_heads=2,
+            index_head_dim=8,
+            **IDS,
+        ),  # fmt: skip
+        "minimax_m3_vl",
+        [
+            dict(
+                affine=["mlp.shared_experts.gate_up_proj[up]"],
+                not_affine=["mlp.shared_experts.gate_up_proj[gate]"],
+            ),
+            dict(affine=["mlp.gate_up_proj[up]"], not_affine=["mlp.gate_up_proj[gate]"]),
+        ],  # fmt: skip
+        run=lambda block: probe("mlp", block),
+    ),
 }
+
+
+def _got_ocr2():
+    vision = dict(
+        hidden_size=32, output_channels=16, num_hidden_layers=4, num_attention_heads=4,
+        image_size=32, patch_size=8, window_size=2, global_attn_indexes=[2], mlp_dim=64,
+        use_rel_pos=False,
+    )  # fmt: skip
+    text = dict(
+        model_type="qwen2", vocab_size=V, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, **IDS,
+    )  # fmt: skip
+    return tf.GotOcr2Config(vision_config=vision, text_config=text, image_token_index=V - 1)
+
+
+def _vision_tower(model):
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return model.model.vision_tower(pixel_values=pixels.double()).last_hidden_state
+
+
+CASES["got_ocr2"] = Case(
+    _got_ocr2,
+    "got_ocr2_vision",
+    attention("attn.qkv", "attn.proj", shift=True),
+    model=lambda c: tf.GotOcr2ForConditionalGeneration(c),
+    run=lambda block: _vision_tower,
+)
 
 
 # ---- the tests ---------------------------------------------------------------------------
@@ -373,3 +744,23 @@ def check_case(name: str, model: nn.Module, layout: ModelLayout) -> None:
 def test_split_is_functionally_right(name, models):
     model = models(name)
     check_case(name, model, resolve(model))
+
+
+def test_splitter_refuses_sizes_that_do_not_add_up():
+    from hft_plugins.errors import HFTError
+    from hft_plugins.family_layouts import _codegen_qkv
+
+    model = build(CASES["codegen"])
+    block = model.transformer.h[0]
+    with pytest.raises(HFTError, match="not 3 x 4 groups"):
+        _codegen_qkv(block, None, 3 * 32 + 6)
+
+
+def test_codegen_reads_query_value_key_per_group():
+    model = build(CASES["codegen"])
+    split = resolve(model)
+    units = {u.name: u.parts[0].ranges for u in split.block_units() if u.block == 0}
+    local = 32 // 4
+    assert units["attn.qkv_proj[q]"][:2] == ((0, local), (3 * local, 4 * local))
+    assert units["attn.qkv_proj[v]"][0] == (local, 2 * local)
+    assert units["attn.qkv_proj[k]"][0] == (2 * local, 3 * local)
