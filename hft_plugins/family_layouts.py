@@ -26,14 +26,13 @@ __all__ = ["FAMILY_LAYOUTS"]
 
 def _finish(where: str, out_features: int, units: dict[str, list[tuple[int, int]]]):
     """``units`` as ranges, after checking they cover ``range(out_features)`` exactly once."""
-    seen = [0] * out_features
-    for ranges in units.values():
-        for a, b in ranges:
-            if not 0 <= a < b <= out_features:
-                raise HFTError(f"{where}: range {a}:{b} outside {out_features} outputs")
-            for i in range(a, b):
-                seen[i] += 1
-    if any(count != 1 for count in seen):
+    end = 0
+    for a, b in sorted(r for ranges in units.values() for r in ranges):
+        if a != end or b <= a:  # a gap, an overlap or an empty range
+            end = -1
+            break
+        end = b
+    if end != out_features:
         raise HFTError(
             f"{where}: the split read from the module does not cover its {out_features} "
             "outputs exactly once; this configuration is not supported"

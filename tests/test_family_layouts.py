@@ -781,6 +781,25 @@ def test_splitter_refuses_sizes_that_do_not_add_up():
         _codegen_qkv(block, None, 3 * 32 + 6)
 
 
+@pytest.mark.parametrize(
+    "units",
+    [
+        {"q": [(0, 2)], "k": [(1, 6)]},  # overlap
+        {"q": [(0, 2)], "k": [(3, 6)]},  # gap
+        {"q": [(0, 6)], "k": [(2, 4)]},  # one inside another
+        {"q": [(0, 3)], "k": [(3, 3), (3, 6)]},  # empty range
+        {"q": [(0, 3)], "k": [(3, 7)]},  # past the end
+    ],
+)
+def test_a_split_must_cover_every_output_once(units):
+    from hft_plugins.errors import HFTError
+    from hft_plugins.family_layouts import _finish
+
+    assert _finish("x", 6, {"q": [(0, 2), (4, 6)], "k": [(2, 4)]})["q"] == ((0, 2), (4, 6))
+    with pytest.raises(HFTError, match="exactly once"):
+        _finish("x", 6, units)
+
+
 def test_codegen_reads_query_value_key_per_group():
     model = build(CASES["codegen"])
     split = resolve(model)
