@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -116,6 +117,47 @@ def _output_after(model, run, units, change: dict, seed: int = 0) -> torch.Tenso
                 p.copy_(saved[n])
 
 
+@contextmanager
+def _recorded_attention():
+    """Record the query, key and value every attention module hands to transformers'
+    attention interface (families whose forward calls it), keyed by module name."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    seen: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def record(module, query, key, value, attention_mask, **kwargs):
+        seen[id(module)] = (query, key, value)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    mapping = ALL_ATTENTION_FUNCTIONS._local_mapping
+    old = dict(mapping)
+    mapping.update(eager=record, sdpa=record)
+    try:
+        yield seen
+    finally:
+        mapping.clear()
+        mapping.update(old)
+
+
+def _check_roles(model, run, units, roles: dict[str, str]) -> None:
+    """Zeroing the unit named for q (k, v) must zero exactly the query (key, value) that
+    the block's attention module computes: this tells q from k where no transformation of
+    the weights can (rotary embeddings, no bias)."""
+    some = units[roles["k"]].parts[0].param.split(".")
+    modules = dict(model.named_modules())
+    owners = [id(modules[".".join(some[:i])]) for i in range(len(some) - 1, 0, -1)]
+    for role in ("q", "k", "v"):
+        with _recorded_attention() as seen:
+            _output_after(model, run, units, {roles[role]: 0.0})
+        owner = next((o for o in owners if o in seen), None)
+        assert owner is not None, "the attention module never called the attention interface"
+        tensors = dict(zip("qkv", seen[owner], strict=True))
+        for other, tensor in tensors.items():
+            zero = not tensor.any()
+            assert zero == (other == role), (role, roles[role], other, "zero" if zero else "not")
+
+
 def assert_split_functional(
     model: nn.Module,
     run: Callable[[nn.Module], torch.Tensor],
@@ -126,6 +168,7 @@ def assert_split_functional(
     differs: list[dict] = (),
     affine: list[str] = (),
     not_affine: list[str] = (),
+    roles: dict[str, str] | None = None,
 ) -> None:
     """Check what the units of ``block`` do to ``run(model)`` (a float64 tensor, in eval).
 
@@ -134,9 +177,13 @@ def assert_split_functional(
     must not. ``affine``: units on which the output depends affinely (scaling by 2 moves
     it half as far as scaling by 3: an "up" entering a GLU as ``up * f(gate)`` or
     ``(up + 1) * f(gate)``, measured on a probe of that module's output); ``not_affine``:
-    units on which it must not (the gate, through its activation).
+    units on which it must not (the gate, through its activation). ``roles``: the units
+    named q, k and v, zeroed one at a time, must zero the query, key or value that the
+    attention interface receives (:func:`_check_roles`).
     """
     units = {u.name: u for u in layout.block_units() if u.block == block}
+    if roles:
+        _check_roles(model, run, units, roles)
     with torch.no_grad():
         base = run(model)
     scale = base.abs().max()
@@ -202,10 +249,14 @@ def fused(path: str, *roles: str) -> tuple[str, ...]:
     return tuple(f"{path}[{r}]" for r in roles)
 
 
-def attention(path, o, *, num_heads=4, kv_heads=4, shift=False, roles=("q", "k", "v")) -> list:
-    q, k, v = fused(path, *roles)
+def attention(path, o, *, num_heads=4, kv_heads=4, shift=False, interface=False) -> list:
+    """The checks of a fused q/k/v projection ``path`` with output projection ``o``;
+    ``shift`` where k has a bias and no rotary embedding, ``interface`` where the family
+    calls transformers' attention interface (the q/k/v it receives can be recorded)."""
+    q, k, v = fused(path, "q", "k", "v")
     checks = [qk(q, k), vo(v, o), heads(q, k, num_heads, kv_heads)]
-    return checks + ([k_shift(q, k)] if shift else [])
+    checks += [k_shift(q, k)] if shift else []
+    return checks + ([dict(roles=dict(q=q, k=k, v=v))] if interface else [])
 
 
 # ---- tiny models -------------------------------------------------------------------------
@@ -291,18 +342,23 @@ def build(case: Case) -> nn.Module:
 ATTN = "self_attention"
 CASES: dict[str, Case] = {
     # built-in splits, checked the same way
-    "gpt2": Case(None, "gpt2", attention("attn.c_attn", "attn.c_proj", shift=True), builtin="gpt2"),
+    "gpt2": Case(
+        None,
+        "gpt2",
+        attention("attn.c_attn", "attn.c_proj", shift=True, interface=True),
+        builtin="gpt2",
+    ),
     "phi3": Case(
         None,
         "phi3",
-        attention("self_attn.qkv_proj", "self_attn.o_proj", kv_heads=2)
+        attention("self_attn.qkv_proj", "self_attn.o_proj", kv_heads=2, interface=True)
         + [glu(*fused("mlp.gate_up_proj", "gate", "up"), "mlp.down_proj")],
         builtin="phi3",
     ),
     "gpt_neox": Case(
         None,
         "gpt_neox",
-        attention("attention.query_key_value", "attention.dense"),
+        attention("attention.query_key_value", "attention.dense", interface=True),
         builtin="gpt_neox",
     ),
     # families of hft_plugins.family_layouts
@@ -371,21 +427,23 @@ CASES: dict[str, Case] = {
             **IDS,
         ),  # fmt: skip
         "dbrx",
-        attention("norm_attn_norm.attn.Wqkv", "norm_attn_norm.attn.out_proj", kv_heads=2),
+        attention(
+            "norm_attn_norm.attn.Wqkv", "norm_attn_norm.attn.out_proj", kv_heads=2, interface=True
+        ),
     ),
     "gpt_bigcode-multi-query": Case(
         lambda: tf.GPTBigCodeConfig(
             vocab_size=V, n_embd=32, n_layer=4, n_head=4, n_positions=64, multi_query=True, **IDS
         ),
         "gpt_bigcode",
-        attention("attn.c_attn", "attn.c_proj", kv_heads=1, shift=True),
+        attention("attn.c_attn", "attn.c_proj", kv_heads=1, shift=True, interface=True),
     ),
     "gpt_bigcode-multi-head": Case(
         lambda: tf.GPTBigCodeConfig(
             vocab_size=V, n_embd=32, n_layer=4, n_head=4, n_positions=64, multi_query=False, **IDS
         ),
         "gpt_bigcode",
-        attention("attn.c_attn", "attn.c_proj", shift=True),
+        attention("attn.c_attn", "attn.c_proj", shift=True, interface=True),
     ),
     "persimmon": Case(
         lambda: tf.PersimmonConfig(
@@ -398,7 +456,7 @@ CASES: dict[str, Case] = {
             **IDS,
         ),  # fmt: skip
         "persimmon",
-        attention("self_attn.query_key_value", "self_attn.dense"),
+        attention("self_attn.query_key_value", "self_attn.dense", interface=True),
     ),
     # with q/k layer norms (its default) scaling q or k is normalised away: v and o only
     "persimmon-qk-layernorm": Case(
@@ -432,7 +490,7 @@ CASES: dict[str, Case] = {
             **IDS,
         ),  # fmt: skip
         "persimmon",
-        attention("self_attn.query_key_value", "self_attn.dense"),
+        attention("self_attn.query_key_value", "self_attn.dense", interface=True),
         model=lambda c: tf.FuyuForCausalLM(c),
     ),
     "codegen": Case(
@@ -447,7 +505,7 @@ CASES: dict[str, Case] = {
             **IDS,
         ),  # fmt: skip
         "codegen",
-        attention("attn.qkv_proj", "attn.out_proj"),
+        attention("attn.qkv_proj", "attn.out_proj", interface=True),
     ),
     "gpt_neox_japanese": Case(
         lambda: tf.GPTNeoXJapaneseConfig(
@@ -480,6 +538,11 @@ CASES: dict[str, Case] = {
             qk(f"{ATTN}.experts.input_linear", f"{ATTN}.kv_proj[k]"),
             vo(f"{ATTN}.kv_proj[v]", f"{ATTN}.experts.output_linear"),
             glu(*fused("mlp.input_linear", "gate", "up"), "mlp.output_linear.weight"),
+            dict(
+                roles=dict(
+                    q=f"{ATTN}.experts.input_linear", k=f"{ATTN}.kv_proj[k]", v=f"{ATTN}.kv_proj[v]"
+                )
+            ),
         ],
     ),
     # MiniMax lightning layers: linear attention out = sum (q.k) v, normalised over all
@@ -729,6 +792,7 @@ def check_case(name: str, model: nn.Module, layout: ModelLayout) -> None:
             for change in check.get(key, ())
             for spec in change
         } | {spec for key in ("affine", "not_affine") for spec in check.get(key, ())}
+        needed |= set(check.get("roles", {}).values())
         checked = 0
         for block in range(layout.num_blocks):
             names = {u.name for u in layout.block_units() if u.block == block}
