@@ -3,6 +3,7 @@
 import pluggy
 
 from .architectures import BUILTIN_LAYOUTS
+from .family_layouts import FAMILY_LAYOUTS
 from .strategies import BUILTIN_STRATEGIES
 
 hookimpl = pluggy.HookimplMarker("hft_plugins")
@@ -16,5 +17,5 @@ def register_strategies(register):
 
 @hookimpl
 def register_layouts(register):
-    for layout in BUILTIN_LAYOUTS:
+    for layout in (*BUILTIN_LAYOUTS, *FAMILY_LAYOUTS):
         register(layout)
