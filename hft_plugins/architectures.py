@@ -61,6 +61,16 @@ class Layout:
     fused: Mapping[str, Fused] = field(default_factory=dict)
     # experts module path -> how its 3-D tensors are stored, where the module does not say
     experts: Mapping[str, ExpertLayout] = field(default_factory=dict)
+    # further module paths -> their category (shared_ffn, router, mixer, scale...)
+    categories: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.categories.values()) - set(BLOCK_CATEGORIES[:-1]))
+        if unknown:
+            raise HFTError(
+                f"layout {self.name!r}: unknown category {unknown[0]!r}; "
+                f"known: {', '.join(BLOCK_CATEGORIES[:-1])}"
+            )
 
 
 @dataclass(frozen=True)
@@ -302,7 +312,8 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
 
 def _layout_fits(layout: Layout, block: nn.Module) -> bool:
     names = {n for n, _ in block.named_modules()}
-    return all(p in names for p in (*layout.attention, *layout.ffn, *layout.norms))
+    listed = (*layout.attention, *layout.ffn, *layout.norms, *layout.categories)
+    return all(p in names for p in listed)
 
 
 def choose_layout(model: nn.Module, block: nn.Module, layouts: list[Layout]) -> Layout | None:
@@ -316,7 +327,9 @@ def choose_layout(model: nn.Module, block: nn.Module, layouts: list[Layout]) -> 
         if model_type in layout.model_types and _layout_fits(layout, block):
             return layout
     for layout in layouts:
-        if not (layout.fused or layout.experts) and _layout_fits(layout, block):
+        if not (layout.fused or layout.experts or layout.categories) and _layout_fits(
+            layout, block
+        ):
             return layout
     return None
 
@@ -414,6 +427,7 @@ def _plan_block(block, block_prefix, layout, config, tied, claimed, context):
         modules = dict(block.named_modules())
         plan = [("attention", p) for p in layout.attention]
         plan += [("ffn", p) for p in layout.ffn] + [("norm", p) for p in layout.norms]
+        plan += [(category, p) for p, category in layout.categories.items()]
         for category, path in plan:
             stem = f"{path}." if path else ""
             mine = [
@@ -428,7 +442,11 @@ def _plan_block(block, block_prefix, layout, config, tied, claimed, context):
             if fused is None:
                 planned.append(PlannedUnit(category, path, tuple(Part(n) for n in mine)))
                 continue
-            weight = own[f"{stem}weight"]
+            weight = own.get(f"{stem}weight")
+            if weight is None:
+                raise HFTError(
+                    f"layout {layout.name!r} splits {path!r}, which has no 'weight' parameter"
+                )
             out_features = param_shape(weight)[fused.weight_out_dim]
             for logical, ranges in fused.split(block, config, out_features).items():
                 parts = tuple(
@@ -445,10 +463,8 @@ def _plan_block(block, block_prefix, layout, config, tied, claimed, context):
     rest = {n: p for n, p in own.items() if n not in taken}
     if rest:
         sorter.sort(rest)
-    sorter.units = {
-        **{u.name: u for u in planned},
-        **sorter.units,
-    }
+    sorter.units = {**{u.name: u for u in planned}, **sorter.units}
+    sorter.vouched = {u.name for u in planned}
     sorter.check(lambda u: _numel(u.parts, {n: param_shape(p) for n, p in own.items()}))
     if layout is not None and not rest:
         name = layout.name

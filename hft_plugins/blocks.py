@@ -155,6 +155,7 @@ class BlockSorter:
         self.block = block
         self.context = context  # the stack's name: XLM keeps "attentions" and "ffns" apart
         self.sections: dict[str, str] = {}  # unit name -> path of the module that told its role
+        self.vouched: set[str] = set()  # units a registered layout planned
         self.expert_layouts = experts or {}
         self.modules = dict(block.named_modules())
         self.make_part = make_part
@@ -177,7 +178,7 @@ class BlockSorter:
         lowered = [p.lower() for p in pieces]
         shared = any(p.startswith("shared_expert") or p == "shared_mlp" for p in lowered)
         # (a shared expert's own router, shared_expert_gate, is a router: checked first)
-        if self.experts and _routes(lowered):
+        if self.experts and _routes(lowered) and self._outside_attention(pieces):
             return "router", path
         if shared:
             depth = next(
@@ -192,6 +193,13 @@ class BlockSorter:
         if self.context:
             return _role(self.context, self.block), ""
         return None, ""
+
+    def _outside_attention(self, pieces: list[str]) -> bool:
+        """No attention on the path: an attention's ``output_gate`` is no router."""
+        return not any(
+            _role(pieces[d - 1], self.modules[".".join(pieces[:d])]) in ("attention", "mixer")
+            for d in range(1, len(pieces) + 1)
+        )
 
     # ---- units ------------------------------------------------------------
 
@@ -309,6 +317,8 @@ class BlockSorter:
         twice the second's input (gate and up in one, a GLU)."""
         groups: dict[tuple[str, str], list[PlannedUnit]] = {}
         for unit in self.units.values():
+            if unit.name in self.vouched:
+                continue  # a registered layout named it
             if unit.category in ("attention", "ffn", "shared_ffn") and "[" not in unit.name:
                 section = self.sections.get(unit.name, unit.name.rpartition(".")[0])
                 groups.setdefault((unit.category, section), []).append(unit)

@@ -301,14 +301,16 @@ FAMILY_LAYOUTS: tuple[Layout, ...] = (
         ffn=("mlp.gate_up_proj", "mlp.down_proj"),
         fused={"mlp.gate_up_proj": _GATE_UP},
     ),
-    # Its MoE layers' shared expert is such a GLU too. A layout cannot yet put units in
-    # the role sorter's "shared_ffn" category, so the shared expert's three matrices are
-    # named "ffn" here and drawn together with the routed experts' gate, up and down.
+    # Its MoE layers' shared expert is such a GLU too, in the shared_ffn category as the
+    # role sorter puts other families' shared experts.
     Layout(
         "minimax_m3_vl",
         ("minimax_m3_vl", "minimax_m3_vl_text"),
-        ffn=("mlp.shared_experts.gate_up_proj", "mlp.shared_experts.down_proj"),
         fused={"mlp.shared_experts.gate_up_proj": _GATE_UP},
+        categories={
+            "mlp.shared_experts.gate_up_proj": "shared_ffn",
+            "mlp.shared_experts.down_proj": "shared_ffn",
+        },
     ),
     Layout(
         "minimax_m3_vl_dense",

@@ -44,8 +44,15 @@ def _balanced_subset(units: list[Unit], k: int, rng: random.Random, target: floa
         return []
     if k >= len(units):
         return list(units)
-    if len(units) > 12:  # too many combinations to enumerate: a plain random draw
-        return rng.sample(units, k)
+    if len(units) > 12:  # too many subsets to enumerate: greedy, in a random order
+        pool, picked, size = rng.sample(units, len(units)), [], 0
+        for i in range(k):
+            goal = target * (i + 1) / k
+            best = min(pool, key=lambda u: abs(size + u.numel - goal))
+            pool.remove(best)
+            picked.append(best)
+            size += best.numel
+        return picked
     subsets = list(itertools.combinations(units, k))
     gaps = [abs(sum(u.numel for u in s) - target) for s in subsets]
     best = min(gaps)

@@ -293,3 +293,24 @@ class _NormNamedMatrix(nn.Module):
 def test_a_matrix_named_like_a_norm_is_refused():
     with pytest.raises(HFTError, match="'norm_proj' was read as a norm but holds"):
         select(_Net(_NormNamedMatrix), HFTConfig())
+
+
+def test_an_attention_output_gate_is_no_router_in_an_moe_block():
+    class GatedAttentionMoE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            names = ("q_proj", "k_proj", "v_proj", "o_proj", "output_gate")
+            self.self_attn = nn.ModuleDict({n: nn.Linear(8, 8) for n in names})
+            self.mlp = _ListExperts().moe
+
+    mask = select(_Net(GatedAttentionMoE), HFTConfig())
+    units = _units(mask, 0)
+    assert units["self_attn.output_gate"].category == "attention"
+    assert units["mlp.router"].category == "router"
+
+
+def test_a_layout_may_put_modules_in_any_category_and_names_bad_ones():
+    from hft_plugins.architectures import Layout
+
+    with pytest.raises(HFTError, match="layout 'x': unknown category 'expert'; known: attention"):
+        Layout("x", ("x",), categories={"mlp": "expert"})
