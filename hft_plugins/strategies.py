@@ -20,18 +20,24 @@ def _round(x: float) -> int:
     return math.floor(x + 0.5)
 
 
-def _counts_per_block(n: int, blocks: list[int], ratio: float, rng: random.Random) -> dict:
-    """How many of a category's ``n`` matrices each block trains.
+def _counts_per_block(
+    n: int, blocks: list[int], ratio: float, rng: random.Random, carry: float = 0.0
+) -> tuple[dict[int, int], float]:
+    """How many of a category's ``n`` matrices each block trains, and the rounding left.
 
     Every block trains floor(ratio*n) or one more; which blocks get one more is
-    random, and their number makes the total over blocks round(ratio*n*blocks).
+    random, and their number makes the total over blocks round(ratio*n*blocks + carry).
     At ratio 0.5 this is 2 of 4 attention matrices, 1 of 2 norms, and for 3 FFN
-    matrices 2 in a random half of the blocks and 1 in the other half.
+    matrices 2 in a random half of the blocks and 1 in the other half. ``carry`` is the
+    rounding left by the category's other block kinds (one dense block rounding 1.5 up
+    to 2 lets three MoE blocks round 4.5 down to 4).
     """
     low = math.floor(ratio * n)
-    extra = min(max(_round(ratio * n * len(blocks)) - low * len(blocks), 0), len(blocks))
+    goal = ratio * n * len(blocks) + carry
+    extra = min(max(_round(goal) - low * len(blocks), 0), len(blocks))
     more = set(rng.sample(blocks, extra))
-    return {b: min(low + (b in more), n) for b in blocks}
+    counts = {b: min(low + (b in more), n) for b in blocks}
+    return counts, goal - sum(counts.values())
 
 
 def _balanced_subset(units: list[Unit], k: int, rng: random.Random, target: float) -> list[Unit]:
@@ -78,9 +84,9 @@ def category(layout: ModelLayout, config: HFTConfig, rng: random.Random) -> set[
         by_kind: dict[tuple[str, ...], list[int]] = defaultdict(list)
         for block, units in sorted(per_block.items()):
             by_kind[tuple(sorted(u.name for u in units))].append(block)
-        surplus = 0.0
+        surplus, carry = 0.0, 0.0
         for kind, blocks in sorted(by_kind.items(), key=lambda item: (len(item[0]), item[0])):
-            counts = _counts_per_block(len(kind), blocks, config.ratio, rng)
+            counts, carry = _counts_per_block(len(kind), blocks, config.ratio, rng, carry)
             for block in blocks:
                 units, k = per_block[block], counts[block]
                 goal = k / len(units) * sum(u.numel for u in units)
