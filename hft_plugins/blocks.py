@@ -348,8 +348,9 @@ class BlockSorter:
         total = sum(numel(u) for u in self.units.values()) or 1
         for category, units in by_category.items():
             if category in ("norm", "router", "scale"):
-                for unit in units:  # small by nature: a large one is a matrix misread
-                    if numel(unit) > 0.05 * total:
+                for unit in units:  # small by nature: a large matrix here was misread
+                    shapes = [shape_of(self.block.get_parameter(p.param)) for p in unit.parts]
+                    if numel(unit) > 0.05 * total and any(len(s) >= 2 for s in shapes):
                         self.issues.append(
                             f"{unit.name!r} was read as a {category} but holds "
                             f"{numel(unit) / total:.0%} of the block"
