@@ -69,7 +69,7 @@ LAYER_COUNT_KEYS = (
 _SET = (
     (
         HIDDEN,
-        "hidden_size n_embd d_model dim word_embed_proj_dim embedding_size "
+        "hidden_size n_embd d_model dim emb_dim word_embed_proj_dim embedding_size "
         "attention_hidden_size hidden_size_global",
     ),
     (
@@ -88,7 +88,8 @@ _SET = (
         "shared_experts_intermediate_size moe_shared_expert_intermediate_size "
         "shared_intermediate_size",
     ),
-    (MOE_FFN, "moe_intermediate_size"),
+    (MOE_FFN, "moe_intermediate_size expert_ffn_hidden_size"),
+    (4, "num_filters"),
     (LAYERS, " ".join(LAYER_COUNT_KEYS)),
     (
         VOCAB,
@@ -103,7 +104,7 @@ _SET = (
     ),
     (
         8,
-        "qk_rope_head_dim qk_nope_head_dim rotary_dim time_step_rank mamba_dt_rank mamba_n_heads "
+        "qk_rope_head_dim qk_nope_head_dim rotary_dim attention_window time_step_rank mamba_dt_rank mamba_n_heads "
         "mamba_num_heads",
     ),
 )
@@ -118,10 +119,31 @@ TOWER = re.compile(r"vision|visual|audio|image|tower|speech|acoustic|semantic|vq
 PERIOD = re.compile(r"(period|interval|_step$|frequency|pattern$|every_n|group_size|per_\w*block)")
 
 # Only where the generic rule cannot work: type -> (config overrides, batch overrides).
+# Mostly defaults that do not build as they are, or hybrid stacks placed by index.
+_HYBRID = ["linear_attention", "full_attention", "linear_attention", "full_attention"]
 OVERRIDES: dict[str, tuple[dict, dict]] = {
+    "bamba": (dict(attn_layer_indices=[1, 3]), {}),
+    "dory": (dict(layer_types=None, n_input_layers=1, n_recurrent_layers=2, n_output_layers=1), {}),
+    "dots1": (dict(n_routed_experts=EXPERTS, n_shared_experts=1), {}),
+    "falcon_h1": (dict(mamba_d_ssm=128, mamba_n_heads=8, mamba_d_head=16), {}),
+    "granitemoehybrid": (dict(layer_types=_HYBRID), {}),
     "jamba": (dict(attn_layer_period=2, attn_layer_offset=1), {}),
+    "lfm2_moe": (dict(layer_types=["conv", "full_attention", "conv", "full_attention"]), {}),
     "mamba2": (dict(num_heads=8), {}),
-    "reformer": (dict(is_decoder=True), {}),
+    "musicgen": ({}, dict(rows=8, labels=False)),  # rows are batch x codebooks
+    "musicgen_melody": ({}, dict(rows=8, labels=False)),
+    "reformer": (
+        dict(
+            is_decoder=True,
+            axial_pos_embds_dim=[32, 32],
+            axial_pos_shape=[4, 4],
+            lsh_attn_chunk_length=4,
+            local_attn_chunk_length=4,
+            num_buckets=4,
+        ),
+        {},
+    ),
+    "xmod": (dict(default_language="en_XX"), {}),
 }
 
 
@@ -154,6 +176,8 @@ def shrink(data: dict, ids: dict[int, int]) -> dict:
             data[key] = shrink(value, ids)
         elif isinstance(value, bool) or value is None:
             continue
+        elif key == "depths" and isinstance(value, list):
+            data[key] = [1] * len(value)  # stages of a convolutional tower
         elif isinstance(value, list) and value and len(value) in old_layers:
             if key in SIZES and all(isinstance(v, int) for v in value):
                 data[key] = [SIZES[key]] * LAYERS
@@ -251,11 +275,34 @@ def tiny_config(model_type: str):
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     config_cls = CONFIG_MAPPING[model_type]
-    data = shrink(config_cls().to_dict(), {})
-    data.update(OVERRIDES.get(model_type, ({}, {}))[0])
-    for key in ("transformers_version", "architectures", "_name_or_path"):
-        data.pop(key, None)
-    return config_cls.from_dict(data)
+    overrides = OVERRIDES.get(model_type, ({}, {}))[0]
+    try:
+        defaults = config_cls().to_dict()
+    except Exception:  # noqa: BLE001 - a few defaults do not validate without the overrides
+        defaults = config_cls(**overrides).to_dict()
+    changed = _merged(_changed(defaults, shrink(defaults, {})), overrides)
+    return config_cls(**changed)
+
+
+def _merged(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both else value
+    return out
+
+
+def _changed(old: dict, new: dict) -> dict:
+    """The keys ``shrink`` changed: the config's own __post_init__ derives the rest from them."""
+    out = {}
+    for key, value in new.items():
+        if _is_config_dict(value) and isinstance(old.get(key), dict):
+            sub = _changed(old[key], value)
+            if sub:
+                out[key] = {"model_type": value["model_type"], **sub}
+        elif old.get(key) != value:
+            out[key] = value
+    return out
 
 
 def build(model_type: str, class_name: str):
@@ -286,12 +333,12 @@ def batch_for(model, kind: str, model_type: str) -> dict:
 
     extra = OVERRIDES.get(model_type, ({}, {}))[1]
     g = torch.Generator().manual_seed(0)
-    seq = extra.get("seq", SEQ)
-    ids = torch.randint(4, 100, (2, seq), generator=g)
+    rows, seq = extra.get("rows", 2), extra.get("seq", SEQ)
+    ids = torch.randint(4, 100, (rows, seq), generator=g)
     if kind == "seq2seq":
-        target = torch.randint(4, 100, (2, seq // 2), generator=g)
+        target = torch.randint(4, 100, (rows, seq // 2), generator=g)
         return {"input_ids": ids, "decoder_input_ids": target, "labels": target}
-    return {"input_ids": ids, "labels": ids}
+    return {"input_ids": ids, "labels": ids} if extra.get("labels", True) else {"input_ids": ids}
 
 
 def loss_of(output):
