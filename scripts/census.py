@@ -60,6 +60,7 @@ TYPE_LIMIT_S = 90  # everything of one type (hard kill)
 RATIO = 0.5
 TOLERANCE = 0.05
 STATUSES = ("supported", "refused", "not built", "failed")
+OUTER = ("embed", "head", "final_norm")  # trainable whole by default; not in the table
 
 # ---- the generic shrink --------------------------------------------------------
 
@@ -70,7 +71,8 @@ _SET = (
     (
         HIDDEN,
         "hidden_size n_embd d_model dim emb_dim word_embed_proj_dim embedding_size "
-        "attention_hidden_size hidden_size_global",
+        "adapter_in_dim adapter_input_size audio_hidden_size "
+        "hidden_size_global",
     ),
     (
         HEADS,
@@ -79,7 +81,7 @@ _SET = (
     ),
     (
         HEAD_DIM,
-        "head_dim swa_head_dim d_kv d_head dim_head kv_channels attention_head_dim v_head_dim",
+        "head_dim swa_head_dim d_kv d_head dim_head kv_channels v_head_dim",
     ),
     (
         FFN,
@@ -100,7 +102,7 @@ _SET = (
         16,
         "kv_lora_rank q_lora_rank o_lora_rank qk_head_dim index_head_dim linear_key_head_dim "
         "linear_value_head_dim linear_head_dim mamba_d_state state_size ssm_state_size "
-        "mamba_d_head mamba_head_dim",
+        "mamba_d_head mamba_head_dim mamba_headdim",
     ),
     (
         8,
@@ -121,8 +123,23 @@ PERIOD = re.compile(r"(period|interval|_step$|frequency|pattern$|every_n|group_s
 # Only where the generic rule cannot work: type -> (config overrides, batch overrides).
 # Mostly defaults that do not build as they are, or hybrid stacks placed by index.
 _HYBRID = ["linear_attention", "full_attention", "linear_attention", "full_attention"]
+_QSA = dict(
+    indexer_budget=8,
+    indexer_compress_ratio=2,
+    indexer_n_heads=2,
+    indexer_kv_heads=1,
+    indexer_head_dim=16,
+)
 OVERRIDES: dict[str, tuple[dict, dict]] = {
     "bamba": (dict(attn_layer_indices=[1, 3]), {}),
+    # the next three: the default config does not build a model (transformers 5.24)
+    "cohere_compass_text": (
+        dict(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+        {},
+    ),
+    "dbrx": (dict(attn_config=dict(rope_theta=1e4, clip_qkv=8.0)), {}),
+    "qwen4_exp": (dict(text_config=dict(model_type="qwen4_exp_text", **_QSA)), {}),
+    "qwen4_exp_text": (_QSA, {}),
     "dory": (dict(layer_types=None, n_input_layers=1, n_recurrent_layers=2, n_output_layers=1), {}),
     "dots1": (dict(n_routed_experts=EXPERTS, n_shared_experts=1), {}),
     "falcon_h1": (dict(mamba_d_ssm=128, mamba_n_heads=8, mamba_d_head=16), {}),
@@ -143,7 +160,9 @@ OVERRIDES: dict[str, tuple[dict, dict]] = {
         ),
         {},
     ),
+    "xlstm": (dict(qk_dim_factor=1.0), {}),  # the native kernel wants equal qk and v dims
     "xmod": (dict(default_language="en_XX"), {}),
+    "zamba": (dict(layers_block_type=["linear_attention", "hybrid"] * 2), {}),  # shared twice
 }
 
 
@@ -415,19 +434,24 @@ def is_moe(model) -> bool:
 
 
 def coverage(layout, params: dict[str, tuple[int, ...]]) -> list[str]:
-    """Violations of: every element of every block parameter is in exactly one block unit."""
+    """Violations of: every element of every block parameter is in exactly one block unit.
+
+    One line per kind of violation: how many parameters, and the first as an example.
+    """
     import torch
 
     counts = {n: torch.zeros(s, dtype=torch.int16) for n, s in params.items()}
-    problems = []
+    found: dict[str, list[str]] = {}
     for unit in layout.units:
         for part in unit.parts:
             if part.param not in counts:
                 if unit.block is not None:
-                    problems.append(f"block unit {unit.key} holds {part.param}, not a block param")
+                    found.setdefault("not in a block, in block units", []).append(
+                        f"{part.param} in {unit.key}"
+                    )
                 continue
             if unit.block is None:
-                problems.append(f"block param {part.param} is in outer unit {unit.key}")
+                found.setdefault("in outer units", []).append(f"{part.param} in {unit.key}")
                 continue
             tensor = counts[part.param]
             if part.ranges is None:
@@ -436,11 +460,12 @@ def coverage(layout, params: dict[str, tuple[int, ...]]) -> list[str]:
                 for a, b in part.ranges:
                     tensor.narrow(part.dim, a, b - a).add_(1)
     for name, tensor in counts.items():
-        if (tensor == 0).any():
-            problems.append(f"{name}: {int((tensor == 0).sum())} elements in no unit")
-        if (tensor > 1).any():
-            problems.append(f"{name}: {int((tensor > 1).sum())} elements in several units")
-    return problems
+        for what, hit in (("in no unit", tensor == 0), ("in several units", tensor > 1)):
+            if hit.any():
+                found.setdefault(f"with elements {what}", []).append(
+                    f"{name} ({int(hit.sum())} of {tensor.numel()})"
+                )
+    return [f"{len(v)} params {k}, e.g. {v[0]}" for k, v in found.items()]
 
 
 def trainable_elements(mask, name: str, shape: tuple[int, ...]) -> int:

@@ -102,7 +102,10 @@ def test_census_catches_an_element_in_no_unit(one):
 
     record = one(drop)
     assert record["status"] == "failed"
-    assert "model.layers.1.mlp.down_proj.weight: 8192 elements in no unit" in record["message"]
+    assert (
+        "1 params with elements in no unit, e.g. model.layers.1.mlp.down_proj.weight (8192 of 8192)"
+        in record["message"]
+    )
 
 
 def test_census_catches_an_element_in_two_units(one):
@@ -114,7 +117,10 @@ def test_census_catches_an_element_in_two_units(one):
 
     record = one(twice)
     assert record["status"] == "failed"
-    assert "q_proj.weight: 512 elements in several units" in record["message"]
+    assert (
+        "1 params with elements in several units, e.g. model.layers.0.self_attn.q_proj.weight (512 of 4096)"
+        in record["message"]
+    )
 
 
 def test_census_catches_a_block_param_outside_the_blocks(one):
@@ -127,7 +133,9 @@ def test_census_catches_a_block_param_outside_the_blocks(one):
 
     record = one(outer)
     assert record["status"] == "failed"
-    assert "is in outer unit" in record["message"]
+    assert (
+        "4 params in outer units, e.g. model.layers.0.self_attn.o_proj.weight" in record["message"]
+    )
 
 
 def test_census_catches_category_other(one):
