@@ -31,6 +31,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import re
+import resource
 import signal
 import sys
 import time
@@ -651,6 +652,8 @@ def _child(model_type, kind, class_name, conn) -> None:
         record = census_one(model_type, kind, class_name, lambda *m: conn.send(m))
     except BaseException as exc:  # noqa: BLE001
         record = {"status": "failed", "message": f"census crashed: {_line(exc)}"}
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # this child's own, from its fork
+    record["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 2)
     conn.send(("result", record))
     conn.close()
 
@@ -843,12 +846,14 @@ def markdown(records: list[dict], seconds: float | None = None) -> str:
         c = s[key]
         lines.append(f"| {key} | " + " | ".join(str(c.get(st, 0)) for st in STATUSES) + " |")
     ratio = s["decoder_supported_ratio"]
+    cpu = sum(r.get("cpu_seconds") or 0 for r in records)
     lines += [
         "",
         f"Supported among built decoder-only types: {'-' if ratio is None else f'{ratio:.1%}'} "
         "(target 95%)."
         + (
-            f" This census took {seconds:.0f} s (2 jobs; load average {os.getloadavg()[0]:.1f})."
+            f" This census took {seconds:.0f} s and {cpu:.0f} CPU-seconds "
+            f"(load average {os.getloadavg()[0]:.1f} at the end)."
             if seconds
             else ""
         ),
