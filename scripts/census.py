@@ -196,6 +196,8 @@ def shrink(data: dict, ids: dict[int, int]) -> dict:
             data[key] = shrink(value, ids)
         elif isinstance(value, bool) or value is None:
             continue
+        elif _index_list(key, value) or key.endswith(("token_id", "token_ids")):
+            continue  # below
         elif key == "depths" and isinstance(value, list):
             data[key] = [1] * len(value)  # stages of a convolutional tower
         elif isinstance(value, list) and value and len(value) in old_layers:
@@ -223,8 +225,8 @@ def shrink(data: dict, ids: dict[int, int]) -> dict:
             data[key] = 1
         elif key in POSITION_KEYS and value > POSITIONS:
             data[key] = POSITIONS
-        elif key in ("first_k_dense_replace", "num_dense_layers") and value > 1:
-            data[key] = 1
+        elif key in ("first_k_dense_replace", "num_dense_layers", "interleave_moe_layer_step"):
+            data[key] = 1 if key != "interleave_moe_layer_step" else 2  # dense and MoE blocks
         elif key == "moe_layer_end_index" and value >= LAYERS:
             data[key] = LAYERS - 1
         elif key == "num_kv_shared_layers" and value > 0:
@@ -239,14 +241,13 @@ def shrink(data: dict, ids: dict[int, int]) -> dict:
             data[key] = value
     if isinstance(data.get("qk_rope_head_dim"), int) and "head_dim" in data:
         data["head_dim"] = data["qk_rope_head_dim"]  # MLA: rotary acts on the rope part only
-    for key in ("mlp_only_layers",):
-        if key in data and isinstance(data[key], list):
+    for key, value in list(data.items()):  # lists of block indices
+        if key == "mlp_only_layers":
             data[key] = [0]  # one dense block among sparse ones
-    for key, value in list(data.items()):
-        indices = key.endswith(("layers", "layer_indices", "layer_ids"))
-        if isinstance(value, list) and indices and all(isinstance(v, int) for v in value):
-            if value and key != "mlp_only_layers":
-                data[key] = [v for v in value if v < LAYERS] or [LAYERS - 1]
+        elif _index_list(key, value) and "moe" in key:
+            data[key] = list(range(1, LAYERS, 2))  # MoE blocks among dense ones
+        elif _index_list(key, value) and value:
+            data[key] = [v for v in value if v < LAYERS] or [LAYERS - 1]
     for key, value in list(data.items()):  # token ids must fit the small vocabulary
         if key.endswith(("token_id", "token_index", "token_ids")):
             if isinstance(value, int) and not isinstance(value, bool):
@@ -254,6 +255,15 @@ def shrink(data: dict, ids: dict[int, int]) -> dict:
             elif isinstance(value, list) and all(isinstance(v, int) for v in value):
                 data[key] = [_small_id(v, ids) for v in value]
     return data
+
+
+def _index_list(key: str, value) -> bool:
+    """A list of block indices (``mlp_only_layers``, ``full_attn_idxs``...)."""
+    return (
+        isinstance(value, list)
+        and key.endswith(("layers", "layer_indices", "layer_ids", "_idxs"))
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    )
 
 
 def _small_id(value: int, ids: dict[int, int]) -> int:

@@ -235,7 +235,9 @@ def test_kinds_kept_cuts_a_pattern_and_keeps_every_kind():
         ("qwen2_moe", lambda c: c.mlp_only_layers == [0] and c.num_experts == census.EXPERTS),
         ("deepseek_v3", lambda c: c.first_k_dense_replace == 1 and c.n_routed_experts == 4),
         ("jamba", lambda c: c.attn_layer_period == 2 and c.expert_layer_period == 2),
-        ("llama4_text", lambda c: len(c.layer_types) == 4),
+        ("llama4_text", lambda c: c.moe_layers == [1, 3] and len(c.layer_types) == 4),
+        ("deepseek_v2", lambda c: c.first_k_dense_replace == 1),
+        ("lfm2", lambda c: c.full_attn_idxs == [0, 1, 2, 3]),
         ("gpt2", lambda c: (c.n_layer, c.n_embd, c.n_head, c.vocab_size) == (4, 64, 4, 128)),
     ],
 )
