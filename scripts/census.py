@@ -357,7 +357,7 @@ def build(model_type: str, class_name: str):
     return model.float().train()
 
 
-def batch_for(model, kind: str, model_type: str) -> dict:
+def batch_for(kind: str, model_type: str) -> dict:
     """Random token ids (clear of the special ids moved to the top of the vocabulary)."""
     import torch
 
@@ -607,7 +607,7 @@ def census_one(model_type: str, kind: str, class_name: str, send=None) -> dict:
         record.update(kind=kind, moe=is_moe(model))
         record["model_type"] = model.config.model_type
         record["block_classes"] = block_classes(model, kind)
-        batch = batch_for(model, kind, model_type)
+        batch = batch_for(kind, model_type)
         loss_of(model(**batch)).backward()
         model.zero_grad(set_to_none=True)
     except BaseException as exc:  # noqa: BLE001 - anything here is the model's, not ours
