@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-axolotl test lint format demo
+.PHONY: setup setup-axolotl test lint format demo census
 
 setup: $(VENV)/.installed
 
@@ -35,3 +35,7 @@ format: setup
 
 demo: setup
 	$(VENV)/bin/hft demo --out hft-demo
+
+# docs/architectures.md (+ .json): every causal/seq2seq LM type of transformers, built tiny and checked
+census: setup
+	$(PY) scripts/census.py
