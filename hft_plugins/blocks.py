@@ -98,15 +98,21 @@ def _role(token: str, module: nn.Module) -> str | None:
     if "norm" in token:
         return None  # a norm's name (post_attention_layernorm) says nothing of what it holds
     generic = token in ("mixer", "block", "layer", "module") or _NUMBER.match(token)
+    if cls.endswith(("decoderlayer", "encoderlayer")):
+        cls = ""  # a whole block nested in a block (Zamba's shared transformer) says nothing
     if not generic:
+        if token == "altup":
+            return "router"  # Gemma 3n's AltUp routes between its residual streams
+        if token == "laurel":
+            return "ffn"  # Gemma 3n's low-rank residual branch
         if any(w in token for w in _MIXER_WORDS) or token in _MIXER_TOKENS:
             return "mixer"
         if any(w in token for w in _ATTENTION_WORDS):
             return "attention"
         if any(w in token for w in _FFN_WORDS) or token in _FFN_TOKENS:
             return "ffn"
-        if token.startswith(("intermediate", "output")):
-            return "ffn"
+        if token.startswith(("intermediate", "output", "per_layer")):
+            return "ffn"  # BERT's intermediate/output; Gemma's per-layer-input gate
     if any(w in cls for w in _ATTENTION_WORDS):
         linear = any(w in cls for w in ("linear", "deltanet", "lightning"))
         return "mixer" if linear else "attention"
@@ -317,12 +323,12 @@ class BlockSorter:
         twice the second's input (gate and up in one, a GLU)."""
         groups: dict[tuple[str, str], list[PlannedUnit]] = {}
         for unit in self.units.values():
-            if unit.name in self.vouched:
-                continue  # a registered layout named it
-            if unit.category in ("attention", "ffn", "shared_ffn") and "[" not in unit.name:
+            if unit.category in ("attention", "ffn", "shared_ffn"):
                 section = self.sections.get(unit.name, unit.name.rpartition(".")[0])
                 groups.setdefault((unit.category, section), []).append(unit)
         for (category, parent), units in groups.items():
+            if any(u.name in self.vouched or "[" in u.name for u in units):
+                continue  # a registered layout or a known split named its matrices
             shapes = [_matrix(self.block, u) for u in units]
             named = {u.name.rpartition(".")[2].lower() for u in units}
             if None in shapes or len(units) != 2 or named & (_FUSED_ATTENTION | _FUSED_GATE_UP):
@@ -350,7 +356,8 @@ class BlockSorter:
             if category in ("norm", "router", "scale"):
                 for unit in units:  # small by nature: a large matrix here was misread
                     shapes = [shape_of(self.block.get_parameter(p.param)) for p in unit.parts]
-                    if numel(unit) > 0.05 * total and any(len(s) >= 2 for s in shapes):
+                    limit = 0.4 if category == "router" else 0.05  # a router may be an MLP
+                    if numel(unit) > limit * total and any(len(s) >= 2 for s in shapes):
                         self.issues.append(
                             f"{unit.name!r} was read as a {category} but holds "
                             f"{numel(unit) / total:.0%} of the block"

@@ -318,6 +318,35 @@ FAMILY_LAYOUTS: tuple[Layout, ...] = (
         ffn=("mlp.gate_up_proj", "mlp.down_proj"),
         fused={"mlp.gate_up_proj": _GATE_UP},
     ),
+    # GLU feed-forwards whose first projection is gate | up (chunk(2) or view(..., 2, -1)):
+    # Granite's shared MLP, Moshi's gating MLP, ModernBERT's Wi (act(input) * gate)
+    Layout(
+        "granitemoe_shared_mlp",
+        ("granitemoehybrid", "granitemoeshared"),
+        fused={"shared_mlp.input_linear": _GATE_UP},
+        categories={
+            "shared_mlp.input_linear": "shared_ffn",
+            "shared_mlp.output_linear": "shared_ffn",
+        },
+    ),
+    Layout("moshi", ("moshi",), ffn=("mlp.fc1", "mlp.fc2"), fused={"mlp.fc1": _GATE_UP}),
+    Layout(
+        "modernbert_decoder",
+        ("modernbert-decoder",),
+        ffn=("mlp.Wi", "mlp.Wo"),
+        fused={"mlp.Wi": _GATE_UP},
+    ),
+    # Zamba's hybrid layers project the shared transformer's output with `linear` into the
+    # mamba layer's input: a matrix of that layer's sequence mixing
+    Layout("zamba_hybrid", ("zamba",), categories={"linear": "mixer"}),
+    # Zamba2's shared transformer: gate_up_proj is gate | up (chunk(2) after its adapter)
+    Layout(
+        "zamba2_hybrid",
+        ("zamba2",),
+        ffn=("shared_transformer.feed_forward.gate_up_proj",),
+        fused={"shared_transformer.feed_forward.gate_up_proj": _GATE_UP},
+        categories={"linear": "mixer"},
+    ),
     # routed experts whose 3-D tensors carry no has_gate/is_transposed/is_concatenated
     Layout(
         "llama4",

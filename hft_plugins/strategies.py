@@ -89,7 +89,7 @@ def category(layout: ModelLayout, config: HFTConfig, rng: random.Random) -> set[
             counts, carry = _counts_per_block(len(kind), blocks, config.ratio, rng, carry)
             for block in blocks:
                 units, k = per_block[block], counts[block]
-                goal = k / len(units) * sum(u.numel for u in units)
+                goal = config.ratio * sum(u.numel for u in units)
                 picked = _balanced_subset(units, k, rng, goal - surplus)
                 surplus += sum(u.numel for u in picked) - goal
                 chosen.update(u.key for u in picked)

@@ -25,7 +25,6 @@ writes every built type's block parameters (names and shapes).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -382,12 +381,16 @@ def loss_of(output):
 
 
 def stacks(model, kind: str) -> list[tuple[str, object]]:
-    """The block stacks: the largest ModuleList; for seq2seq, the encoder's and decoder's."""
+    """The block stacks: every outermost ModuleList holding a fifth or more of the largest
+    one's parameters (a decoder's layers; an encoder's and a decoder's; a vision or audio
+    tower's layers beside the language model's, which HFT halves too)."""
     from torch import nn
 
     lists = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
+        if not isinstance(module, nn.ModuleList) or not len(module):
+            continue
+        if all(any(True for _ in child.children()) for child in module):  # no leaf lists
             if any(name.startswith(f"{other}.") for other, _, _ in lists):
                 continue  # a list inside a block (experts, heads)
             size = sum(p.numel() for p in module.parameters())
@@ -395,16 +398,8 @@ def stacks(model, kind: str) -> list[tuple[str, object]]:
                 lists.append((name, module, size))
     if not lists:
         return []
-    lists.sort(key=lambda x: -x[2])
-    if kind != "seq2seq":
-        language = [x for x in lists if not TOWER.search(x[0].lower())]
-        return [(language or lists)[0][:2]]
-    found = []
-    for word, other in (("encoder", "decoder"), ("decoder", None)):
-        match = [x for x in lists if word in x[0].lower() and not (other and other in x[0].lower())]
-        if match:
-            found.append(match[0][:2])
-    return found or [lists[0][:2]]
+    largest = max(size for _, _, size in lists)
+    return [(name, module) for name, module, size in lists if size >= largest / 5]
 
 
 def block_params(model, kind: str) -> dict[str, tuple[int, ...]]:
@@ -451,6 +446,8 @@ def coverage(layout, params: dict[str, tuple[int, ...]]) -> list[str]:
     """
     import torch
 
+    from hft_plugins.mask import range_view
+
     counts = {n: torch.zeros(s, dtype=torch.int16) for n, s in params.items()}
     found: dict[str, list[str]] = {}
     for unit in layout.units:
@@ -468,7 +465,7 @@ def coverage(layout, params: dict[str, tuple[int, ...]]) -> list[str]:
                 tensor += 1
             else:
                 for a, b in part.ranges:
-                    tensor.narrow(part.dim, a, b - a).add_(1)
+                    range_view(tensor, part.dim, a, b, part.step).add_(1)
     for name, tensor in counts.items():
         for what, hit in (("in no unit", tensor == 0), ("in several units", tensor > 1)):
             if hit.any():
@@ -493,6 +490,8 @@ def frozen_and_moved(mask, before: dict, model) -> tuple[list[str], bool]:
     """(frozen elements that changed, whether any trainable element moved)."""
     import torch
 
+    from hft_plugins.mask import range_view
+
     plan = mask.params()
     changed, moved = [], False
     for name, param in model.named_parameters():
@@ -507,9 +506,9 @@ def frozen_and_moved(mask, before: dict, model) -> tuple[list[str], bool]:
             continue
         keep = torch.ones(old.shape[slices.dim], dtype=torch.bool)
         for a, b in slices.ranges:
-            keep[a:b] = False
-            part = (slices.dim, a, b - a)
-            moved = moved or not torch.equal(old.narrow(*part), new.narrow(*part))
+            keep[a : b : slices.step] = False
+            part = (slices.dim, a, b, slices.step)
+            moved = moved or not torch.equal(range_view(old, *part), range_view(new, *part))
         idx = keep.nonzero().flatten()
         if not torch.equal(old.index_select(slices.dim, idx), new.index_select(slices.dim, idx)):
             changed.append(f"{name} (a frozen slice)")
@@ -551,20 +550,23 @@ def check(model, batch: dict, kind: str) -> dict:
         problems.append("no block parameters found")
     elif abs(done / total - RATIO) > TOLERANCE:
         problems.append(f"block fraction {done / total:.4f}, not within {TOLERANCE} of {RATIO}")
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
     for mode in ("foreach", "fused"):
-        copied = copy.deepcopy(model)
-        before = {n: p.detach().clone() for n, p in copied.named_parameters()}
+        with torch.no_grad():  # each mode from the same weights (no deepcopy: weight_norm)
+            for name, param in model.named_parameters():
+                param.copy_(start[name])
         try:
             optimizer = HFTOptimizer(
-                copied, mask, torch.optim.AdamW, lr=1e-2, weight_decay=0.1, **{mode: True}
+                model, mask, torch.optim.AdamW, lr=1e-2, weight_decay=0.1, **{mode: True}
             )
         except HFTError as exc:
             return {**record, "status": "refused", "message": _line(exc)}
-        for _ in range(2):
-            loss_of(copied(**batch)).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        changed, moved = frozen_and_moved(mask, before, copied)
+        with optimizer:
+            for _ in range(2):
+                loss_of(model(**batch)).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+        changed, moved = frozen_and_moved(mask, start, model)
         if changed:
             problems.append(f"{mode}: {len(changed)} frozen params changed, e.g. {changed[0]}")
         if not moved:
