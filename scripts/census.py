@@ -4,7 +4,7 @@ For every model type in transformers' ``CONFIG_MAPPING`` with a causal-LM or a
 seq2seq-LM class, build a tiny model from its config class (defaults shrunk by a
 generic rule, a short per-type table where the rule cannot work), run ``select``
 with the paper's category rule at ratio 0.5, then two AdamW steps through
-``HFTOptimizer`` (``foreach=True`` and ``fused=True``, each on a fresh copy) and
+``HFTOptimizer`` (``foreach=True`` and ``fused=True``, each from the same weights) and
 check the invariants. Each type ends as exactly one of
 
 - ``supported``: every element of every block parameter is in exactly one block
@@ -832,7 +832,7 @@ def markdown(records: list[dict], seconds: float | None = None) -> str:
         f"rule to {LAYERS} blocks of width {HIDDEN}, {EXPERTS} experts; settings that mix block "
         "kinds kept on so that both kinds appear), masked with the category rule at ratio "
         f"{RATIO}, then two AdamW steps (weight decay 0.1; `foreach=True` and `fused=True`, each "
-        "on a fresh copy) through `HFTOptimizer`. Regenerate with `make census` or "
+        "from the same starting weights) through `HFTOptimizer`. Regenerate with `make census` or "
         "`python scripts/census.py` (this file and `architectures.json`; a few minutes on 2 cores).",
         "",
         "- **supported**: every element of every block parameter is in exactly one block unit, "
@@ -845,8 +845,9 @@ def markdown(records: list[dict], seconds: float | None = None) -> str:
         "Not ours; left out of the ratios.",
         "- **failed**: anything else: a raw exception from hft-plugins or a broken invariant. A bug.",
         "",
-        "Blocks are the largest `ModuleList` of the language model (vision and audio towers are "
-        "not counted), and for encoder-decoder models the encoder's and the decoder's stacks. "
+        "Blocks are those of every outermost `ModuleList` of composite modules holding a fifth "
+        "or more of the largest one's parameters: the language model's layers, an encoder's and "
+        "a decoder's, and a vision or audio tower's layers beside them (HFT halves those too). "
         "Kind: `seq2seq` when the built model is an encoder-decoder. Categories: the trainable "
         "fraction of each block category; embeddings, heads and the final norm train whole by "
         "default and are not shown.",
