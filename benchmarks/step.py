@@ -20,6 +20,7 @@ floor: the HFT / FFT step-time ratio a perfect HFT would reach on this machine.
 
 Full size (CPU, about 100M parameters, fp32):  python benchmarks/step.py
 Fused projections (GPT-2 shaped):               python benchmarks/step.py --arch gpt2
+Routed experts (Mixtral shaped, fft/frozen/hft): python benchmarks/step.py --arch moe
 Smoke:  python benchmarks/step.py --hidden 64 --layers 2 --vocab 128 --steps 1 --repeats 1
 """
 
@@ -44,16 +45,25 @@ LORA_TARGETS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "gpt2": ["c_attn", "c_proj", "c_fc"],
 }
+MOE_SKIPPED = {
+    "lora": "not run for --arch moe (PEFT's LoRA targets nn.Linear; the experts are 3-D tensors)",
+    "badam": "not run for --arch moe (the MoE row compares fft, frozen and hft only)",
+}
 ADAMW_BYTES_PER_ELEMENT = 7  # reads param, grad, exp_avg, exp_avg_sq; writes param and both moments
 MARK = "STEP-RESULT "
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--arch", choices=("llama", "gpt2"), default="llama")
+    p.add_argument("--arch", choices=("llama", "gpt2", "moe"), default="llama")
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--layers", type=int, default=13)
-    p.add_argument("--intermediate", type=int, help="default: 8/3 hidden (llama), 4 hidden (gpt2)")
+    p.add_argument(
+        "--intermediate", type=int,
+        help="default: 8/3 hidden (llama), 4 hidden (gpt2); moe: per expert, llama's / --experts",
+    )  # fmt: skip
+    p.add_argument("--experts", type=int, default=8, help="moe: routed experts per block")
+    p.add_argument("--top-k", type=int, default=2, help="moe: experts per token")
     p.add_argument("--heads", type=int, help="default: hidden / 64")
     p.add_argument("--kv-heads", type=int, help="default: --heads")
     p.add_argument("--vocab", type=int, default=4096)
@@ -71,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--methods",
         help="comma list of: "
         + ", ".join(METHODS)
-        + " (default: all but hft-fullgrad; with it for gpt2)",
+        + " (default: all but hft-fullgrad; with it for gpt2; moe: fft, frozen, hft)",
     )
     p.add_argument(
         "--model-impl", choices=("auto", "transformers", "torch"), default="auto",
@@ -96,9 +106,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.intermediate = (
             4 * args.hidden if args.arch == "gpt2" else _round_up(8 * args.hidden // 3, 64)
         )
+        if args.arch == "moe":  # the experts together hold the parameters of llama's FFN
+            args.intermediate = max(1, args.intermediate // args.experts)
     args.timing = args.timing or ("process" if args.device.startswith("cuda") else "interleaved")
     args.regimes = _choices(args.regime, REGIMES, "--regime")
     default = [m for m in METHODS if m != "hft-fullgrad" or args.arch == "gpt2"]
+    if args.arch == "moe":
+        default = [m for m in default if m not in MOE_SKIPPED]
     args.method_list = _choices(args.methods, METHODS, "--methods") if args.methods else default
     args.shapes = {"compute": _shape(args.compute_shape), "optimizer": _shape(args.optimizer_shape)}
     return args
@@ -140,7 +154,15 @@ def build_model(args, device=None):
     from hft_plugins.tiny import tiny_model
 
     with torch.device(device or args.device):
-        if args.arch == "gpt2":
+        if args.arch == "moe":
+            model = tiny_model(
+                "mixtral", seed=args.seed, hidden_size=args.hidden,
+                intermediate_size=args.intermediate, num_local_experts=args.experts,
+                num_experts_per_tok=args.top_k, num_key_value_heads=args.kv_heads,
+                head_dim=args.hidden // args.heads, max_position_embeddings=max_tokens,
+                tie_word_embeddings=False, **dims,
+            )  # fmt: skip
+        elif args.arch == "gpt2":
             model = tiny_model(
                 "gpt2", seed=args.seed, vocab_size=args.vocab, n_embd=args.hidden,
                 n_layer=args.layers, n_head=args.heads, n_inner=args.intermediate,
@@ -464,8 +486,10 @@ def cost_model(args) -> dict:
     params = dict(model.named_parameters())
     head = model.get_output_embeddings().weight
     head_name = next(n for n, p in params.items() if p is head)
-    gemms = [(n, p) for n, p in params.items() if p.dim() == 2 and _in_blocks(mask, n)]
+    gemms = [(n, p) for n, p in params.items() if p.dim() in (2, 3) and _in_blocks(mask, n)]
     gemms.append((head_name, head))
+    # routed experts [experts, out, in]: each token passes through top-k of them
+    used = {name: args.top_k / p.shape[0] if p.dim() == 3 else 1.0 for name, p in gemms}
     element = torch.finfo(torch.bfloat16 if args.dtype == "bf16" else torch.float32).bits // 8
 
     def weight_share(method: str, name: str) -> float:
@@ -493,9 +517,11 @@ def cost_model(args) -> dict:
         attention = 4 * batch * tokens * tokens * attn_width * args.layers  # QK^T and AV
         rows = {}
         for method in ("fft", "frozen", "hft", "hft-fullgrad"):
-            forward = sum(2 * n * p.numel() for _, p in gemms) + attention
-            input_grad = sum(2 * n * p.numel() for _, p in gemms) + 2 * attention
-            weight_grad = sum(2 * n * p.numel() * weight_share(method, name) for name, p in gemms)
+            forward = sum(2 * n * p.numel() * used[name] for name, p in gemms) + attention
+            input_grad = sum(2 * n * p.numel() * used[name] for name, p in gemms) + 2 * attention
+            weight_grad = sum(
+                2 * n * p.numel() * used[name] * weight_share(method, name) for name, p in gemms
+            )
             rows[method] = {
                 "forward_gflop": forward / 1e9,
                 "input_grad_gflop": input_grad / 1e9,
@@ -547,10 +573,14 @@ def main(argv=None) -> int:
     total = sum(p.numel() for p in meta.parameters())
     mask = draw_mask(meta)
     blocks = mask.fractions()["blocks"][1]
+    experts = ""
+    if args.arch == "moe":
+        impl = getattr(meta.config, "_experts_implementation", None)
+        experts = f" experts={args.experts} top-{args.top_k} ({impl}; intermediate per expert)"
     print(
         f"# hft-plugins step benchmark: arch={args.arch} ({type(meta).__name__}) hidden={args.hidden} "
         f"layers={args.layers} intermediate={args.intermediate} heads={args.heads}/{args.kv_heads} "
-        f"vocab={args.vocab}"
+        f"vocab={args.vocab}{experts}"
     )
     print(
         f"# params {total / 1e6:.1f}M, blocks {blocks / total:.1%}; trainable fraction under HFT "
@@ -568,6 +598,8 @@ def main(argv=None) -> int:
     memory_argv = argv + ["--warmup", "1", "--steps", "1"] if interleaved else argv
     runs: dict[str, list[dict]] = {m: [] for m in args.method_list}
     notes: dict[str, str] = {}
+    if args.arch == "moe":
+        notes.update({m: note for m, note in MOE_SKIPPED.items() if m in args.method_list})
     for round_index in range(1 if interleaved else args.repeats):
         shift = round_index % len(args.method_list)
         for method in args.method_list[shift:] + args.method_list[:shift]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -17,15 +18,23 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def _add_selection_args(parser: argparse.ArgumentParser) -> None:
-    defaults = HFTConfig()
-    parser.add_argument("--strategy", default=defaults.strategy, help="selection strategy")
-    parser.add_argument("--ratio", type=float, default=defaults.ratio, help="fraction to train")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the draw")
-    parser.add_argument("--stage", type=int, default=defaults.stage, help="stage index")
+    """One option per HFTConfig field, with its default and help: the config is the source."""
+    for spec in dataclasses.fields(HFTConfig):
+        flag = f"--{spec.name.replace('_', '-')}"
+        help_text = spec.metadata.get("help", "")
+        if spec.type in (bool, "bool"):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=spec.default, help=help_text
+            )
+        else:
+            kind = {"int": int, "float": float}.get(str(spec.type), str)
+            parser.add_argument(flag, type=kind, default=spec.default, help=help_text)
 
 
 def _config(args) -> HFTConfig:
-    return HFTConfig(strategy=args.strategy, ratio=args.ratio, seed=args.seed, stage=args.stage)
+    return HFTConfig(
+        **{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(HFTConfig)}
+    )
 
 
 def _load_config(path: str):
@@ -51,13 +60,15 @@ def _load_config(path: str):
 def _meta_model(config):
     """The model of ``config`` on the meta device: shapes without memory."""
     import torch
-    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     with torch.device("meta"):
-        try:
-            return AutoModelForCausalLM.from_config(config)
-        except ValueError:  # not a causal LM (e.g. BERT)
-            return AutoModel.from_config(config)
+        for auto in (AutoModelForCausalLM, AutoModelForSeq2SeqLM):
+            try:
+                return auto.from_config(config)
+            except ValueError:
+                continue
+        return AutoModel.from_config(config)  # neither (e.g. BERT): the bare model
 
 
 def _load_model(path: str, what: str):

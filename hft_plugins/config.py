@@ -41,6 +41,13 @@ class HFTConfig:
     train_final_norm: bool = field(
         default=True, metadata={"help": "Keep the norm after the last block trainable."}
     )
+    guess_layout: bool = field(
+        default=False,
+        metadata={
+            "help": "Train a guessed half where a block cannot be sorted exactly (unplaced "
+            "modules, fused projections of unknown split); warns. Off: such models are refused."
+        },
+    )
 
     def __post_init__(self):
         if not isinstance(self.strategy, str) or not self.strategy:
@@ -53,7 +60,7 @@ class HFTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise HFTError(f"{name} must be a non-negative integer, got {value!r}")
-        for name in ("train_embeddings", "train_head", "train_final_norm"):
+        for name in ("train_embeddings", "train_head", "train_final_norm", "guess_layout"):
             if not isinstance(getattr(self, name), bool):
                 raise HFTError(f"{name} must be true or false, got {getattr(self, name)!r}")
 

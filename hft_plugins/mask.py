@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ from .config import HFTConfig
 from .errors import HFTError
 
 FORMAT = "hft-mask/1"
+# a block fraction further than this from the ratio is reported when drawn
+RATIO_TOLERANCE = 0.05
 _OUTER_FLAGS = {"embed": "train_embeddings", "head": "train_head", "final_norm": "train_final_norm"}
 
 
@@ -42,10 +45,11 @@ class Slices:
 
     dim: int
     ranges: tuple[tuple[int, int], ...]
+    step: int = 1  # 2: every other index of each range (interleaved gate/up)
 
     @property
     def size(self) -> int:
-        return sum(b - a for a, b in self.ranges)
+        return sum(len(range(a, b, self.step)) for a, b in self.ranges)
 
 
 def select(model: nn.Module, config: HFTConfig | None = None) -> Mask:
@@ -54,7 +58,13 @@ def select(model: nn.Module, config: HFTConfig | None = None) -> Mask:
     if not isinstance(config, HFTConfig):
         raise HFTError(f"config must be an HFTConfig, got {type(config).__name__}")
     strategy = plugins.strategy(config.strategy)
-    layout = resolve(model)
+    layout = resolve(model, guess=config.guess_layout)
+    if layout.guessed:
+        warnings.warn(
+            f"guess_layout: {len(layout.guessed)} part(s) of {type(model).__name__} were "
+            f"guessed, first: {layout.guessed[0]}",
+            stacklevel=2,
+        )
     if not layout.block_units():
         raise HFTError(f"no trainable matrices found in the blocks of {type(model).__name__}")
     rng = random.Random(f"hft:{config.strategy}:{config.seed}:{config.stage}")
@@ -69,7 +79,15 @@ def select(model: nn.Module, config: HFTConfig | None = None) -> Mask:
     for unit in layout.units:
         if unit.block is None and getattr(config, _OUTER_FLAGS[unit.category]):
             chosen.add(unit.key)
-    return Mask(config, layout, frozenset(chosen))
+    mask = Mask(config, layout, frozenset(chosen))
+    done, total = mask.fractions()["blocks"]
+    if abs(done / total - config.ratio) > RATIO_TOLERANCE:
+        warnings.warn(
+            f"strategy {config.strategy!r} trains {done / total:.4f} of the blocks' parameters, "
+            f"not the requested ratio {config.ratio} ({layout.num_blocks} blocks)",
+            stacklevel=2,
+        )
+    return mask
 
 
 class Mask:
@@ -99,11 +117,19 @@ class Mask:
                 plan[name] = None
                 continue
             dim = parts[0].dim
-            merged = _merge([r for p in parts for r in p.ranges])
-            if merged == ((0, self.layout.shapes[name][dim]),):
+            size = self.layout.shapes[name][dim]
+            if all(p.step == 1 for p in parts):
+                merged = _merge([r for p in parts for r in p.ranges])
+                plan[name] = None if merged == ((0, size),) else Slices(dim, merged)
+                continue
+            covered = {i for p in parts for a, b in p.ranges for i in range(a, b, p.step)}
+            if len(covered) == size:
                 plan[name] = None
+            elif len({p.step for p in parts}) == 1:
+                ranges = tuple(sorted(r for p in parts for r in p.ranges))
+                plan[name] = Slices(dim, ranges, parts[0].step)
             else:
-                plan[name] = Slices(dim, merged)
+                raise HFTError(f"units of {name!r} mix strided and plain slices; cannot train both")
         return plan
 
     def is_trainable(self, unit: Unit) -> bool:
@@ -162,29 +188,35 @@ class Mask:
         by_block: dict[int, list[Unit]] = defaultdict(list)
         for unit in self.layout.block_units():
             by_block[unit.block].append(unit)
-        rows = [("block", "attention", "ffn", "norm", "trained")]
+        present = {u.category for u in self.layout.block_units()}
+        columns = [cat for cat in BLOCK_CATEGORIES if cat in present]
+        rows = [("block", *columns, "trained")]
         for block in sorted(by_block):
             units = by_block[block]
             cells = [str(block)]
-            for cat in ("attention", "ffn", "norm"):
+            for cat in columns:
+                mine = [u.name for u in units if u.category == cat]
                 names = [
-                    _short(u.name) for u in units if u.category == cat and u.key in self.trainable
+                    _short(u.name, mine)
+                    for u in units
+                    if u.category == cat and u.key in self.trainable
                 ]
                 total = sum(u.category == cat for u in units)
-                cells.append(f"{len(names)}/{total} " + ",".join(names))
+                cells.append(f"{len(names)}/{total} " + ",".join(names) if total else "-")
             done = sum(u.numel for u in units if u.key in self.trainable)
             cells.append(f"{done / max(sum(u.numel for u in units), 1):.4f}")
             rows.append(tuple(cells))
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = [
             f"HFT mask: strategy={c.strategy} ratio={c.ratio} seed={c.seed} stage={c.stage} "
             f"layout={self.layout.layout} blocks={self.layout.num_blocks}"
         ]
         for row in rows:
+            middle = zip(row[1:-1], widths[1:-1], strict=True)
             lines.append(
                 f"{row[0]:>{widths[0]}}  "
-                + "  ".join(f"{cell:<{w}}" for cell, w in zip(row[1:4], widths[1:4], strict=True))
-                + f"  {row[4]:>{widths[4]}}"
+                + "  ".join(f"{cell:<{w}}" for cell, w in middle)
+                + f"  {row[-1]:>{widths[-1]}}"
             )
         fractions = self.fractions()
         lines.append("category     trainable / all        fraction")
@@ -194,12 +226,16 @@ class Mask:
                 lines.append(f"{cat:<12} {done:>12,} / {total:<12,} {done / total:.4f}")
         done, total = fractions["blocks"]
         gap = done / total - c.ratio
-        lines.append(
-            f"block fraction {done / total:.6f} (ratio {c.ratio}; "
-            + ("exact)" if abs(gap) < 1e-12 else f"nearest achievable, {gap:+.6f})")
-        )
+        if abs(gap) < 1e-12:
+            verdict = "exact"
+        else:
+            within = "within" if abs(gap) <= RATIO_TOLERANCE else "beyond"
+            verdict = f"{gap:+.6f} from it, {within} the {RATIO_TOLERANCE} tolerance"
+        lines.append(f"block fraction {done / total:.6f} (ratio {c.ratio}; {verdict})")
         for alias, name in sorted(self.layout.tied.items()):
             lines.append(f"tied: {alias} shares {name}; it trains when {name} does")
+        for guess in self.layout.guessed:
+            lines.append(f"guessed: {guess}")
         return "\n".join(lines)
 
     # ---- JSON --------------------------------------------------------------
@@ -213,6 +249,7 @@ class Mask:
             "fingerprint": self.fingerprint,
             "shapes": {n: list(s) for n, s in self.layout.shapes.items()},
             "tied": self.layout.tied,
+            "guessed": list(self.layout.guessed),
             "units": [
                 {
                     "key": u.key,
@@ -248,7 +285,12 @@ class Mask:
             ]
             trainable = frozenset(u["key"] for u in data["units"] if u["trainable"])
             layout = ModelLayout(
-                data["layout"], units, int(data["num_blocks"]), shapes, dict(data["tied"])
+                data["layout"],
+                units,
+                int(data["num_blocks"]),
+                shapes,
+                dict(data["tied"]),
+                tuple(data.get("guessed", ())),
             )
             config = HFTConfig.from_dict(data["config"])
         except HFTError:
@@ -318,5 +360,10 @@ def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     return tuple((a, b) for a, b in merged)
 
 
-def _short(name: str) -> str:
-    return name.rsplit(".", 1)[-1]
+def _short(name: str, siblings: list[str]) -> str:
+    """The last piece of a unit's name, or the last two where that is ambiguous (a decoder
+    block's self- and cross-attention both have a ``q``)."""
+    last = name.rsplit(".", 1)[-1]
+    if sum(s.rsplit(".", 1)[-1] == last for s in siblings) > 1:
+        return ".".join(name.rsplit(".", 2)[-2:])
+    return last

@@ -34,8 +34,8 @@ def _counts_per_block(n: int, blocks: list[int], ratio: float, rng: random.Rando
     return {b: min(low + (b in more), n) for b in blocks}
 
 
-def _balanced_subset(units: list[Unit], k: int, rng: random.Random) -> list[Unit]:
-    """k of the units, drawn among the k-subsets whose size is nearest k/n of the total.
+def _balanced_subset(units: list[Unit], k: int, rng: random.Random, target: float) -> list[Unit]:
+    """k of the units, drawn among the k-subsets whose size is nearest ``target``.
 
     With equal matrices any k-subset qualifies; with grouped-query attention (k and v
     smaller than q and o) it keeps 2-of-4 at exactly half the attention parameters.
@@ -44,7 +44,6 @@ def _balanced_subset(units: list[Unit], k: int, rng: random.Random) -> list[Unit
         return []
     if k >= len(units):
         return list(units)
-    target = k / len(units) * sum(u.numel for u in units)
     if len(units) > 12:  # too many combinations to enumerate: a plain random draw
         return rng.sample(units, k)
     subsets = list(itertools.combinations(units, k))
@@ -54,21 +53,33 @@ def _balanced_subset(units: list[Unit], k: int, rng: random.Random) -> list[Unit
 
 
 def category(layout: ModelLayout, config: HFTConfig, rng: random.Random) -> set[str]:
-    """The paper's rule: per block, the ratio of each category (attention, FFN, norms)."""
+    """The paper's rule: per block, the ratio of each category (attention, FFN, norms...).
+
+    Where no k-subset of a block's units is exactly k/n of their size (a mamba mixer's
+    in_proj is two thirds of it, Qwen2's q/k/v carry biases), the surplus carries to the
+    next block of the category, so blocks alternate around the target instead of all
+    erring to one side.
+    """
     by_category: dict[str, dict[int, list[Unit]]] = defaultdict(lambda: defaultdict(list))
     for unit in layout.block_units():
         by_category[unit.category][unit.block].append(unit)
     chosen: set[str] = set()
     for cat in sorted(by_category):
         per_block = by_category[cat]
-        # blocks of one family hold the same matrices; group by count to be safe
-        by_size: dict[int, list[int]] = defaultdict(list)
+        # blocks of one kind (dense or MoE, encoder or decoder...) share their draw, so
+        # each kind trains its own exact share whatever the others hold
+        by_kind: dict[tuple[str, ...], list[int]] = defaultdict(list)
         for block, units in sorted(per_block.items()):
-            by_size[len(units)].append(block)
-        for n, blocks in sorted(by_size.items()):
-            counts = _counts_per_block(n, blocks, config.ratio, rng)
+            by_kind[tuple(sorted(u.name for u in units))].append(block)
+        surplus = 0.0
+        for kind, blocks in sorted(by_kind.items(), key=lambda item: (len(item[0]), item[0])):
+            counts = _counts_per_block(len(kind), blocks, config.ratio, rng)
             for block in blocks:
-                chosen.update(u.key for u in _balanced_subset(per_block[block], counts[block], rng))
+                units, k = per_block[block], counts[block]
+                goal = k / len(units) * sum(u.numel for u in units)
+                picked = _balanced_subset(units, k, rng, goal - surplus)
+                surplus += sum(u.numel for u in picked) - goal
+                chosen.update(u.key for u in picked)
     return chosen
 
 

@@ -60,6 +60,27 @@ def test_step_on_gpt2_compares_sliced_and_full_weight_gradients(tmp_path):
 
 
 @pytest.mark.slow
+def test_step_on_moe_reports_fft_frozen_hft_and_skips_lora(tmp_path):
+    stdout, data = _run_step(tmp_path, "--arch", "moe", "--methods", "fft,frozen,hft,lora")
+    assert "MixtralForCausalLM" in stdout and "experts=8 top-2" in stdout
+    assert sorted(data["summary"]) == ["fft", "frozen", "hft"]
+    assert "--arch moe" in data["notes"]["lora"]
+    rows = [line.split() for line in stdout.splitlines()]
+    table_methods = [fields[0] for fields in rows if len(fields) == 11]
+    for method in ("fft", "frozen", "hft"):
+        assert table_methods.count(method) == 2
+    assert stdout.count("lora          skipped: not run for --arch moe") == 2
+    assert "target HFT/frozen <= 1.03" in stdout and "target state HFT/FFT" in stdout
+    summary, fraction = data["summary"], data["model"]["trainable_fraction"]
+    state = summary["hft"]["state_bytes"] / summary["fft"]["state_bytes"]
+    assert abs(state / fraction - 1) < 0.01  # state for the trainable experts' rows only
+    # this draw trains gate or up alone somewhere: hand-freezing keeps state for the whole tensor
+    assert summary["frozen"]["state_bytes"] > summary["hft"]["state_bytes"]
+    model = data["model"]["regimes"]["compute"]
+    assert model["hft"]["weight_grad_gflop"] < model["frozen"]["weight_grad_gflop"]
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="bash script")
 def test_gpu_script_runs_on_cpu_with_the_plain_torch_model(tmp_path):
     table = tmp_path / "gpu.txt"

@@ -1,0 +1,393 @@
+"""Sorting one block's parameters into units by the role of the modules that hold them.
+
+A registered layout names a family's modules; everything it does not name (and every
+module of a family without a layout) is sorted here, from the names and classes along
+each parameter's module path, the shallowest one that tells: a norm, attention, a
+state-space or other sequence mixer, a feed-forward network, its routed experts (fused
+3-D tensors split into gate/up/down by the metadata transformers attaches to them),
+shared experts, the router. What cannot be told is reported as an issue, never guessed
+silently: a parameter no rule places, a fused projection whose split is not known, a
+large category that is a single matrix (no half of it can be drawn).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+# Categories of block units; "other" holds what was not placed (accepted only with guess_layout).
+BLOCK_CATEGORIES = ("attention", "ffn", "shared_ffn", "router", "mixer", "scale", "norm", "other")
+
+_MIXER_WORDS = (
+    "mamba",
+    "ssm",
+    "linear_attn",
+    "linearattention",
+    "deltanet",
+    "rwkv",
+    "recurrent",
+    "rglru",
+    "lstm",
+    "shortconv",
+    "hyena",
+    "retention",
+)
+_MIXER_TOKENS = {"conv", "time_mix", "mamba_mixer", "ssm"}
+_ATTENTION_WORDS = ("attn", "attention")
+_FFN_WORDS = ("mlp", "ffn", "feed_forward", "feedforward", "expert", "moe", "densereludense")
+_FFN_TOKENS = {"fc", "fc1", "fc2", "c_fc", "intermediate", "output", "layerff", "wi", "wo"}
+_FFN_TOKENS |= {"w1", "w2", "w3", "dense_h_to_4h", "dense_4h_to_h", "gate_proj", "up_proj"}
+_FFN_TOKENS |= {"down_proj", "denseactdense", "t5layerff"}
+_ROUTER_NAMES = {"gate", "router", "gating", "wg", "gate_network", "switch"}
+_FUSED_ATTENTION = {"qkv", "qkv_proj", "c_attn", "query_key_value", "wqkv", "w_pack", "kv_proj"}
+_FUSED_ATTENTION |= {"qkv_linear", "key_value", "kv", "in_proj", "qkv_a_proj"}
+_FUSED_GATE_UP = {"gate_up_proj", "gate_up", "w12", "w13", "fc_gate_up"}
+_NUMBER = re.compile(r"^\d+$")
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    """How a module of routed experts stores its 3-D tensors (transformers' metadata)."""
+
+    has_gate: bool = True  # gate and up fused in one tensor; else ``up_proj`` alone
+    transposed: bool = False  # [experts, in, out] rather than [experts, out, in]
+    concatenated: bool = True  # gate then up; False: interleaved (gate at even outputs)
+    fused_name: str = "gate_up_proj"  # the tensor holding gate and up
+
+    @classmethod
+    def of(cls, module: nn.Module) -> ExpertLayout | None:
+        """The metadata transformers' ``use_experts_implementation`` attaches, if any."""
+        values = [
+            getattr(module, k, None) for k in ("has_gate", "is_transposed", "is_concatenated")
+        ]
+        if any(v is None for v in values):
+            return None
+        return cls(*values)
+
+
+@dataclass(frozen=True)
+class PlannedUnit:
+    """A unit of one block before its parameters are prefixed: block-relative names."""
+
+    category: str
+    name: str
+    parts: tuple  # of architectures.Part with block-relative parameter names
+
+
+def shape_of(param) -> tuple[int, ...]:
+    """A parameter's full shape, also under DeepSpeed ZeRO-3 (which empties ``.shape``)."""
+    return tuple(getattr(param, "ds_shape", None) or param.shape)
+
+
+def is_norm(name: str, module: nn.Module) -> bool:
+    """A normalisation layer, by class or by its attribute name."""
+    leaf = name.rsplit(".", 1)[-1].lower()
+    return "norm" in type(module).__name__.lower() or "norm" in leaf or leaf.startswith("ln")
+
+
+def _role(token: str, module: nn.Module) -> str | None:
+    """What one level of a module path says about the parameters below it, if anything.
+
+    The attribute name speaks first (``feed_forward`` of an RWKV block is its FFN though
+    its class is ``RwkvFeedForward``); a generic one (``mixer``, ``layer.0``) defers to
+    the class of the module it holds.
+    """
+    token, cls = token.lower(), type(module).__name__.lower()
+    if "norm" in token:
+        return None  # a norm's name (post_attention_layernorm) says nothing of what it holds
+    generic = token in ("mixer", "block", "layer", "module") or _NUMBER.match(token)
+    if not generic:
+        if any(w in token for w in _MIXER_WORDS) or token in _MIXER_TOKENS:
+            return "mixer"
+        if any(w in token for w in _ATTENTION_WORDS):
+            return "attention"
+        if any(w in token for w in _FFN_WORDS) or token in _FFN_TOKENS:
+            return "ffn"
+        if token.startswith(("intermediate", "output")):
+            return "ffn"
+    if any(w in cls for w in _ATTENTION_WORDS):
+        linear = any(w in cls for w in ("linear", "deltanet", "lightning"))
+        return "mixer" if linear else "attention"
+    if any(w in cls for w in _FFN_WORDS) or cls.endswith("ff"):
+        return "ffn"
+    if any(w in cls for w in _MIXER_WORDS) or "mixer" in cls:
+        return "mixer"
+    return None
+
+
+def _has_experts(block: nn.Module) -> bool:
+    for name, param in block.named_parameters():
+        if len(shape_of(param)) == 3 or "expert" in name.lower():
+            return True
+    return False
+
+
+def _routes(pieces: list[str]) -> bool:
+    """A router's path: ``mlp.gate``, ``mlp.router``, ``shared_expert_gate``; not a module
+    inside an expert (``experts.0.gate`` is that expert's gate projection)."""
+    for piece in pieces:
+        if piece in _ROUTER_NAMES or (
+            piece.endswith(("_gate", "router")) and not piece.startswith("expert")
+        ):
+            return True
+        if "expert" in piece:
+            return False
+    return False
+
+
+def _normalise(path: str) -> str:
+    """Name each expert of a list or dict of experts '*': its matrices are units together."""
+    pieces = path.split(".")
+    for i in range(1, len(pieces)):
+        if _NUMBER.match(pieces[i]) and "expert" in pieces[i - 1].lower():
+            pieces[i] = "*"
+        elif re.fullmatch(r"expert_?\d+", pieces[i].lower()) and "expert" in pieces[i - 1].lower():
+            pieces[i] = "*"
+    return ".".join(pieces)
+
+
+class BlockSorter:
+    """Sort the parameters of one block that a layout did not claim."""
+
+    def __init__(self, block: nn.Module, make_part, experts: dict | None = None, context: str = ""):
+        self.block = block
+        self.context = context  # the stack's name: XLM keeps "attentions" and "ffns" apart
+        self.sections: dict[str, str] = {}  # unit name -> path of the module that told its role
+        self.expert_layouts = experts or {}
+        self.modules = dict(block.named_modules())
+        self.make_part = make_part
+        self.experts = _has_experts(block)
+        self.units: dict[str, PlannedUnit] = {}
+        self.issues: list[str] = []
+
+    # ---- one module's role ------------------------------------------------
+
+    def role(self, path: str) -> str | None:
+        """The category of the parameters owned by the module at ``path``."""
+        return self._role_and_section(path)[0]
+
+    def _role_and_section(self, path: str) -> tuple[str | None, str]:
+        """The category, and the path of the module that told it (the attention, the FFN)."""
+        module = self.modules[path]
+        if is_norm(path, module):
+            return "norm", path
+        pieces = path.split(".") if path else []
+        lowered = [p.lower() for p in pieces]
+        shared = any(p.startswith("shared_expert") or p == "shared_mlp" for p in lowered)
+        # (a shared expert's own router, shared_expert_gate, is a router: checked first)
+        if self.experts and _routes(lowered):
+            return "router", path
+        if shared:
+            depth = next(
+                i for i, p in enumerate(lowered) if p.startswith("shared_") or p == "shared"
+            )
+            return "shared_ffn", ".".join(pieces[: depth + 1])
+        for depth in range(1, len(pieces) + 1):
+            section = ".".join(pieces[:depth])
+            found = _role(pieces[depth - 1], self.modules[section])
+            if found:
+                return found, section
+        if self.context:
+            return _role(self.context, self.block), ""
+        return None, ""
+
+    # ---- units ------------------------------------------------------------
+
+    def add(self, category: str, name: str, parts: list) -> None:
+        name = _normalise(name)
+        if name in self.units:
+            old = self.units[name]
+            self.units[name] = PlannedUnit(category, name, old.parts + tuple(parts))
+        else:
+            self.units[name] = PlannedUnit(category, name, tuple(parts))
+
+    def sort(self, params: dict[str, nn.Parameter]) -> None:
+        """Place ``params`` (block-relative name -> parameter) into units, or report them."""
+        by_owner: dict[str, list[str]] = {}
+        for name in params:
+            by_owner.setdefault(name.rpartition(".")[0], []).append(name)
+        for path, names in by_owner.items():
+            module = self.modules[path]
+            category, section = self._role_and_section(path)
+            for name in names:
+                self.sections[_normalise(name.rpartition(".")[0])] = section
+            if category is None and not path and all(len(shape_of(params[n])) <= 1 for n in names):
+                category = "scale"  # vectors the block holds itself: residual scales, lambdas
+                for name in names:
+                    self.add(category, name, [self.make_part(name)])
+                continue
+            if category is None:
+                self.issues.append(f"no rule places parameter {names[0]!r}")
+                for name in names:
+                    self.add("other", name, [self.make_part(name)])
+                continue
+            leaf = path.rpartition(".")[2].lower()
+            has_children = any(True for _ in module.children())
+            if any(len(shape_of(params[n])) == 3 for n in names) and category in (
+                "ffn",
+                "shared_ffn",
+            ):
+                self._experts(path, module, names, params, category)
+            elif has_children or isinstance(module, nn.MultiheadAttention):
+                self._loose(path, module, names, category)
+            elif category == "mixer" and leaf == "in_proj" and _mamba2_split(path, self.modules):
+                for logical, (a, b) in _mamba2_split(path, self.modules).items():
+                    parts = [self.make_part(n, 0, ((a, b),)) for n in names]
+                    self.add(category, f"{path}[{logical}]", parts)
+            elif category == "attention" and isinstance(module, nn.Embedding):
+                self.add("scale", path, [self.make_part(n) for n in names])  # T5's position bias
+            else:
+                if category == "attention" and leaf in _FUSED_ATTENTION:
+                    self.issues.append(f"fused attention projection {path!r} has no known split")
+                if category in ("ffn", "shared_ffn") and leaf in _FUSED_GATE_UP:
+                    self.issues.append(f"fused gate/up projection {path!r} has no known split")
+                for stem, group in _stems(path, names).items():
+                    self.add(category, stem, [self.make_part(n) for n in group])
+
+    def _loose(self, path: str, module: nn.Module, names: list[str], category: str) -> None:
+        """Parameters a container module holds itself (sinks, A_log, in_proj_weight...).
+
+        Vectors of an attention or FFN (gpt-oss sinks, gates, lambdas) are scales, not
+        matrices; a mixer's own vectors (A_log, D, dt_bias) are its state-space parameters.
+        """
+        for name in names:
+            leaf = name.rpartition(".")[2]
+            vector = len(shape_of(self.block.get_parameter(name))) <= 1
+            if vector and category in ("attention", "ffn", "shared_ffn"):
+                self.add("scale", name, [self.make_part(name)])
+            elif category == "attention" and "in_proj" in leaf:
+                self.issues.append(f"fused attention projection {name!r} has no known split")
+                self.add(category, name, [self.make_part(name)])
+            else:
+                self.add(category, name, [self.make_part(name)])
+
+    def _experts(self, path, module, names, params, category) -> None:
+        """Routed experts stored as 3-D tensors [experts, ...]: one unit per logical matrix,
+        each across all experts; a fused gate/up tensor splits as the module stores it."""
+        layout = self.expert_layouts.get(path) or ExpertLayout.of(module)
+        biases = {n for n in names if n.endswith("_bias") and n[: -len("_bias")] in names}
+        for name in names:
+            if name in biases:
+                continue
+            bias = f"{name}_bias" if f"{name}_bias" in biases else None
+            leaf = name.rpartition(".")[2]
+            fused = leaf.lower() in _FUSED_GATE_UP or (layout and leaf == layout.fused_name)
+            if len(shape_of(params[name])) != 3 or not fused:
+                parts = [self.make_part(name)] + ([self.make_part(bias)] if bias else [])
+                self.add(category, name, parts)
+                continue
+            if layout is None or not layout.has_gate:
+                self.issues.append(
+                    f"fused expert tensor {name!r} has no known gate/up layout "
+                    "(no has_gate/is_transposed/is_concatenated metadata or registered layout)"
+                )
+                self.add(
+                    category,
+                    name,
+                    [self.make_part(name)] + ([self.make_part(bias)] if bias else []),
+                )
+                continue
+            out_dim = 2 if layout.transposed else 1
+            width = shape_of(params[name])[out_dim]
+            if layout.concatenated:
+                pieces, step = {"gate": ((0, width // 2),), "up": ((width // 2, width),)}, 1
+            else:  # interleaved: gate at even, up at odd output features
+                pieces, step = {"gate": ((0, width),), "up": ((1, width),)}, 2
+            for logical, ranges in pieces.items():
+                parts = [self.make_part(name, out_dim, ranges, step)]
+                if bias:
+                    parts.append(self.make_part(bias, 1, ranges, step))
+                self.add(category, f"{name}[{logical}]", parts)
+
+    # ---- checks -----------------------------------------------------------
+
+    def _check_fused_by_shape(self) -> None:
+        """Fused projections under names no rule knows, told by their shapes: an attention
+        of two matrices (q, k and v in one), or a two-matrix FFN whose first projects to
+        twice the second's input (gate and up in one, a GLU)."""
+        groups: dict[tuple[str, str], list[PlannedUnit]] = {}
+        for unit in self.units.values():
+            if unit.category in ("attention", "ffn", "shared_ffn") and "[" not in unit.name:
+                section = self.sections.get(unit.name, unit.name.rpartition(".")[0])
+                groups.setdefault((unit.category, section), []).append(unit)
+        for (category, parent), units in groups.items():
+            shapes = [_matrix(self.block, u) for u in units]
+            named = {u.name.rpartition(".")[2].lower() for u in units}
+            if None in shapes or len(units) != 2 or named & (_FUSED_ATTENTION | _FUSED_GATE_UP):
+                continue  # reported by name already
+            if category == "attention":
+                self.issues.append(
+                    f"attention {parent!r} has two matrices: one must fuse q, k and v, "
+                    "and its split is not known"
+                )
+            elif shapes[0][0] == 2 * shapes[1][1]:
+                self.issues.append(
+                    f"{units[0].name!r} projects to twice {units[1].name!r}'s input: a fused "
+                    "gate/up projection whose split is not known"
+                )
+
+    def check(self, numel) -> None:
+        """Report what no draw could halve: a large category that is one matrix, or an
+        attention or GLU feed-forward whose matrices are fused without a known split."""
+        by_category: dict[str, list[PlannedUnit]] = {}
+        for unit in self.units.values():
+            by_category.setdefault(unit.category, []).append(unit)
+        self._check_fused_by_shape()
+        total = sum(numel(u) for u in self.units.values()) or 1
+        for category, units in by_category.items():
+            if category in ("norm", "router", "scale"):
+                for unit in units:  # small by nature: a large one is a matrix misread
+                    if numel(unit) > 0.05 * total:
+                        self.issues.append(
+                            f"{unit.name!r} was read as a {category} but holds "
+                            f"{numel(unit) / total:.0%} of the block"
+                        )
+                continue
+            if category == "other":
+                continue
+            size = sum(numel(u) for u in units)
+            largest = max(units, key=numel)
+            if size >= 0.1 * total and (len(units) == 1 or numel(largest) > 0.75 * size):
+                self.issues.append(
+                    f"{category} is dominated by one matrix {largest.name!r} "
+                    f"({numel(largest) / size:.0%} of it): no half of it can be drawn"
+                )
+
+
+def _mamba2_split(path: str, modules: dict) -> dict[str, tuple[int, int]] | None:
+    """A Mamba-2 mixer's in_proj outputs [z | x, B, C (the conv input) | dt], read from the
+    mixer's own sizes; None where they do not add up to the projection."""
+    mixer = modules.get(path.rpartition(".")[0])
+    sizes = [getattr(mixer, k, None) for k in ("intermediate_size", "n_groups", "ssm_state_size")]
+    heads = getattr(mixer, "num_heads", None)
+    weight = getattr(modules[path], "weight", None)
+    if None in sizes or heads is None or weight is None or len(shape_of(weight)) != 2:
+        return None
+    inner, groups, state = sizes
+    conv = inner + 2 * groups * state
+    rows = shape_of(weight)[0]
+    if rows != inner + conv + heads:
+        return None
+    return {"z": (0, inner), "xBC": (inner, inner + conv), "dt": (inner + conv, rows)}
+
+
+def _stems(path: str, names: list[str]) -> dict[str, list[str]]:
+    """A leaf module's parameters by matrix: ``weight`` with ``bias``, ``x_weight`` with
+    ``x_bias`` (an RG-LRU's two gates are two units)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        leaf = name.rpartition(".")[2]
+        stem = re.sub(r"_?(weight|bias)$", "", leaf)
+        groups.setdefault(f"{path}.{stem}" if stem else path, []).append(name)
+    return groups
+
+
+def _matrix(block: nn.Module, unit: PlannedUnit) -> tuple[int, ...] | None:
+    """The shape of a unit's weight when it is one whole 2-D matrix, else None."""
+    if len(unit.parts) > 2 or any(p.ranges is not None for p in unit.parts):
+        return None
+    shapes = [shape_of(block.get_parameter(p.param)) for p in unit.parts]
+    matrices = [s[-2:] for s in shapes if len(s) in (2, 3)]  # an expert tensor: one expert's
+    return matrices[0] if len(matrices) == 1 else None
