@@ -2,7 +2,8 @@
 
 For each kernel (fused, foreach, for-loop) of Adam and AdamW, with weight decay, on
 fused column slices (gpt2 ``c_attn``), row slices (phi3, and gpt_neox's per-head rows)
-and a 3-D expert tensor sliced along dim 1: frozen elements stay bit-identical, and the
+and 3-D expert tensors (one built by hand and Mixtral's, sliced along dim 1; gpt-oss's,
+gate and up interleaved along the last dim): frozen elements stay bit-identical, and the
 trainable elements follow the trajectory of a reference that steps, with one plain
 optimizer each, separate leaf copies of the trainable parts fed the same gradients. Two
 stages: a unit trained in both keeps its reference optimizer (so its state).
@@ -25,8 +26,8 @@ KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _pieces(mask, model) -> dict[str, tuple[torch.nn.Parameter, tuple[int, int, int] | None]]:
-    """State key -> (parameter, (dim, start, length) or None), one per trainable unit range."""
+def _pieces(mask, model) -> dict[str, tuple[torch.nn.Parameter, tuple[int, slice] | None]]:
+    """State key -> (parameter, (dim, indices) or None), one per trainable unit range."""
     params = dict(model.named_parameters())
     pieces = {}
     for name, parts in mask.trainable_parts().items():
@@ -35,20 +36,24 @@ def _pieces(mask, model) -> dict[str, tuple[torch.nn.Parameter, tuple[int, int, 
             continue
         for part in parts:
             for a, b in part.ranges:
-                pieces[f"{name}[{part.dim}:{a}:{b}]"] = (params[name], (part.dim, a, b - a))
+                key = f"{name}[{part.dim}:{a}:{b}" + (f":{part.step}]" if part.step > 1 else "]")
+                pieces[key] = (params[name], (part.dim, slice(a, b, part.step)))
     return pieces
 
 
-def _cut(tensor: torch.Tensor, narrow) -> torch.Tensor:
-    return tensor.detach() if narrow is None else tensor.detach().narrow(*narrow)
+def _cut(tensor: torch.Tensor, cut) -> torch.Tensor:
+    if cut is None:
+        return tensor.detach()
+    dim, index = cut
+    return tensor.detach()[(slice(None),) * dim + (index,)]
 
 
 def _trainable(mask, model) -> dict[str, torch.Tensor]:
     """Parameter name -> boolean tensor, True where the mask trains."""
     flags = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
-    for param, narrow in _pieces(mask, model).values():
+    for param, cut in _pieces(mask, model).values():
         name = next(n for n, p in model.named_parameters() if p is param)
-        _cut(flags[name], narrow).fill_(True)
+        _cut(flags[name], cut).fill_(True)
     return flags
 
 
@@ -64,9 +69,9 @@ class Reference:
         """Parts trained before keep their optimizer (and state); new parts get a fresh one."""
         self.pieces = _pieces(mask, self.model)
         self.optimizers = {k: o for k, o in self.optimizers.items() if k in self.pieces}
-        for key, (param, narrow) in self.pieces.items():
+        for key, (param, cut) in self.pieces.items():
             if key not in self.optimizers:
-                leaf = _cut(param, narrow).clone()
+                leaf = _cut(param, cut).clone()
                 decay = 0.0 if key.split("[")[0] in self.no_decay else WEIGHT_DECAY
                 self.optimizers[key] = self.optimizer_cls(
                     [leaf], lr=1e-2, weight_decay=decay, **self.kernel
@@ -77,14 +82,14 @@ class Reference:
 
     def step(self) -> None:
         """Step with the gradients the model holds now (before the HFT step consumes them)."""
-        for key, (param, narrow) in self.pieces.items():
+        for key, (param, cut) in self.pieces.items():
             if param.grad is not None:
-                self.leaf(key).grad = _cut(param.grad, narrow).clone()
+                self.leaf(key).grad = _cut(param.grad, cut).clone()
                 self.optimizers[key].step()
 
     def check(self) -> None:
-        for key, (param, narrow) in self.pieces.items():
-            torch.testing.assert_close(_cut(param, narrow), self.leaf(key), msg=key)
+        for key, (param, cut) in self.pieces.items():
+            torch.testing.assert_close(_cut(param, cut), self.leaf(key), msg=key)
 
 
 def _setup(model_kind: str, device: str):
@@ -119,7 +124,11 @@ def _setup(model_kind: str, device: str):
 
 @pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("optimizer_cls", [torch.optim.Adam, torch.optim.AdamW])
-@pytest.mark.parametrize("model_kind", ["gpt2", "phi3", "gpt_neox", "experts"])
+# experts: [E, 2F, H] by hand; mixtral: transformers' gate_up_proj, gate and up as dim-1
+# ranges; gpt_oss: gate and up interleaved along the last dim (every other index)
+@pytest.mark.parametrize(
+    "model_kind", ["gpt2", "phi3", "gpt_neox", "experts", "mixtral", "gpt_oss"]
+)
 @pytest.mark.parametrize("device", DEVICES)
 def test_every_kernel_steps_exactly_the_trainable_parts(device, model_kind, optimizer_cls, kernel):
     model, loss, masks = _setup(model_kind, device)
