@@ -4,7 +4,8 @@ Whole trainable tensors go to the wrapped optimizer as they are. A partly
 trainable tensor (a slice of a fused projection) goes to it one trainable range
 at a time, so the wrapped optimizer's moments have the range's shape. A
 contiguous range (rows) is handed over as a view: updates land in place. A
-non-contiguous one (GPT-2's column slices) is handed over as a contiguous copy
+non-contiguous one (GPT-2's column slices, a dim-1 or strided range of a 3-D expert
+tensor) is handed over as a contiguous copy
 that :meth:`HFTOptimizer.step` refreshes from the parameter and writes back,
 because torch's fused kernels write past the bounds of non-contiguous views.
 Frozen tensors and frozen slices are never handed to the wrapped optimizer, so
@@ -27,7 +28,7 @@ from torch import nn
 from . import plugins, sliced_grad
 from .architectures import Part
 from .errors import HFTError
-from .mask import Mask, range_view
+from .mask import Mask
 
 try:
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -46,6 +47,10 @@ _NO_DECAY_PATTERNS = [
 ]
 
 
+# A dim and the indices along it (a range, maybe strided), in this process's tensor
+Cut = tuple[int, slice]
+
+
 @dataclass
 class _Entry:
     """One tensor the wrapped optimizer steps, for a whole parameter or a range of it.
@@ -60,9 +65,7 @@ class _Entry:
     param: nn.Parameter
     part: torch.Tensor
     tensor: torch.Tensor
-    # (dim, start, count, step) in the local tensor, for a slice: ``count`` indices from
-    # ``start``, every ``step``-th (2 for gpt-oss's interleaved gate and up)
-    narrow: tuple[int, int, int, int] | None
+    cut: Cut | None  # for a range of the parameter
 
     @property
     def copied(self) -> bool:
@@ -71,25 +74,25 @@ class _Entry:
     def grad_of(self, grad: torch.Tensor) -> torch.Tensor:
         """This entry's part of the parameter's (local) gradient: a view, no copy."""
         grad = _local(grad)
-        return grad if self.narrow is None else take(grad, self.narrow)
+        return grad if self.cut is None else _cut(grad, self.cut)
 
 
-def take(tensor: torch.Tensor, spec: tuple[int, int, int, int]) -> torch.Tensor:
-    """The view of ``tensor`` a (dim, start, count, step) slice names."""
-    dim, start, count, step = spec
-    return range_view(tensor, dim, start, start + count * step, step)
+def _cut(tensor: torch.Tensor, cut: Cut) -> torch.Tensor:
+    """The view of ``tensor`` that ``cut`` selects."""
+    dim, index = cut
+    return tensor[(slice(None),) * dim + (index,)]
 
 
-def _entry(key: str, param: nn.Parameter, narrow: tuple[int, int, int, int] | None) -> _Entry:
+def _entry(key: str, param: nn.Parameter, cut: Cut | None) -> _Entry:
     """A contiguous piece is stepped in place; any other through a contiguous copy, since
     torch's fused kernels write past the bounds of a non-contiguous tensor."""
-    if narrow is None and not isinstance(param, DTensor) and param.is_contiguous():
+    if cut is None and not isinstance(param, DTensor) and param.is_contiguous():
         return _Entry(key, param, param, param, None)
     part = _local(param).detach()
-    if narrow is not None:
-        part = take(part, narrow)
+    if cut is not None:
+        part = _cut(part, cut)
     tensor = part if part.is_contiguous() else part.clone(memory_format=torch.contiguous_format)
-    return _Entry(key, param, part, tensor, narrow)
+    return _Entry(key, param, part, tensor, cut)
 
 
 def qualified_name(obj) -> str:
@@ -116,26 +119,24 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def _range_narrows(name: str, param: torch.Tensor, parts: tuple[Part, ...]):
-    """(state key, (dim, start, count, step) in this process's tensor) per trainable range.
+def _range_cuts(name: str, param: torch.Tensor, parts: tuple[Part, ...]):
+    """(state key, cut of this process's tensor) per trainable unit range.
 
     Ranges are the units' own, not merged, so a unit's key (``name[dim:start:stop]``, with
-    ``:step`` when strided) and state stay the same whichever of its neighbours train. A
-    DTensor sharded by FSDP2 holds one box of the full tensor; each range is cut to the
-    part inside it (possibly empty) so the update lands in the local shard. Keys name the
-    full-tensor range, so every rank's optimizer state has the same keys.
+    ``:step`` for a strided range) and state stay the same whichever of its neighbours
+    train. A DTensor sharded by FSDP2 holds one box of the full tensor; each range is cut
+    to the part inside it (possibly empty) so the update lands in the local shard. Keys
+    name the full-tensor range, so every rank's optimizer state has the same keys.
     """
     ranges = sorted((p.dim, a, b, p.step) for p in parts for a, b in p.ranges)
-    dim = ranges[0][0]
-    covered = torch.zeros(param.shape[dim], dtype=torch.int8)
-    same_dim = all(d == dim for d, *_ in ranges)
-    for _, a, b, step in ranges if same_dim else ():
-        covered[a:b:step] += 1
-    if not same_dim or bool((covered > 1).any()):
-        raise HFTError(
-            f"the units of {name} have overlapping ranges or ranges along different dims; "
-            "HFTOptimizer needs disjoint ranges along one dim"
-        )
+    dim, taken = ranges[0][0], set()
+    for d, a, b, step in ranges:
+        if d != dim or not taken.isdisjoint(range(a, b, step)):
+            raise HFTError(
+                f"the units of {name} have overlapping ranges or ranges along different dims; "
+                "HFTOptimizer needs disjoint ranges along one dim"
+            )
+        taken.update(range(a, b, step))
     start, stop = 0, param.shape[dim]
     if isinstance(param, DTensor):
         kinds = {type(p) for p in param.placements}
@@ -144,31 +145,28 @@ def _range_narrows(name: str, param: torch.Tensor, parts: tuple[Part, ...]):
                 f"{name} is a DTensor placed as {list(param.placements)}; sliced HFT masks "
                 "support only Shard and Replicate placements (FSDP2's default)"
             )
-        if any(step != 1 for *_, step in ranges):
-            raise HFTError(
-                f"{name} is sharded by FSDP2 and its units are strided (interleaved gate/up); "
-                "HFT cannot slice its shards: train it unsharded or with DDP"
-            )
         shape, offset = compute_local_shape_and_global_offset(
             param.shape, param.device_mesh, param.placements
         )
         start, stop = offset[dim], offset[dim] + shape[dim]
-    narrows = []
+    cuts = []
     for _, a, b, step in ranges:
+        first = a if a >= start else a + -(-(start - a) // step) * step  # first index here
+        last = min(b, stop)
+        local = slice(first - start, last - start, step) if first < last else slice(0, 0)
         key = f"{name}[{dim}:{a}:{b}]" if step == 1 else f"{name}[{dim}:{a}:{b}:{step}]"
-        lo, hi = max(a, start), min(b, stop)
-        count = len(range(lo, hi, step))
-        narrows.append((key, (dim, lo - start, count, step) if count else (dim, 0, 0, 1)))
-    return narrows
+        cuts.append((key, (dim, local)))
+    return cuts
 
 
-def _frozen_index(entries: list[_Entry]) -> torch.Tensor:
-    """The indices along the sliced dim that no entry of one parameter trains."""
-    dim = entries[0].narrow[0]
-    frozen = torch.ones(entries[0].param.shape[dim], dtype=torch.bool)
-    for _, start, count, step in (e.narrow for e in entries):
-        frozen[start : start + count * step : step] = False
-    return frozen.nonzero().flatten()
+def _frozen_index(entries: list[_Entry]) -> torch.Tensor | None:
+    """The indices along the sliced dim that no entry of one parameter trains (or None)."""
+    dim = entries[0].cut[0]
+    trained = torch.zeros(entries[0].param.shape[dim], dtype=torch.bool)
+    for entry in entries:
+        trained[entry.cut[1]] = True
+    frozen = (~trained).nonzero().flatten()
+    return frozen.to(entries[0].param.device) if len(frozen) else None
 
 
 class _SliceGradHook:
@@ -182,9 +180,8 @@ class _SliceGradHook:
     def __call__(self, param: torch.Tensor) -> None:
         if param.grad is None:
             return
-        if self.frozen is not None and len(self.frozen):
-            dim = self.entries[0].narrow[0]
-            param.grad.index_fill_(dim, self.frozen.to(param.grad.device), 0)
+        if self.frozen is not None:
+            param.grad.index_fill_(self.entries[0].cut[0], self.frozen, 0)
         for entry in self.entries:
             # a view even for a copied entry: unscaling (GradScaler) must reach param.grad
             entry.tensor.grad = entry.grad_of(param.grad)
@@ -283,8 +280,7 @@ class HFTOptimizer(torch.optim.Optimizer):
                 group = [_entry(name, param, None)]
             else:
                 group = [
-                    _entry(key, param, narrow)
-                    for key, narrow in _range_narrows(name, param, plan[name])
+                    _entry(key, param, cut) for key, cut in _range_cuts(name, param, plan[name])
                 ]
             entries += group
             (plain if name in self._no_decay else decay).extend(group)
@@ -341,7 +337,7 @@ class HFTOptimizer(torch.optim.Optimizer):
                 _SliceGradHook(
                     entries,
                     None
-                    if entries[0].narrow is None
+                    if entries[0].cut is None
                     or entries[0].key.split("[")[0].rpartition(".")[0] in sliced
                     else _frozen_index(entries),
                 )

@@ -45,7 +45,7 @@ def install(model: nn.Module, mask: Mask) -> list[str]:
         module_name, _, leaf = name.rpartition(".")
         module = modules.get(module_name)
         if slices is None or slices.step != 1 or leaf != "weight" or module is None:
-            continue
+            continue  # whole, strided (plain autograd, then the optimizer's hook), or no module
         if not _supports(module, slices.dim) or "forward" in module.__dict__:
             continue  # another wrapper owns the forward, or an unknown layer: plain autograd
         setattr(module, _ATTR, _Spec(slices.dim, slices.ranges))

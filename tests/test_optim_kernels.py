@@ -1,9 +1,9 @@
 """HFTOptimizer under every torch Adam kernel equals a plain optimizer over the trainable parts.
 
 For each kernel (fused, foreach, for-loop) of Adam and AdamW, with weight decay, on
-fused column slices (gpt2 ``c_attn``), row slices (phi3, and gpt_neox's per-head rows),
-a 3-D expert tensor sliced along dim 1 (by hand, and Mixtral's) and gpt-oss's strided
-(interleaved gate/up) expert slices: frozen elements stay bit-identical, and the
+fused column slices (gpt2 ``c_attn``), row slices (phi3, and gpt_neox's per-head rows)
+and 3-D expert tensors (one built by hand and Mixtral's, sliced along dim 1; gpt-oss's,
+gate and up interleaved along the last dim): frozen elements stay bit-identical, and the
 trainable elements follow the trajectory of a reference that steps, with one plain
 optimizer each, separate leaf copies of the trainable parts fed the same gradients. Two
 stages: a unit trained in both keeps its reference optimizer (so its state).
@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from hft_plugins import HFTConfig, HFTOptimizer, select
-from hft_plugins.mask import range_view
 from hft_plugins.optim import no_decay_names
 from hft_plugins.tiny import tiny_model
 from tests import _experts
@@ -27,8 +26,8 @@ KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _pieces(mask, model) -> dict[str, tuple[torch.nn.Parameter, tuple[int, ...] | None]]:
-    """State key -> (parameter, (dim, start, stop, step) or None), one per trainable range."""
+def _pieces(mask, model) -> dict[str, tuple[torch.nn.Parameter, tuple[int, slice] | None]]:
+    """State key -> (parameter, (dim, indices) or None), one per trainable unit range."""
     params = dict(model.named_parameters())
     pieces = {}
     for name, parts in mask.trainable_parts().items():
@@ -37,22 +36,24 @@ def _pieces(mask, model) -> dict[str, tuple[torch.nn.Parameter, tuple[int, ...] 
             continue
         for part in parts:
             for a, b in part.ranges:
-                step = f":{part.step}" if part.step != 1 else ""
-                key = f"{name}[{part.dim}:{a}:{b}{step}]"
-                pieces[key] = (params[name], (part.dim, a, b, part.step))
+                key = f"{name}[{part.dim}:{a}:{b}" + (f":{part.step}]" if part.step > 1 else "]")
+                pieces[key] = (params[name], (part.dim, slice(a, b, part.step)))
     return pieces
 
 
-def _cut(tensor: torch.Tensor, piece) -> torch.Tensor:
-    return tensor.detach() if piece is None else range_view(tensor.detach(), *piece)
+def _cut(tensor: torch.Tensor, cut) -> torch.Tensor:
+    if cut is None:
+        return tensor.detach()
+    dim, index = cut
+    return tensor.detach()[(slice(None),) * dim + (index,)]
 
 
 def _trainable(mask, model) -> dict[str, torch.Tensor]:
     """Parameter name -> boolean tensor, True where the mask trains."""
     flags = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
-    for param, narrow in _pieces(mask, model).values():
+    for param, cut in _pieces(mask, model).values():
         name = next(n for n, p in model.named_parameters() if p is param)
-        _cut(flags[name], narrow).fill_(True)
+        _cut(flags[name], cut).fill_(True)
     return flags
 
 
@@ -68,9 +69,9 @@ class Reference:
         """Parts trained before keep their optimizer (and state); new parts get a fresh one."""
         self.pieces = _pieces(mask, self.model)
         self.optimizers = {k: o for k, o in self.optimizers.items() if k in self.pieces}
-        for key, (param, narrow) in self.pieces.items():
+        for key, (param, cut) in self.pieces.items():
             if key not in self.optimizers:
-                leaf = _cut(param, narrow).clone()
+                leaf = _cut(param, cut).clone()
                 decay = 0.0 if key.split("[")[0] in self.no_decay else WEIGHT_DECAY
                 self.optimizers[key] = self.optimizer_cls(
                     [leaf], lr=1e-2, weight_decay=decay, **self.kernel
@@ -81,14 +82,14 @@ class Reference:
 
     def step(self) -> None:
         """Step with the gradients the model holds now (before the HFT step consumes them)."""
-        for key, (param, narrow) in self.pieces.items():
+        for key, (param, cut) in self.pieces.items():
             if param.grad is not None:
-                self.leaf(key).grad = _cut(param.grad, narrow).clone()
+                self.leaf(key).grad = _cut(param.grad, cut).clone()
                 self.optimizers[key].step()
 
     def check(self) -> None:
-        for key, (param, narrow) in self.pieces.items():
-            torch.testing.assert_close(_cut(param, narrow), self.leaf(key), msg=key)
+        for key, (param, cut) in self.pieces.items():
+            torch.testing.assert_close(_cut(param, cut), self.leaf(key), msg=key)
 
 
 def _setup(model_kind: str, device: str):
@@ -123,6 +124,8 @@ def _setup(model_kind: str, device: str):
 
 @pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("optimizer_cls", [torch.optim.Adam, torch.optim.AdamW])
+# experts: [E, 2F, H] by hand; mixtral: transformers' gate_up_proj, gate and up as dim-1
+# ranges; gpt_oss: gate and up interleaved along the last dim (every other index)
 @pytest.mark.parametrize(
     "model_kind", ["gpt2", "phi3", "gpt_neox", "experts", "mixtral", "gpt_oss"]
 )

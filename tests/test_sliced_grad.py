@@ -195,3 +195,40 @@ def test_sliced_grad_must_be_a_bool():
     model, mask, _ = _sliced_setup("gpt2")
     with pytest.raises(HFTError, match="sliced_grad must be True or False"):
         HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3, sliced_grad="yes")
+
+
+def test_a_strided_slice_of_a_linear_trains_through_plain_autograd():
+    """The sliced backward handles contiguous output ranges; every other row (a layout may
+    interleave two matrices so) falls back to plain autograd and the optimizer's hook."""
+    from torch import nn
+
+    from hft_plugins import Mask
+    from hft_plugins.architectures import ModelLayout, Part, Unit
+
+    model = nn.Sequential(nn.Linear(4, 6))
+    units = [
+        Unit(
+            f"block.0.{name}",
+            0,
+            "ffn",
+            name,
+            (Part("0.weight", 0, ((first, 6),), 2), Part("0.bias", 0, ((first, 6),), 2)),
+            15,
+        )
+        for first, name in enumerate(("even", "odd"))
+    ]
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    mask = Mask(
+        HFTConfig(), ModelLayout("interleaved", units, 1, shapes, {}), frozenset({"block.0.even"})
+    )
+    before = model[0].weight.detach().clone()
+    opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-2, weight_decay=0.1, fused=True)
+    assert not sliced_grad.installed(model)
+    for step in range(3):
+        x = torch.randn(5, 4, generator=torch.Generator().manual_seed(step))
+        model(x).pow(2).sum().backward()
+        assert torch.count_nonzero(model[0].weight.grad[1::2]) == 0  # the hook zeroed them
+        opt.step()
+        opt.zero_grad()
+    assert torch.equal(model[0].weight[1::2], before[1::2])
+    assert not torch.equal(model[0].weight[0::2], before[0::2])

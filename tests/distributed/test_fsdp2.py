@@ -9,7 +9,7 @@ import torch
 
 from hft_plugins import Mask
 
-FAMILIES = ("llama", "phi3", "gpt2")  # whole matrices; fused rows (phi3); fused columns (gpt2)
+FAMILIES = ("llama", "phi3", "gpt2", "gpt_oss")  # whole; fused rows; fused columns; strided experts
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,11 @@ def test_fsdp2_optimizer_state_covers_only_trainable_shards(fsdp2_runs, family):
         if parts is None:
             keys.add(name)
         else:
-            keys |= {f"{name}[{p.dim}:{a}:{b}]" for p in parts for a, b in p.ranges}
+            keys |= {
+                f"{name}[{p.dim}:{a}:{b}" + (f":{p.step}]" if p.step > 1 else "]")
+                for p in parts
+                for a, b in p.ranges
+            }
     ranks = info["ranks"]
     for rank in ranks:
         assert set(rank["state"]) == keys  # same keys on every rank, no frozen tensor
