@@ -39,7 +39,7 @@ except ImportError:  # torch built without distributed support: no DTensors exis
         """Never instantiated: keeps the isinstance checks false."""
 
 
-FORMAT = "hft-optimizer/1"
+FORMAT = "hft-optimizer/2"  # /1 keyed state by merged ranges; /2 by each unit's range
 # The HF Trainer's rule (Trainer.get_decay_parameter_names): no decay for these.
 _NO_DECAY_PATTERNS = [
     re.compile(p)
@@ -486,6 +486,11 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore state saved by :meth:`state_dict`; redraws to its mask if it differs."""
+        if isinstance(state_dict, dict) and state_dict.get("format") == "hft-optimizer/1":
+            raise HFTError(
+                "optimizer state saved by an older hft-plugins (hft-optimizer/1, state keyed by "
+                "merged ranges); load the checkpoint's weights and start a fresh optimizer"
+            )
         if not isinstance(state_dict, dict) or state_dict.get("format") != FORMAT:
             raise HFTError(f"not an HFT optimizer state: expected format {FORMAT!r}")
         mask = Mask.from_json(state_dict["mask"])

@@ -502,3 +502,11 @@ def test_resuming_with_another_seed_warns_and_keeps_the_checkpoint_mask():
     with pytest.warns(UserWarning, match="resuming with the checkpoint's mask"):
         other_seed.load_state_dict(state)
     assert other_seed.mask == saved.mask
+
+
+def test_state_saved_before_per_unit_keys_is_refused_in_one_line():
+    model = tiny_model("gpt2")
+    optimizer = HFTOptimizer(model, select(model, HFTConfig()), torch.optim.AdamW, lr=1e-3)
+    old = {**optimizer.state_dict(), "format": "hft-optimizer/1"}
+    with pytest.raises(HFTError, match=r"older hft-plugins \(hft-optimizer/1.*fresh optimizer$"):
+        optimizer.load_state_dict(old)

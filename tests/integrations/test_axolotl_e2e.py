@@ -111,7 +111,7 @@ def assert_half_trained(model_dir: Path, out_dir: Path, config: HFTConfig, steps
 
     checkpoint = out_dir / f"checkpoint-{steps}"
     saved = torch.load(checkpoint / "optimizer.pt", weights_only=True)
-    assert saved["format"] == "hft-optimizer/1"
+    assert saved["format"] == "hft-optimizer/2"
     assert Mask.from_json(saved["mask"]) == mask
     keys = set()
     for name, slices in plan.items():
