@@ -54,7 +54,9 @@ def test_trains_only_the_half_and_logs_the_fraction(tmp_path):
 def test_fused_tensors_keep_their_frozen_slices(tmp_path):
     model = tiny_model("phi3")  # fused qkv_proj and gate_up_proj
     before = snapshot(model)
-    trainer = HFTTrainer(model=model, args=args(tmp_path), train_dataset=lm_dataset())
+    trainer = HFTTrainer(
+        model=model, args=args(tmp_path), train_dataset=lm_dataset(), hft_config=HFTConfig()
+    )
     trainer.train()
     mask = trainer.hft_mask
     assert any(s is not None for s in mask.params().values())
@@ -63,7 +65,12 @@ def test_fused_tensors_keep_their_frozen_slices(tmp_path):
 
 def test_next_stage_redraws_between_train_calls(tmp_path):
     model = tiny_model("llama")
-    trainer = HFTTrainer(model=model, args=args(tmp_path, max_steps=2), train_dataset=lm_dataset())
+    trainer = HFTTrainer(
+        model=model,
+        args=args(tmp_path, max_steps=2),
+        train_dataset=lm_dataset(),
+        hft_config=HFTConfig(),
+    )
     trainer.train()
     first = trainer.hft_mask
     trainer.next_stage()
@@ -81,6 +88,7 @@ def test_every_epoch_redraw(tmp_path):
         model=model,
         args=args(tmp_path, max_steps=-1, num_train_epochs=3),  # 4 steps per epoch
         train_dataset=lm_dataset(),
+        hft_config=HFTConfig(),
         callbacks=[HFTCallback(redraw_every_epoch=True)],
     )
     trainer.train()
@@ -107,6 +115,7 @@ def _run(tmp_path, resume=None, **kw):
             },
         ),
         train_dataset=lm_dataset(),
+        hft_config=HFTConfig(),
         callbacks=[HFTCallback(redraw_every_epoch=True)],
     )
     trainer.train(resume_from_checkpoint=resume)
@@ -161,7 +170,11 @@ def test_a_plain_optimizer_is_refused(tmp_path):
     plain = torch.optim.AdamW(model.parameters())
     with pytest.raises(HFTError, match="HFTTrainer needs an HFTOptimizer"):
         HFTTrainer(
-            model=model, args=args(tmp_path), train_dataset=lm_dataset(), optimizers=(plain, None)
+            model=model,
+            args=args(tmp_path),
+            train_dataset=lm_dataset(),
+            optimizers=(plain, None),
+            hft_config=HFTConfig(),
         )
 
 
@@ -188,7 +201,10 @@ def test_a_user_hft_optimizer_is_used(tmp_path):
 
 def test_optim_from_training_arguments_is_wrapped(tmp_path):
     trainer = HFTTrainer(
-        model=tiny_model(), args=args(tmp_path, optim="adafactor"), train_dataset=lm_dataset()
+        model=tiny_model(),
+        args=args(tmp_path, optim="adafactor"),
+        train_dataset=lm_dataset(),
+        hft_config=HFTConfig(),
     )
     trainer.create_optimizer()
     assert type(trainer.hft_optimizer.inner).__name__ == "Adafactor"
@@ -203,6 +219,7 @@ def test_an_optimizer_factory_is_refused(tmp_path):
         args=args(tmp_path),
         train_dataset=lm_dataset(),
         optimizer_cls_and_kwargs=(factory, {}),
+        hft_config=HFTConfig(),
     )
     with pytest.raises(HFTError, match="HFT wraps torch optimizer classes"):
         trainer.create_optimizer()
