@@ -223,7 +223,7 @@ def resolve_stage(
             return dataclasses.replace(config, stage=0)
         raise HFTError(
             f"{trainer} needs the HFT stage given: the model has no {MASK_FILE} of an earlier "
-            f"HFT stage to follow; {how.format(n=1)} (SFT is stage 0)"
+            f"HFT stage to follow (SFT is stage 0); {how.format(n=1)}"
         )
     if previous is not None:
         last = previous.mask.config
