@@ -157,9 +157,9 @@ class HFTTRLMixin(HFTTrainerMixin):
         building = _reference_shared_with(self) if self.hft_share_reference else _nothing()
         with building:
             super().__init__(*args, hft_config=hft_config, **kwargs)
-        given_ref = kwargs.get("ref_model")
-        if self.hft_config is not None and given_ref is not None:
-            _check_same_shapes(self.model, given_ref)
+        given_ref = getattr(self, "ref_model", None)  # passed by name or by position
+        if self.hft_config is not None and given_ref is not None and self._hft_reference is None:
+            _check_same_shapes(self.model, self.accelerator.unwrap_model(given_ref))
         if self._hft_reference is not None:
             # The mixin may apply another mask than the one drawn for the reference (that of an
             # HFTOptimizer in optimizers=): nothing it trains may be shared.
