@@ -164,6 +164,38 @@ def config_from_settings(values: Mapping[str, Any], *, turn_on: str) -> HFTConfi
     return config
 
 
+def config_from_trainer_args(hft_config, args) -> HFTConfig | None:
+    """A trainer's config: ``hft_config`` if given, else the ``hft``/``hft_*`` arguments of
+    ``args`` (an HFT*Config; None when ``hft`` is off), else None: HFT off. Both given must
+    agree (``hft_config=get_hft_config(args)`` does)."""
+    from_args = None
+    if all(hasattr(args, name) for name in (FLAG, *KEYS)):
+        from_args = config_from_settings(vars(args), turn_on="--hft")
+    if hft_config is None:
+        return from_args
+    if not isinstance(hft_config, HFTConfig):
+        raise HFTError(
+            f"hft_config must be an hft_plugins.HFTConfig, got {type(hft_config).__name__}"
+        )
+    if from_args is not None and from_args != hft_config:
+        raise HFTError(
+            "hft_config differs from the --hft_* arguments of args; pass one of the two "
+            "(hft_config=get_hft_config(args) is the same config)"
+        )
+    return hft_config
+
+
+def trainer_config(hft_config, args, model, *, trainer: str, first_stage: bool):
+    """:func:`config_from_trainer_args` with the stage decided by :func:`resolve_stage`."""
+    config = config_from_trainer_args(hft_config, args)
+    if config is None:
+        return None
+    how = "pass HFTConfig(stage={n})"
+    if hasattr(args, FLAG):
+        how = "pass --hft_stage {n} (hft_config=HFTConfig(stage={n}) in Python)"
+    return resolve_stage(config, model, trainer=trainer, first_stage=first_stage, how=how)
+
+
 # ---- the stage rule ----------------------------------------------------------
 
 

@@ -35,8 +35,6 @@ __all__ = [
     "unwrap_optimizer",
 ]
 
-# The arguments of an HFT*Config (TRL): ``hft`` and one ``hft_<field>`` per HFTConfig field.
-_SETTING_NAMES = ("hft", *(f"hft_{f}" for f in HFTConfig.__dataclass_fields__))
 _UNSET = object()  # hft_config not passed at all (None passed: HFT off, silently)
 
 # Keys the optimizer factory of ``get_optimizer_cls_and_kwargs`` uses to hand over its own groups.
@@ -47,20 +45,9 @@ def resolve_hft_config(hft_config, args) -> HFTConfig | None:
     """The stage's config: ``hft_config`` if given, else the ``hft``/``hft_*`` arguments of an
     HFT*Config (None when ``hft`` is off), else None: HFT off. The stage may still be None
     ("not given"); the trainer resolves it by the stage rule."""
-    from ._common import config_from_settings
+    from ._common import config_from_trainer_args
 
-    from_args = None
-    if all(hasattr(args, name) for name in _SETTING_NAMES):
-        from_args = config_from_settings(vars(args), turn_on="--hft")
-    if hft_config is None:
-        return from_args
-    hft_config = check_hft_config(hft_config)
-    if from_args is not None and from_args != hft_config:
-        raise HFTError(
-            "hft_config differs from the --hft_* arguments of args; pass one of the two "
-            "(hft_config=get_hft_config(args) is the same config)"
-        )
-    return hft_config
+    return config_from_trainer_args(hft_config, args)
 
 
 def check_hft_config(hft_config) -> HFTConfig:
@@ -172,8 +159,8 @@ class HFTTrainerMixin:
 
     ``hft_config`` (an :class:`HFTConfig`) draws the mask; None (the default) leaves HFT off
     and the trainer is the plain one, unless ``args`` is an HFT*Config with ``hft`` on. A
-    stage of None is decided by the stage rule (``_common.resolve_stage``). An optimizer passed in ``optimizers=`` must be an HFTOptimizer.
-    The optimizer class and its lr/betas/eps/weight decay come from the TrainingArguments,
+    stage of None is decided by the stage rule (``_common.resolve_stage``). An optimizer
+    passed in ``optimizers=`` must be an HFTOptimizer. The optimizer class and its lr/betas/eps/weight decay come from the TrainingArguments,
     as the plain Trainer's do; only torch optimizer classes can be wrapped.
     """
 
@@ -182,7 +169,7 @@ class HFTTrainerMixin:
     hft_first_stage = True
 
     def __init__(self, *args, hft_config: HFTConfig | None = _UNSET, **kwargs):
-        from ._common import resolve_stage
+        from ._common import trainer_config
 
         bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
         given = unwrap_optimizer((bound.get("optimizers") or (None, None))[0])
@@ -193,18 +180,13 @@ class HFTTrainerMixin:
         elif hft_config is None and _is_hft_model(bound.get("model")):
             hft_config = bound["model"].hft_config
         elif hft_config is not None or hasattr(bound.get("args"), "hft"):
-            hft_config = resolve_hft_config(hft_config, bound.get("args"))
-            if hft_config is not None:
-                how = "pass HFTConfig(stage={n})"
-                if hasattr(bound.get("args"), "hft"):
-                    how = "pass --hft_stage {n} (hft_config=HFTConfig(stage={n}) in Python)"
-                hft_config = resolve_stage(
-                    hft_config,
-                    bound.get("model"),
-                    trainer=type(self).__name__,
-                    first_stage=self.hft_first_stage,
-                    how=how,
-                )
+            hft_config = trainer_config(  # None when off; the stage decided by the stage rule
+                hft_config,
+                bound.get("args"),
+                bound.get("model"),
+                trainer=type(self).__name__,
+                first_stage=self.hft_first_stage,
+            )
         elif not passed:
             warnings.warn(
                 f"{type(self).__name__} got no hft_config: HFT is off and it trains as a plain "
