@@ -19,16 +19,20 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 def _add_selection_args(parser: argparse.ArgumentParser) -> None:
     """One option per HFTConfig field, with its default and help: the config is the source."""
-    for spec in dataclasses.fields(HFTConfig):
-        flag = f"--{spec.name.replace('_', '-')}"
-        help_text = spec.metadata.get("help", "")
-        if spec.type in (bool, "bool"):
+    from .integrations._common import SETTINGS
+
+    for setting in SETTINGS:
+        if setting.type is bool:
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=spec.default, help=help_text
+                setting.flag,
+                action=argparse.BooleanOptionalAction,
+                default=setting.default,
+                help=setting.help,
             )
         else:
-            kind = {"int": int, "float": float}.get(str(spec.type), str)
-            parser.add_argument(flag, type=kind, default=spec.default, help=help_text)
+            parser.add_argument(
+                setting.flag, type=setting.type, default=setting.default, help=setting.help
+            )
 
 
 def _config(args) -> HFTConfig:

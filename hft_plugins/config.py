@@ -27,9 +27,12 @@ class HFTConfig:
     seed: int = field(
         default=0, metadata={"help": "Seed of the draw; with `stage` fixes the mask."}
     )
-    stage: int = field(
+    stage: int | None = field(
         default=0,
-        metadata={"help": "Stage index (SFT=0, DPO=1, ...): each stage draws a new half."},
+        metadata={
+            "help": "Stage index (SFT=0, DPO=1, ...): each stage draws a new half. None: a "
+            "trainer picks it, the stage after the model's saved one (see the stage rule)."
+        },
     )
     train_embeddings: bool = field(
         default=True, metadata={"help": "Keep input embeddings trainable (the paper does)."}
@@ -58,6 +61,8 @@ class HFTConfig:
             raise HFTError(f"ratio must be in (0, 1), got {self.ratio!r}")
         for name in ("seed", "stage"):
             value = getattr(self, name)
+            if value is None and name == "stage":
+                continue  # "not given": a trainer resolves it (integrations/_common.py)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise HFTError(f"{name} must be a non-negative integer, got {value!r}")
         for name in ("train_embeddings", "train_head", "train_final_norm", "guess_layout"):
@@ -66,7 +71,16 @@ class HFTConfig:
 
     def next_stage(self) -> HFTConfig:
         """The same config one stage later: a fresh, reproducible draw."""
+        self.require_stage("next_stage()")
         return dataclasses.replace(self, stage=self.stage + 1)
+
+    def require_stage(self, what: str) -> None:
+        """Refuse ``stage=None`` where a stage number is needed (only trainers resolve None)."""
+        if self.stage is None:
+            raise HFTError(
+                f'{what} needs a stage number; stage=None ("not given") is resolved by an HFT '
+                "trainer from the model's previous stage"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

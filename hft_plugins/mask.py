@@ -57,6 +57,7 @@ def select(model: nn.Module, config: HFTConfig | None = None) -> Mask:
     config = config or HFTConfig()
     if not isinstance(config, HFTConfig):
         raise HFTError(f"config must be an HFTConfig, got {type(config).__name__}")
+    config.require_stage("select()")
     strategy = plugins.strategy(config.strategy)
     layout = resolve(model, guess=config.guess_layout)
     if layout.guessed:

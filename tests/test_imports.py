@@ -23,3 +23,21 @@ def test_core_and_cli_import_no_framework():
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_shared_adapter_module_imports_no_framework():
+    """integrations/_common.py serves every adapter: none of their frameworks (nor pydantic)."""
+    code = (
+        "import sys, hft_plugins.integrations._common as c\n"
+        "c.settings(); c.HFTArguments()\n"
+        f"print(sorted(m for m in {(*FRAMEWORKS, 'pydantic')!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip() == "[]"

@@ -27,26 +27,21 @@ up; :func:`check_config` and :class:`HFTArgs` work without axolotl installed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field
 
-from .. import plugins
 from ..config import HFTConfig
 from ..errors import HFTError
 from ..mask import Mask, select
 from ..optim import HFTOptimizer
+from ._common import MASK_FILE, axolotl_args_model, config_from_settings, resolve_stage
 
 LOG = logging.getLogger("axolotl.hft_plugins")  # under axolotl's logger, so its log config shows it
-MASK_FILE = "hft_mask.json"
 
-# YAML key -> HFTConfig field
-_FIELDS = {f"hft_{f.name}": f.name for f in dataclasses.fields(HFTConfig)}
 # Options whose job HFT does differently; each would silently undo or bypass the mask.
 _CONFLICTS = {
     "adapter": "an adapter trains new weights while HFT trains half of the existing ones",
@@ -61,50 +56,48 @@ _CONFLICTS = {
 }
 _LISA = "LISA switches the trainable layers during training; HFT fixes one half per stage"
 
-
-def _help(name: str) -> str:
-    return next(f.metadata["help"] for f in dataclasses.fields(HFTConfig) if f.name == name)
-
-
-class HFTArgs(BaseModel):
-    """The YAML keys the plugin adds to axolotl's config schema."""
-
-    hft: bool | None = Field(
-        default=None,
-        json_schema_extra={"description": "Half Fine-Tuning: train a drawn half of each block."},
-    )
-    hft_strategy: str | None = Field(
-        default=None, json_schema_extra={"description": _help("strategy")}
-    )
-    hft_ratio: float | None = Field(default=None, json_schema_extra={"description": _help("ratio")})
-    hft_seed: int | None = Field(default=None, json_schema_extra={"description": _help("seed")})
-    hft_stage: int | None = Field(default=None, json_schema_extra={"description": _help("stage")})
-    hft_train_embeddings: bool | None = Field(
-        default=None, json_schema_extra={"description": _help("train_embeddings")}
-    )
-    hft_train_head: bool | None = Field(
-        default=None, json_schema_extra={"description": _help("train_head")}
-    )
-    hft_train_final_norm: bool | None = Field(
-        default=None, json_schema_extra={"description": _help("train_final_norm")}
-    )
+# The YAML keys: ``hft`` and ``hft_<field>`` for every HFTConfig field, generated from it.
+HFTArgs = axolotl_args_model()
+HFTArgs.__module__ = __name__
 
 
 def hft_config(cfg: Mapping[str, Any]) -> HFTConfig | None:
-    """The HFTConfig an axolotl config asks for, or None when ``hft`` is off."""
-    enabled = cfg.get("hft")
-    if enabled is None or enabled is False:
+    """The HFTConfig an axolotl config asks for, or None when ``hft`` is off.
+
+    Its stage is None when ``hft_stage`` is not set: :func:`resolve_config` decides it.
+    """
+    return config_from_settings(cfg, turn_on="hft: true")
+
+
+def _run_kind(cfg: Mapping[str, Any]) -> str | None:
+    """What the run trains, for the stage rule: None for SFT, else e.g. "rl: dpo"."""
+    if cfg.get("rl"):
+        rl = cfg["rl"]
+        return f"rl: {getattr(rl, 'value', rl)}"
+    for key in ("reward_model", "process_reward_model"):
+        if cfg.get(key):
+            return f"{key}: true"
+    return None
+
+
+def resolve_config(cfg: Mapping[str, Any], model=None) -> HFTConfig | None:
+    """:func:`hft_config` with the stage decided by the stage rule.
+
+    The previous stage is read from ``model`` when given (the loaded policy), else from
+    ``hft_mask.json`` in ``base_model``'s directory. SFT starts at stage 0; an ``rl:`` or
+    reward-model run needs ``hft_stage`` unless the base model has a previous stage.
+    """
+    config = hft_config(cfg)
+    if config is None:
         return None
-    if enabled is not True:
-        raise HFTError(f"hft must be true or false, got {enabled!r}")
-    known = set(_FIELDS) | {"hft"}
-    unknown = sorted(
-        k for k in cfg if isinstance(k, str) and k.startswith("hft_") and k not in known
+    kind = _run_kind(cfg)
+    return resolve_stage(
+        config,
+        model if model is not None else cfg.get("base_model"),
+        trainer=f"axolotl {kind}" if kind else "axolotl",
+        first_stage=kind is None,
+        how="set hft_stage: {n}",
     )
-    if unknown:
-        raise HFTError(f"unknown option {unknown[0]!r}; known: {', '.join(sorted(_FIELDS))}")
-    values = {field: cfg[key] for key, field in _FIELDS.items() if cfg.get(key) is not None}
-    return HFTConfig(**values)
 
 
 def check_config(cfg: Mapping[str, Any]) -> HFTConfig | None:
@@ -112,6 +105,8 @@ def check_config(cfg: Mapping[str, Any]) -> HFTConfig | None:
 
     Pure (no axolotl import) so it is testable anywhere; the plugin calls it on
     the raw YAML, where unset options are absent rather than filled with defaults.
+    The stage is decided here (from ``base_model``'s ``hft_mask.json``), so a missing
+    ``hft_stage`` fails before any data or model loads.
     """
     config = hft_config(cfg)
     if config is None:
@@ -123,8 +118,7 @@ def check_config(cfg: Mapping[str, Any]) -> HFTConfig | None:
     for key in sorted(k for k in cfg if isinstance(k, str) and k.startswith("lisa_")):
         if cfg[key] is not None:
             raise HFTError(f"hft: true cannot be combined with {key}: {cfg[key]!r} ({_LISA})")
-    plugins.strategy(config.strategy)  # an unknown strategy fails now, not after loading
-    return config
+    return resolve_config(cfg)
 
 
 class HFTOptimizerFactory:
@@ -181,14 +175,15 @@ def _build_plugin_class():
             self.config = check_config(cfg)
 
         def post_model_load(self, cfg, model):
-            config = hft_config(cfg)
-            if config is None:
+            if hft_config(cfg) is None:
                 return
             if self.policy is not None:
                 # The policy always loads first (axolotl.train.setup_model_and_trainer);
                 # a second model in the same run is the DPO/KTO reference: no mask.
                 LOG.info("HFT: leaving the reference model untouched")
                 return
+            # the stage decided on the raw YAML in register(); else decide it now
+            config = self.config if self.config is not None else resolve_config(cfg, model)
             mask = select(model, config)
             mask.apply(model)
             if not config.train_embeddings and cfg.gradient_checkpointing:

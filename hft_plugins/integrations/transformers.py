@@ -14,6 +14,7 @@ redraws the half at epoch boundaries when asked to.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -34,18 +35,19 @@ __all__ = [
     "unwrap_optimizer",
 ]
 
+_UNSET = object()  # hft_config not passed at all (None passed: HFT off, silently)
+
 # Keys the optimizer factory of ``get_optimizer_cls_and_kwargs`` uses to hand over its own groups.
 _SPECIAL_OPTIMIZER_KEYS = ("params", "model", "optimizer_dict")
 
 
 def resolve_hft_config(hft_config, args) -> HFTConfig | None:
-    """The stage's config: ``hft_config`` if given, else the ``hft_*`` fields of an HFT*Config
-    (None when its ``hft`` is false), else the paper's default."""
-    if hft_config is not None:
-        return check_hft_config(hft_config)
-    if hasattr(args, "to_hft_config"):
-        return args.to_hft_config()
-    return HFTConfig()
+    """The stage's config: ``hft_config`` if given, else the ``hft``/``hft_*`` arguments of an
+    HFT*Config (None when ``hft`` is off), else None: HFT off. The stage may still be None
+    ("not given"); the trainer resolves it by the stage rule."""
+    from ._common import config_from_trainer_args
+
+    return config_from_trainer_args(hft_config, args)
 
 
 def check_hft_config(hft_config) -> HFTConfig:
@@ -155,22 +157,45 @@ class HFTCallback(TrainerCallback):
 class HFTTrainerMixin:
     """Put before a ``transformers.Trainer`` subclass: trains only the HFT half.
 
-    ``hft_config`` (an :class:`HFTConfig`, default the paper's rule) draws the mask when
-    the optimizer is built. An optimizer passed in ``optimizers=`` must be an HFTOptimizer.
-    The optimizer class and its lr/betas/eps/weight decay come from the TrainingArguments,
+    ``hft_config`` (an :class:`HFTConfig`) draws the mask; None (the default) leaves HFT off
+    and the trainer is the plain one, unless ``args`` is an HFT*Config with ``hft`` on. A
+    stage of None is decided by the stage rule (``_common.resolve_stage``). An optimizer
+    passed in ``optimizers=`` must be an HFTOptimizer. The optimizer class and its lr/betas/eps/weight decay come from the TrainingArguments,
     as the plain Trainer's do; only torch optimizer classes can be wrapped.
     """
 
-    def __init__(self, *args, hft_config: HFTConfig | None = None, **kwargs):
+    # True where a model may start its HFT history (stage 0 by default): SFT and the plain
+    # Trainer. Other trainers (DPO, GRPO, ...) need the stage given or a previous stage.
+    hft_first_stage = True
+
+    def __init__(self, *args, hft_config: HFTConfig | None = _UNSET, **kwargs):
+        from ._common import trainer_config
+
         bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
         given = unwrap_optimizer((bound.get("optimizers") or (None, None))[0])
+        passed = hft_config is not _UNSET
+        hft_config = None if hft_config is _UNSET else hft_config
         if hft_config is None and given is not None:
             hft_config = given.mask.config
-        if hft_config is None and _is_hft_model(bound.get("model")):
+        elif hft_config is None and _is_hft_model(bound.get("model")):
             hft_config = bound["model"].hft_config
-        self.hft_config = resolve_hft_config(hft_config, bound.get("args"))
+        elif hft_config is not None or hasattr(bound.get("args"), "hft"):
+            hft_config = trainer_config(  # None when off; the stage decided by the stage rule
+                hft_config,
+                bound.get("args"),
+                bound.get("model"),
+                trainer=type(self).__name__,
+                first_stage=self.hft_first_stage,
+            )
+        elif not passed:
+            warnings.warn(
+                f"{type(self).__name__} got no hft_config: HFT is off and it trains as a plain "
+                "Trainer; pass hft_config=HFTConfig() for the paper's half",
+                stacklevel=2,
+            )
+        self.hft_config = hft_config
         self.hft_callback = None
-        if self.hft_config is None:  # an HFT*Config with hft=False: the plain trainer
+        if self.hft_config is None:  # hft_config=None, or an HFT*Config with hft off
             super().__init__(**bound)
             return
         if bound.get("peft_config") is not None:
@@ -262,6 +287,17 @@ class HFTTrainerMixin:
             self._hft_mask.apply(self._hft_target())
         return self.hft_config
 
+    def train(self, *args, **kwargs):
+        if self.hft_config is None:
+            return super().train(*args, **kwargs)
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.state.global_step > 0:  # the next stage's rule reads it (_common.py)
+                from ._common import record_trained_mask
+
+                record_trained_mask(self._hft_target(), self.hft_mask)
+
     def log(self, logs, *args, **kwargs):
         opt = self.hft_optimizer
         if opt is not None:
@@ -270,4 +306,5 @@ class HFTTrainerMixin:
 
 
 class HFTTrainer(HFTTrainerMixin, Trainer):
-    """``transformers.Trainer`` that trains only the half drawn by ``hft_config``."""
+    """``transformers.Trainer`` that trains only the half drawn by ``hft_config``
+    (without one, a plain Trainer)."""

@@ -1,100 +1,134 @@
-"""HFT in TRL: ``hft_config=`` where TRL takes ``peft_config``, and ``--hft`` for TrlParser scripts.
+"""HFT in TRL: ``hft_config=`` on every TRL trainer, and ``--hft`` for TrlParser scripts.
 
     trainer = HFTSFTTrainer(model=model, args=SFTConfig(...), train_dataset=ds,
                             hft_config=HFTConfig())
-    trainer = HFTDPOTrainer(model=model, args=DPOConfig(...), train_dataset=ds,
-                            hft_config=HFTConfig(stage=1))
+    trainer = HFTDPOTrainer(model=sft.model, args=DPOConfig(...), train_dataset=ds,
+                            hft_config=HFTConfig(stage=None))   # the stage after SFT's
 
-DPO without ``ref_model``: the frozen half never changes, so the reference shares
-the frozen tensors with the policy and copies only the trainable ones (TRL would
-reload a full second model from ``config._name_or_path``, which fails for a model
-built in code). If a later redraw makes a shared tensor trainable, the reference
-gets its own copy of it first, so the reference stays the model DPO started from.
+One mechanism for all trainers: :func:`hft_trainer` puts :class:`HFTTRLMixin` in
+front of a TRL trainer class; ``HFTSFTTrainer``, ``HFTDPOTrainer``,
+``HFTGRPOTrainer``, ``HFTRLOOTrainer``, ``HFTKTOTrainer``, ``HFTRewardTrainer`` and
+``HFTDistillationTrainer`` are made that way, and :func:`hft_config_class` makes
+the matching ``HFT*Config`` (the TRL config plus ``hft`` and ``hft_<field>`` for
+every HFTConfig field). :func:`get_hft_config` reads those arguments, as TRL's
+``get_peft_config`` reads the PEFT ones.
+
+Reference models: where TRL builds the reference itself from the policy's path
+(DPO and KTO without ``ref_model``, GRPO and RLOO with ``beta != 0``), the HFT
+trainer gives it instead a reference that shares the frozen half's tensors with
+the policy and copies only the trainable ones (TRL would load a second full
+model, and fails for a model built in code). If a later redraw makes a shared
+tensor trainable, the reference gets its own copy of it first, so the reference
+stays the model training started from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import inspect
-from dataclasses import dataclass, field
+import os
+import sys
+import types
+from dataclasses import dataclass
 
 from torch import nn
-from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+from trl import (
+    DPOConfig,
+    DPOTrainer,
+    GRPOConfig,
+    GRPOTrainer,
+    KTOConfig,
+    KTOTrainer,
+    RewardConfig,
+    RewardTrainer,
+    RLOOConfig,
+    RLOOTrainer,
+    SFTConfig,
+    SFTTrainer,
+)
 
-from .. import plugins
 from ..config import HFTConfig
 from ..errors import HFTError
 from ..mask import Mask, select
-from .transformers import HFTTrainerMixin, _is_hft_model, reject_peft, resolve_hft_config
+from ._common import RECORD_ATTR, HFTArguments, config_from_settings
+from .transformers import _UNSET, HFTTrainerMixin, _is_hft_model
+
+try:  # TRL 1.16; older releases have no stable distillation trainer
+    from trl import DistillationConfig, DistillationTrainer
+except ImportError:  # pragma: no cover - depends on the TRL version
+    DistillationConfig = DistillationTrainer = None
 
 __all__ = [
-    "HFTDPOConfig",
-    "HFTDPOTrainer",
+    "HFTArguments",
+    "HFTTRLMixin",
+    "get_hft_config",
+    "hft_config_class",
+    "hft_trainer",
+    "shared_reference",
+    # generated below, one per TRL trainer
     "HFTSFTConfig",
     "HFTSFTTrainer",
-    "shared_reference",
+    "HFTDPOConfig",
+    "HFTDPOTrainer",
+    "HFTGRPOConfig",
+    "HFTGRPOTrainer",
+    "HFTRLOOConfig",
+    "HFTRLOOTrainer",
+    "HFTKTOConfig",
+    "HFTKTOTrainer",
+    "HFTRewardConfig",
+    "HFTRewardTrainer",
+    "HFTDistillationConfig",
+    "HFTDistillationTrainer",
 ]
 
-_DEFAULT = HFTConfig()
+# TRL trainers that build a reference model from the policy's path when none is given.
+_REFERENCE_TRAINERS = (DPOTrainer, KTOTrainer, GRPOTrainer, RLOOTrainer)
 
 
-@dataclass
-class _HFTArguments:
-    """The ``hft_*`` command-line fields, shared by the SFT and DPO configs."""
+def get_hft_config(args) -> HFTConfig | None:
+    """The HFTConfig of an HFT*Config's ``hft`` and ``hft_*`` arguments; None when HFT is off.
 
-    hft: bool = field(
-        default=False,
-        metadata={"help": "Half Fine-Tuning: train a drawn half of each block, freeze the rest."},
-    )
-    hft_strategy: str = field(
-        default=_DEFAULT.strategy,
-        metadata={"help": "HFT selection rule: 'category' (the paper's), 'layer', 'matrix'."},
-    )
-    hft_ratio: float = field(
-        default=_DEFAULT.ratio,
-        metadata={"help": "HFT: fraction of the blocks' parameters that train, in (0, 1)."},
-    )
-    hft_seed: int = field(default=_DEFAULT.seed, metadata={"help": "HFT: seed of the draw."})
-    hft_stage: int = field(
-        default=0,
-        metadata={"help": "HFT: stage index; each stage draws a new half (SFT=0, DPO=1)."},
-    )
+    The counterpart of TRL's ``get_peft_config``::
+
+        trainer = HFTDPOTrainer(..., args=training_args, hft_config=get_hft_config(training_args))
+
+    A stage that was not given stays None: the trainer decides it by the stage rule.
+    Arguments without the ``hft`` fields (a plain TRL config) give None.
+    """
+    if not hasattr(args, "hft"):
+        return None
+    return config_from_settings(vars(args), turn_on="--hft")
+
+
+def hft_config_class(config_cls: type) -> type:
+    """``config_cls`` (a TRL config dataclass) plus ``hft`` and ``hft_<field>`` per HFTConfig field.
+
+    Values are checked when the arguments are built or parsed: a bad value, or an
+    ``hft_*`` value while ``hft`` is off, fails there with one line.
+    """
+    name = f"HFT{config_cls.__name__}"
+
+    def __post_init__(self):
+        super(cls, self).__post_init__()
+        get_hft_config(self)
 
     def to_hft_config(self) -> HFTConfig | None:
-        """The HFTConfig these fields describe, or None when ``hft`` is false."""
-        if not self.hft:
-            return None
-        config = HFTConfig(
-            strategy=self.hft_strategy,
-            ratio=self.hft_ratio,
-            seed=self.hft_seed,
-            stage=self.hft_stage,
-        )
-        plugins.strategy(config.strategy)  # an unknown name fails at parse time, not after loading
-        return config
+        """Same as ``get_hft_config(self)`` (kept for older code)."""
+        return get_hft_config(self)
 
-
-@dataclass
-class HFTSFTConfig(_HFTArguments, SFTConfig):
-    """SFTConfig plus ``hft``, ``hft_strategy``, ``hft_ratio``, ``hft_seed``, ``hft_stage``."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.to_hft_config()  # bad hft_* values fail when the arguments are parsed
-
-
-@dataclass
-class HFTDPOConfig(_HFTArguments, DPOConfig):
-    """DPOConfig plus the ``hft_*`` fields; ``hft_stage`` defaults to 1 (DPO follows SFT)."""
-
-    hft_stage: int = field(
-        default=1,
-        metadata={"help": "HFT: stage index; each stage draws a new half (SFT=0, DPO=1)."},
+    namespace = {
+        "__module__": __name__,
+        "__qualname__": name,
+        "__doc__": f"TRL's {config_cls.__name__} plus ``hft`` and one ``hft_<field>`` argument "
+        "per HFTConfig field (None: not given).",
+        "__post_init__": __post_init__,
+        "to_hft_config": to_hft_config,
+    }
+    cls = dataclass(
+        types.new_class(name, (HFTArguments, config_cls), {}, lambda ns: ns.update(namespace))
     )
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.to_hft_config()
+    return cls
 
 
 def _refuse_hft_model(model) -> None:
@@ -106,41 +140,37 @@ def _refuse_hft_model(model) -> None:
         )
 
 
-class HFTSFTTrainer(HFTTrainerMixin, SFTTrainer):
-    """TRL's SFTTrainer training only the HFT half (``hft_config=`` or ``HFTSFTConfig(hft=True)``)."""
+class HFTTRLMixin(HFTTrainerMixin):
+    """Put before a TRL trainer class (see :func:`hft_trainer`): ``hft_config=`` on that trainer.
 
-    def __init__(self, *args, **kwargs):
+    Adds to :class:`HFTTrainerMixin`: an HFTModel is refused (TRL needs the bare model),
+    a ``ref_model`` you pass must have the policy's shapes, and a reference that TRL
+    would build from the policy's path shares the frozen half instead.
+    """
+
+    hft_first_stage = False  # only SFT may start a model's HFT history by default
+    hft_share_reference = False  # TRL builds a reference from the policy's path
+
+    def __init__(self, *args, hft_config: HFTConfig | None = _UNSET, **kwargs):
         _refuse_hft_model(kwargs.get("model", args[0] if args else None))
-        super().__init__(*args, **kwargs)
-
-
-class HFTDPOTrainer(HFTTrainerMixin, DPOTrainer):
-    """TRL's DPOTrainer training only the HFT half; without ``ref_model`` the reference shares
-    the frozen half's storage with the policy."""
-
-    def __init__(self, *args, hft_config: HFTConfig | None = None, **kwargs):
-        bound = inspect.signature(DPOTrainer.__init__).bind_partial(None, *args, **kwargs).arguments
-        bound.pop("self")
-        _refuse_hft_model(bound.get("model"))
-        config = resolve_hft_config(hft_config, bound.get("args"))
         self._hft_reference = None
-        if config is not None and bound.get("peft_config") is None:
-            model = bound.get("model")
-            if isinstance(model, str):
-                bound["model"] = model = _load(model, bound.get("args"))
-            reject_peft(model)
-            select(model, config).apply(model)
-            ref = bound.get("ref_model")
-            if ref is None:
-                bound["ref_model"] = self._hft_reference = shared_reference(model)
-            else:
-                _check_same_shapes(model, ref)
-        super().__init__(hft_config=hft_config, **bound)
+        building = _reference_shared_with(self) if self.hft_share_reference else _nothing()
+        with building:
+            super().__init__(*args, hft_config=hft_config, **kwargs)
+        given_ref = getattr(self, "ref_model", None)  # passed by name or by position
+        if self.hft_config is not None and given_ref is not None and self._hft_reference is None:
+            _check_same_shapes(self.model, self.accelerator.unwrap_model(given_ref))
         if self._hft_reference is not None:
-            # The mixin may apply another mask than the one drawn above (that of an
-            # HFTOptimizer in optimizers= or of an HFTModel): nothing it trains may be shared.
+            # The mixin may apply another mask than the one drawn for the reference (that of an
+            # HFTOptimizer in optimizers=): nothing it trains may be shared.
             self._unshare_reference(self._hft_mask)
             self.hft_callback.before_redraw.append(self._unshare_reference)
+
+    def _share_reference(self, policy: nn.Module) -> nn.Module:
+        """Called when TRL asks for the reference: mask the policy, share its frozen half."""
+        select(policy, self.hft_config).apply(policy)
+        self._hft_reference = shared_reference(policy)
+        return self._hft_reference
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if self._hft_reference is not None and resume_from_checkpoint:
@@ -152,10 +182,8 @@ class HFTDPOTrainer(HFTTrainerMixin, DPOTrainer):
 
         Resuming loads the checkpoint's weights into the policy in place; a shared tensor
         its run trained (after an epoch redraw, or with another seed/stage) would then be
-        trained weights in the reference too, silently changing the DPO loss.
+        trained weights in the reference too, silently changing the loss.
         """
-        import os
-
         import torch
         from transformers.trainer_utils import get_last_checkpoint
 
@@ -174,8 +202,8 @@ class HFTDPOTrainer(HFTTrainerMixin, DPOTrainer):
             if name in params and id(params[name]) in shared:
                 raise HFTError(
                     f"cannot resume from {checkpoint}: its mask (stage {saved.config.stage}, seed "
-                    f"{saved.config.seed}) trained {name!r}, which the shared DPO reference "
-                    "holds; pass ref_model= (a copy of the model DPO started from)"
+                    f"{saved.config.seed}) trained {name!r}, which the shared reference model "
+                    "holds; pass ref_model= (a copy of the model training started from)"
                 )
 
     def _unshare_reference(self, mask: Mask) -> None:
@@ -184,11 +212,78 @@ class HFTDPOTrainer(HFTTrainerMixin, DPOTrainer):
         unshare(self._hft_reference, [params[name] for name in mask.params()])
 
 
-def _load(path: str, args) -> nn.Module:
-    from trl.trainer.utils import create_model_from_path
+@contextlib.contextmanager
+def _nothing():
+    yield
 
-    kwargs = dict(getattr(args, "model_init_kwargs", None) or {})
-    return create_model_from_path(path, **kwargs)
+
+@contextlib.contextmanager
+def _reference_shared_with(trainer: HFTTRLMixin):
+    """While ``trainer`` initialises, TRL's ``create_model_from_path`` for the policy's own
+    path (the reference it builds when none is given) returns a shared reference instead.
+
+    TRL's trainers call the function by the name their module imported, so it is replaced
+    in each TRL module of the trainer's class hierarchy, and restored afterwards.
+    """
+    modules = []
+    for klass in type(trainer).__mro__:
+        module = sys.modules.get(klass.__module__)
+        if klass.__module__.split(".")[0] == "trl" and hasattr(module, "create_model_from_path"):
+            if module not in modules:
+                modules.append(module)
+    originals = {module: module.create_model_from_path for module in modules}
+
+    def wrap(original):
+        def create_model_from_path(model_id, *args, **kwargs):
+            policy = trainer.__dict__.get("model")
+            if (
+                trainer.hft_config is not None
+                and trainer._hft_reference is None
+                and isinstance(policy, nn.Module)
+                and model_id == getattr(getattr(policy, "config", None), "_name_or_path", None)
+            ):
+                return trainer._share_reference(policy)
+            return original(model_id, *args, **kwargs)
+
+        return create_model_from_path
+
+    for module, original in originals.items():
+        module.create_model_from_path = wrap(original)
+    try:
+        yield
+    finally:
+        for module, original in originals.items():
+            module.create_model_from_path = original
+
+
+def hft_trainer(
+    trainer_cls: type, *, first_stage: bool | None = None, share_reference: bool | None = None
+) -> type:
+    """``trainer_cls`` (a TRL trainer, or your subclass of one) with ``hft_config=``.
+
+    ``first_stage``: may a model start its HFT history here (stage 0 when the stage is not
+    given)? Default: only for SFT trainers. ``share_reference``: does TRL build a reference
+    model from the policy's path that should share the frozen half? Default: for DPO, KTO,
+    GRPO and RLOO and their subclasses.
+    """
+    if first_stage is None:
+        first_stage = issubclass(trainer_cls, SFTTrainer)
+    if share_reference is None:
+        share_reference = issubclass(trainer_cls, _REFERENCE_TRAINERS)
+    name = f"HFT{trainer_cls.__name__}"
+    return type(
+        name,
+        (HFTTRLMixin, trainer_cls),
+        {
+            "__module__": __name__,
+            "__qualname__": name,
+            "__doc__": f"TRL's {trainer_cls.__name__} training only the HFT half given by "
+            "``hft_config=`` (or an HFT config's ``hft`` arguments); without one, the plain "
+            f"{trainer_cls.__name__}.",
+            "hft_first_stage": first_stage,
+            "hft_share_reference": share_reference,
+        },
+    )
 
 
 def shared_reference(model: nn.Module) -> nn.Module:
@@ -199,7 +294,16 @@ def shared_reference(model: nn.Module) -> nn.Module:
     """
     memo = {id(p): p for p in model.parameters() if not p.requires_grad}
     memo.update({id(b): b for b in model.buffers()})
+    for module in model.modules():
+        recorded = module.__dict__.get(RECORD_ATTR)
+        if recorded is not None:
+            memo[id(recorded)] = recorded
     reference = copy.deepcopy(model, memo)
+    for module in reference.modules():
+        # A forward patched onto the instance as a closure (TRL's fused LM head from an
+        # earlier trainer) would still run the policy; the class's forward runs the copy.
+        if isinstance(module.__dict__.get("forward"), types.FunctionType):
+            del module.__dict__["forward"]
     for param in reference.parameters():
         param.requires_grad_(False)
     return reference.eval()
@@ -232,3 +336,22 @@ def _check_same_shapes(model: nn.Module, ref: nn.Module) -> None:
     extra = sorted(set(theirs) - set(mine))
     if extra:
         raise HFTError(f"ref_model does not match the policy: extra parameter {extra[0]!r}")
+
+
+# ---- one HFT trainer and one HFT config per TRL trainer ------------------------------
+
+HFTSFTConfig = hft_config_class(SFTConfig)
+HFTSFTTrainer = hft_trainer(SFTTrainer)
+HFTDPOConfig = hft_config_class(DPOConfig)
+HFTDPOTrainer = hft_trainer(DPOTrainer)
+HFTGRPOConfig = hft_config_class(GRPOConfig)
+HFTGRPOTrainer = hft_trainer(GRPOTrainer)
+HFTRLOOConfig = hft_config_class(RLOOConfig)
+HFTRLOOTrainer = hft_trainer(RLOOTrainer)
+HFTKTOConfig = hft_config_class(KTOConfig)
+HFTKTOTrainer = hft_trainer(KTOTrainer)
+HFTRewardConfig = hft_config_class(RewardConfig)
+HFTRewardTrainer = hft_trainer(RewardTrainer)
+if DistillationTrainer is not None:
+    HFTDistillationConfig = hft_config_class(DistillationConfig)
+    HFTDistillationTrainer = hft_trainer(DistillationTrainer)

@@ -1,33 +1,60 @@
-"""SFT or DPO with TRL from the command line; ``--hft`` turns on Half Fine-Tuning.
+"""SFT or DPO with TRL from the command line, as TRL's own scripts; ``--hft`` turns on HFT.
 
     python integrations/trl/hft_trl.py sft --model_name_or_path MODEL \
-        --dataset integrations/trl/sft.jsonl --output_dir out/sft --hft
+        --dataset_name integrations/trl/sft.jsonl --output_dir out/sft --hft
     python integrations/trl/hft_trl.py dpo --model_name_or_path out/sft \
-        --dataset integrations/trl/dpo.jsonl --output_dir out/dpo --hft --hft_stage 1
+        --dataset_name integrations/trl/dpo.jsonl --output_dir out/dpo --hft
 
-Every SFTConfig / DPOConfig flag works as in TRL's own scripts; ``--hft_strategy``,
-``--hft_ratio``, ``--hft_seed`` and ``--hft_stage`` choose the half. A YAML file of the
-same keys goes in ``--config``.
+The arguments are TRL's (``ScriptArguments``, ``SFTConfig`` / ``DPOConfig``,
+``ModelConfig``) plus ``--hft`` and one ``--hft_<field>`` per HFTConfig field; a YAML
+file of the same keys goes in ``--config``. ``--hft_stage`` may be left out: the stage
+then follows the one in the model directory's ``hft_mask.json`` (DPO on the SFT output
+is stage 1); SFT on a fresh model starts at 0, DPO on a fresh model needs it given.
+``--dataset_name`` takes a hub id, a local directory, or a ``.jsonl``/``.json``/
+``.csv``/``.parquet`` file; ``--dataset`` is its deprecated old name.
 """
 
 import sys
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from datasets import load_dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import TrlParser
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from hft_plugins import HFTError
-from hft_plugins.integrations.trl import HFTDPOConfig, HFTDPOTrainer, HFTSFTConfig, HFTSFTTrainer
+from hft_plugins.integrations.trl import (
+    HFTDPOConfig,
+    HFTDPOTrainer,
+    HFTSFTConfig,
+    HFTSFTTrainer,
+    get_hft_config,
+)
 
 MODES = {"sft": (HFTSFTConfig, HFTSFTTrainer), "dpo": (HFTDPOConfig, HFTDPOTrainer)}
+FILE_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 @dataclass
-class ScriptArguments:
-    model_name_or_path: str = field(metadata={"help": "A model directory (or hub id, if online)."})
-    dataset: str = field(
-        metadata={"help": "A local .jsonl file: messages (SFT) or prompt/chosen/rejected (DPO)."}
+class OldArguments:
+    """Arguments of earlier versions of this script, still accepted."""
+
+    dataset: str | None = field(
+        default=None, metadata={"help": "Deprecated: use --dataset_name (same values)."}
+    )
+
+
+def load(script: ScriptArguments):
+    """The dataset of ``--dataset_name``: a local data file, a local directory or a hub id."""
+    path = Path(script.dataset_name)
+    if path.is_file():
+        if path.suffix not in FILE_TYPES:
+            raise HFTError(f"--dataset_name {path}: not one of {', '.join(FILE_TYPES)}")
+        return load_dataset(
+            FILE_TYPES[path.suffix], data_files={script.dataset_train_split: str(path)}
+        )
+    return load_dataset(
+        script.dataset_name, name=script.dataset_config, streaming=script.dataset_streaming
     )
 
 
@@ -37,18 +64,39 @@ def main(argv: list[str]) -> None:
             f"usage: hft_trl.py {{{'|'.join(MODES)}}} [options]; --help after the mode lists them"
         )
     config_cls, trainer_cls = MODES[argv[0]]
-    script, args = TrlParser((ScriptArguments, config_cls)).parse_args_and_config(argv[1:])
-    model = AutoModelForCausalLM.from_pretrained(script.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
-    dataset = load_dataset("json", data_files=script.dataset, split="train")
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    parser = TrlParser((ScriptArguments, config_cls, ModelConfig, OldArguments))
+    script, args, model_args, old = parser.parse_args_and_config(argv[1:])
+    if old.dataset is not None:
+        if script.dataset_name is not None:
+            raise HFTError("--dataset is the old name of --dataset_name; pass only --dataset_name")
+        warnings.warn("--dataset is deprecated; use --dataset_name", FutureWarning, stacklevel=1)
+        script.dataset_name = old.dataset
+    if script.dataset_name is None:
+        raise HFTError("--dataset_name is required (a hub id, a directory or a data file)")
+    if model_args.model_name_or_path is None:
+        raise HFTError("--model_name_or_path is required")
+    args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(args.model_init_kwargs or {}),
+    }
+    dataset = load(script)
+    trainer = trainer_cls(
+        model=model_args.model_name_or_path,
+        args=args,
+        train_dataset=dataset[script.dataset_train_split],
+        eval_dataset=dataset[script.dataset_test_split] if args.eval_strategy != "no" else None,
+        peft_config=get_peft_config(model_args),
+        hft_config=get_hft_config(args),
+    )
     if trainer.hft_config is not None:
         print(trainer.hft_mask.summary())
-    trainer.train()
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
-    tokenizer.save_pretrained(args.output_dir)
-    if trainer.hft_config is not None:
-        trainer.hft_mask.save(f"{args.output_dir}/hft_mask.json")
+    if trainer.hft_config is not None:  # the next stage's --hft_stage follows this file
+        trainer.hft_mask.save(Path(args.output_dir) / "hft_mask.json")
     print(f"saved to {args.output_dir}")
 
 

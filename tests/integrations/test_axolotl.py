@@ -37,7 +37,7 @@ def test_args_offer_every_hft_config_field():
 
 def test_hft_off_or_absent_gives_no_config():
     assert check_config({}) is None
-    assert check_config({"hft": False, "hft_ratio": 0.3}) is None
+    assert check_config({"hft": False}) is None
     # conflicting options are fine when HFT is off
     assert check_config({"adapter": "lora", "unfrozen_parameters": ["x"]}) is None
 
@@ -96,7 +96,9 @@ def test_bad_hft_values_are_rejected(cfg, named):
 
 def test_hft_config_ignores_lisa_defaults_of_the_validated_config():
     # axolotl's validated config fills lisa_layers_attribute; only check_config (raw YAML) rejects it
-    assert hft_config({"hft": True, "lisa_layers_attribute": "model.layers"}) == HFTConfig()
+    assert hft_config({"hft": True, "lisa_layers_attribute": "model.layers"}) == HFTConfig(
+        stage=None
+    )
 
 
 def _trainer(tmp_path, **args):

@@ -137,10 +137,12 @@ def sft_output(workdir) -> Path:
 def test_sft_trains_exactly_the_drawn_half(workdir, sft_output):
     sft = yaml.safe_load((workdir / "sft.yml").read_text())
     mask = assert_half_trained(workdir / "tiny-llama", sft_output, HFTConfig(stage=0), steps=3)
-    assert sft["hft_stage"] == mask.config.stage == 0
+    assert "hft_stage" not in sft and mask.config.stage == 0  # SFT on a fresh model: stage 0
 
 
 def test_dpo_stage_trains_a_new_half_of_the_policy_only(workdir, sft_output):
+    """dpo.yml gives no hft_stage: the stage after the SFT output's hft_mask.json."""
+    assert "hft_stage" not in yaml.safe_load((workdir / "dpo.yml").read_text())
     _train(workdir, "dpo.yml")
     dpo_output = workdir / "outputs" / "dpo"
     mask = assert_half_trained(sft_output, dpo_output, HFTConfig(stage=1), steps=2)
@@ -148,6 +150,19 @@ def test_dpo_stage_trains_a_new_half_of_the_policy_only(workdir, sft_output):
     log = (dpo_output / "debug.log").read_text()
     assert log.count("HFT: mask applied to the policy model") == 1
     assert "HFT: leaving the reference model untouched" in log
+
+
+def test_dpo_on_a_fresh_model_without_hft_stage_stops_with_one_line(workdir):
+    """The stage rule: DPO needs the stage given unless its base model has a previous stage."""
+    cfg = yaml.safe_load((workdir / "dpo.yml").read_text())
+    cfg.update(base_model="./tiny-llama", output_dir="./outputs/dpo-fresh")
+    (workdir / "dpo-fresh.yml").write_text(yaml.safe_dump(cfg))
+    done = _run([str(VENV / "bin" / "axolotl"), "train", "dpo-fresh.yml"], workdir)
+    assert done.returncode != 0
+    line = "HFTError: axolotl rl: dpo needs the HFT stage given"
+    assert line in done.stdout + done.stderr
+    assert "set hft_stage: 1" in done.stdout + done.stderr
+    assert not (workdir / "outputs" / "dpo-fresh" / "model.safetensors").exists()
 
 
 def test_resume_restores_the_hft_optimizer_exactly(workdir, sft_output):

@@ -77,7 +77,10 @@ def test_trl_script_sft_then_dpo(tmp_path):
     )
     sft_mask = Mask.load(tmp_path / "sft" / "hft_mask.json")
     dpo_mask = Mask.load(tmp_path / "dpo" / "hft_mask.json")
+    # neither YAML gives hft_stage: SFT starts at 0, DPO follows the SFT output's mask file
+    assert "hft_stage" not in (trl_dir / "dpo.yaml").read_text().split("#")[0]
     assert (sft_mask.config.stage, dpo_mask.config.stage) == (0, 1)
+    assert sft_mask.trainable != dpo_mask.trainable
     before = load_file(tmp_path / "sft" / "model.safetensors")
     after = load_file(tmp_path / "dpo" / "model.safetensors")
     plan = dpo_mask.params()
@@ -87,25 +90,43 @@ def test_trl_script_sft_then_dpo(tmp_path):
     assert any(not torch.equal(before[n], after[n]) for n in plan if n in before)
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--hft_ratio", "2"], "ratio must be in (0, 1), got 2.0"),
-        (["--hft_strategy", "nope"], "unknown strategy 'nope'"),
-    ],
-)
-def test_trl_script_bad_hft_value_is_one_line(flags, message, tmp_path):
+def _script(argv, cwd=ROOT):
     trl_dir = ROOT / "integrations" / "trl"
-    argv = ["sft", "--model_name_or_path", tmp_path, "--dataset", trl_dir / "sft.jsonl"]
-    argv += ["--output_dir", tmp_path / "out", "--hft", "--use_cpu", "--report_to", "none"]
-    done = subprocess.run(
-        [sys.executable, trl_dir / "hft_trl.py", *map(str, argv + flags)],
-        cwd=ROOT,
+    return subprocess.run(
+        [sys.executable, trl_dir / "hft_trl.py", *map(str, argv)],
+        cwd=cwd,
         env=ENV,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+@pytest.mark.parametrize(
+    "mode, flags, message",
+    [
+        ("sft", ["--hft", "--hft_ratio", "2"], "ratio must be in (0, 1), got 2.0"),
+        ("sft", ["--hft", "--hft_strategy", "nope"], "unknown strategy 'nope'"),
+        ("sft", ["--hft_ratio", "0.25"], "hft_ratio is set but HFT is off: add --hft"),
+        ("dpo", ["--hft"], "HFTDPOTrainer needs the HFT stage given"),
+    ],
+)
+def test_trl_script_bad_hft_value_is_one_line(mode, flags, message, tmp_path):
+    trl_dir = ROOT / "integrations" / "trl"
+    argv = [mode, "--model_name_or_path", tmp_path, "--dataset_name", trl_dir / f"{mode}.jsonl"]
+    argv += ["--output_dir", tmp_path / "out", "--use_cpu", "--report_to", "none"]
+    done = _script(argv + flags)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert f"hft_trl.py: error: {message}" in done.stderr.strip().splitlines()[-1]
+
+
+def test_trl_script_old_dataset_flag_still_works(tmp_path):
+    trl_dir = ROOT / "integrations" / "trl"
+    run(trl_dir / "make_tiny_model.py", tmp_path / "tiny", cwd=ROOT)
+    argv = ["sft", "--model_name_or_path", tmp_path / "tiny", "--dataset", trl_dir / "sft.jsonl"]
+    argv += ["--output_dir", tmp_path / "out", "--use_cpu", "--report_to", "none"]
+    argv += ["--bf16", "false", "--max_steps", "1", "--save_strategy", "no"]
+    done = _script(argv)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--dataset is deprecated; use --dataset_name" in done.stderr

@@ -56,7 +56,9 @@ def test_fused_tensors_keep_their_frozen_slices(tmp_path, family):
     """Under the Trainer's default optimizer (adamw_torch_fused) too."""
     model = tiny_model(family)
     before = snapshot(model)
-    trainer = HFTTrainer(model=model, args=args(tmp_path), train_dataset=lm_dataset())
+    trainer = HFTTrainer(
+        model=model, args=args(tmp_path), train_dataset=lm_dataset(), hft_config=HFTConfig()
+    )
     trainer.train()
     mask = trainer.hft_mask
     assert any(s is not None for s in mask.params().values())
@@ -65,7 +67,12 @@ def test_fused_tensors_keep_their_frozen_slices(tmp_path, family):
 
 def test_next_stage_redraws_between_train_calls(tmp_path):
     model = tiny_model("llama")
-    trainer = HFTTrainer(model=model, args=args(tmp_path, max_steps=2), train_dataset=lm_dataset())
+    trainer = HFTTrainer(
+        model=model,
+        args=args(tmp_path, max_steps=2),
+        train_dataset=lm_dataset(),
+        hft_config=HFTConfig(),
+    )
     trainer.train()
     first = trainer.hft_mask
     trainer.next_stage()
@@ -83,6 +90,7 @@ def test_every_epoch_redraw(tmp_path):
         model=model,
         args=args(tmp_path, max_steps=-1, num_train_epochs=3),  # 4 steps per epoch
         train_dataset=lm_dataset(),
+        hft_config=HFTConfig(),
         callbacks=[HFTCallback(redraw_every_epoch=True)],
     )
     trainer.train()
@@ -109,6 +117,7 @@ def _run(tmp_path, resume=None, **kw):
             },
         ),
         train_dataset=lm_dataset(),
+        hft_config=HFTConfig(),
         callbacks=[HFTCallback(redraw_every_epoch=True)],
     )
     trainer.train(resume_from_checkpoint=resume)
@@ -163,7 +172,11 @@ def test_a_plain_optimizer_is_refused(tmp_path):
     plain = torch.optim.AdamW(model.parameters())
     with pytest.raises(HFTError, match="HFTTrainer needs an HFTOptimizer"):
         HFTTrainer(
-            model=model, args=args(tmp_path), train_dataset=lm_dataset(), optimizers=(plain, None)
+            model=model,
+            args=args(tmp_path),
+            train_dataset=lm_dataset(),
+            optimizers=(plain, None),
+            hft_config=HFTConfig(),
         )
 
 
@@ -190,7 +203,10 @@ def test_a_user_hft_optimizer_is_used(tmp_path):
 
 def test_optim_from_training_arguments_is_wrapped(tmp_path):
     trainer = HFTTrainer(
-        model=tiny_model(), args=args(tmp_path, optim="adafactor"), train_dataset=lm_dataset()
+        model=tiny_model(),
+        args=args(tmp_path, optim="adafactor"),
+        train_dataset=lm_dataset(),
+        hft_config=HFTConfig(),
     )
     trainer.create_optimizer()
     assert type(trainer.hft_optimizer.inner).__name__ == "Adafactor"
@@ -205,6 +221,7 @@ def test_an_optimizer_factory_is_refused(tmp_path):
         args=args(tmp_path),
         train_dataset=lm_dataset(),
         optimizer_cls_and_kwargs=(factory, {}),
+        hft_config=HFTConfig(),
     )
     with pytest.raises(HFTError, match="HFT wraps torch optimizer classes"):
         trainer.create_optimizer()

@@ -91,7 +91,7 @@ def test_sft_config_flag_turns_hft_on_and_off(tmp_path):
     parse = TrlParser((HFTSFTConfig,)).parse_args_and_config
     common = ["--output_dir", str(tmp_path), "--use_cpu", "--bf16", "false"]
     (on,) = parse([*common, "--hft", "--hft_ratio", "0.25", "--hft_seed", "4"])
-    assert on.to_hft_config() == HFTConfig(ratio=0.25, seed=4)
+    assert on.to_hft_config() == HFTConfig(ratio=0.25, seed=4, stage=None)  # stage: the rule
     (off,) = parse(common)
     assert off.to_hft_config() is None
     model = tiny_model()
@@ -103,7 +103,7 @@ def test_sft_config_flag_turns_hft_on_and_off(tmp_path):
     )
     assert trainer.hft_config is None and all(p.requires_grad for p in model.parameters())
     (dpo,) = TrlParser((HFTDPOConfig,)).parse_args_and_config([*common, "--hft"])
-    assert dpo.to_hft_config() == HFTConfig(stage=1)
+    assert dpo.to_hft_config() == HFTConfig(stage=None)  # DPO no longer defaults to a stage
 
 
 def test_bad_hft_field_fails_at_parse_time(tmp_path):
@@ -195,7 +195,9 @@ def test_dpo_hft_fields(tmp_path):
         tmp_path, model, steps=1, args_cls=HFTDPOConfig, ref_model=copy.deepcopy(model)
     )
     assert off.hft_config is None and all(p.requires_grad for p in model.parameters())
-    args = HFTDPOConfig(output_dir=str(tmp_path), max_steps=1, hft=True, hft_seed=2, **CPU)
+    args = HFTDPOConfig(
+        output_dir=str(tmp_path), max_steps=1, hft=True, hft_seed=2, hft_stage=1, **CPU
+    )
     trainer = HFTDPOTrainer(
         model=tiny_model(), args=args, train_dataset=dpo_data(), processing_class=tiny_tokenizer()
     )

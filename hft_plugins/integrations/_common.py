@@ -1,0 +1,268 @@
+"""What every framework adapter shares: HFTConfig's fields as settings, and the stage rule.
+
+One config surface. :class:`~hft_plugins.HFTConfig` declares each field, its
+default and its help once; from it come
+
+- ``settings()``: one :class:`Setting` per field (``hft_<field>`` key, type,
+  default, help), which the CLI (``hft inspect --<field>``), the TRL arguments
+  (:data:`HFTArguments`, ``--hft_<field>``) and the Axolotl YAML keys
+  (:func:`axolotl_args_model`, ``hft_<field>:``) are generated from;
+- :func:`config_from_settings`: the ``hft`` flag and ``hft_*`` values of any of
+  them back to an HFTConfig (None when HFT is off; a value given while it is off
+  is an error, not a silent no-op).
+
+The TRL arguments and Axolotl keys default to None, meaning "not given": the
+field then takes HFTConfig's default, except ``stage``, which the stage rule
+decides.
+
+The stage rule (:func:`resolve_stage`), used by every trainer and the Axolotl
+plugin: a stage that is not given follows the model's previous HFT stage (the
+mask recorded on the model object by an HFT trainer's ``train()``, else
+``hft_mask.json`` in the model's directory): previous stage + 1. A model with no
+previous stage starts at 0 in SFT and the plain Trainer; every other trainer
+(DPO, GRPO, KTO, ...) needs the stage given. A stage given explicitly that draws
+exactly the previous stage's half (same strategy, seed and stage) is refused.
+
+Framework imports (pydantic) stay inside functions: this module is imported by
+each adapter and must not pull in another adapter's framework.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import plugins
+from ..config import HFTConfig
+from ..errors import HFTError
+from ..mask import Mask
+
+FLAG = "hft"
+PREFIX = "hft_"
+MASK_FILE = "hft_mask.json"
+# Where an HFT trainer's train() records the mask it trained with, on the model object.
+RECORD_ATTR = "_hft_trained_mask"
+
+FLAG_HELP = "Half Fine-Tuning: train a drawn half of each transformer block, freeze the rest."
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One HFTConfig field as a framework setting."""
+
+    field: str  # the HFTConfig field
+    key: str  # hft_<field>: TRL argument and Axolotl YAML key
+    type: type  # bool, int, float or str (None stripped)
+    default: Any  # HFTConfig's default
+    help: str  # HFTConfig's help
+
+    @property
+    def flag(self) -> str:
+        """The ``hft`` command's option: ``--<field>`` with dashes."""
+        return "--" + self.field.replace("_", "-")
+
+
+def _plain_type(annotation) -> type:
+    """``int | None`` -> int: the type a value of the field has when given."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def settings() -> tuple[Setting, ...]:
+    """Every HFTConfig field, in declaration order, as a :class:`Setting`."""
+    hints = typing.get_type_hints(HFTConfig)
+    return tuple(
+        Setting(
+            field=f.name,
+            key=PREFIX + f.name,
+            type=_plain_type(hints[f.name]),
+            default=f.default,
+            help=f.metadata.get("help", ""),
+        )
+        for f in dataclasses.fields(HFTConfig)
+    )
+
+
+SETTINGS = settings()
+KEYS = {s.key: s for s in SETTINGS}
+
+
+def setting_help(s: Setting) -> str:
+    """Help for an ``hft_*`` setting that defaults to None ("not given")."""
+    if s.field == "stage":
+        return (
+            f"HFT: {s.help} Not given: the stage after the model's previous HFT stage; "
+            "SFT starts at 0, other trainers need it."
+        )
+    default = str(s.default).lower() if isinstance(s.default, bool) else s.default
+    return f"HFT: {s.help} Not given: {default}."
+
+
+def _trl_fields() -> list:
+    fields = [("hft", bool, field(default=False, metadata={"help": FLAG_HELP}))]
+    for s in SETTINGS:
+        fields.append(
+            (s.key, s.type | None, field(default=None, metadata={"help": setting_help(s)}))
+        )
+    return fields
+
+
+# The TRL arguments: ``hft`` plus ``hft_<field>`` for every HFTConfig field. A plain
+# dataclass, so that TRL's configs (dataclasses parsed by TrlParser) can inherit it.
+HFTArguments = dataclasses.make_dataclass("HFTArguments", _trl_fields())
+HFTArguments.__module__ = __name__
+HFTArguments.__doc__ = (
+    "The ``hft`` flag and one ``hft_<field>`` argument per HFTConfig field (None: not given)."
+)
+
+
+def axolotl_args_model():
+    """The pydantic model of the Axolotl YAML keys: ``hft`` and ``hft_<field>``, all optional."""
+    from pydantic import Field, create_model
+
+    fields = {
+        "hft": (bool | None, Field(default=None, json_schema_extra={"description": FLAG_HELP}))
+    }
+    for s in SETTINGS:
+        fields[s.key] = (
+            s.type | None,
+            Field(default=None, json_schema_extra={"description": setting_help(s)}),
+        )
+    model = create_model("HFTArgs", **fields)
+    model.__doc__ = "The YAML keys the HFT plugin adds to axolotl's config schema."
+    return model
+
+
+def config_from_settings(values: Mapping[str, Any], *, turn_on: str) -> HFTConfig | None:
+    """The HFTConfig of an ``hft`` flag and ``hft_*`` values (None: not given), or None when off.
+
+    ``turn_on`` says how HFT is turned on where the values come from (``--hft``,
+    ``hft: true``), for the error about a value given while HFT is off. ``stage``
+    stays None when not given: a trainer resolves it (:func:`resolve_stage`).
+    """
+    enabled = values.get(FLAG)
+    if enabled not in (None, True, False):
+        raise HFTError(f"hft must be true or false, got {enabled!r}")
+    unknown = sorted(
+        k for k in values if isinstance(k, str) and k.startswith(PREFIX) and k not in KEYS
+    )
+    if unknown:
+        raise HFTError(f"unknown option {unknown[0]!r}; known: {', '.join(KEYS)}")
+    given = {s.field: values[s.key] for s in SETTINGS if values.get(s.key) is not None}
+    if not enabled:
+        if given:
+            key = PREFIX + next(iter(given))
+            raise HFTError(f"{key} is set but HFT is off: add {turn_on}, or remove {key}")
+        return None
+    config = HFTConfig(**{"stage": None, **given})
+    plugins.strategy(config.strategy)  # an unknown name fails now, not after loading the model
+    return config
+
+
+def config_from_trainer_args(hft_config, args) -> HFTConfig | None:
+    """A trainer's config: ``hft_config`` if given, else the ``hft``/``hft_*`` arguments of
+    ``args`` (an HFT*Config; None when ``hft`` is off), else None: HFT off. Both given must
+    agree (``hft_config=get_hft_config(args)`` does)."""
+    from_args = None
+    if all(hasattr(args, name) for name in (FLAG, *KEYS)):
+        from_args = config_from_settings(vars(args), turn_on="--hft")
+    if hft_config is None:
+        return from_args
+    if not isinstance(hft_config, HFTConfig):
+        raise HFTError(
+            f"hft_config must be an hft_plugins.HFTConfig, got {type(hft_config).__name__}"
+        )
+    if from_args is not None and from_args != hft_config:
+        raise HFTError(
+            "hft_config differs from the --hft_* arguments of args; pass one of the two "
+            "(hft_config=get_hft_config(args) is the same config)"
+        )
+    return hft_config
+
+
+def trainer_config(hft_config, args, model, *, trainer: str, first_stage: bool):
+    """:func:`config_from_trainer_args` with the stage decided by :func:`resolve_stage`."""
+    config = config_from_trainer_args(hft_config, args)
+    if config is None:
+        return None
+    how = "pass HFTConfig(stage={n})"
+    if hasattr(args, FLAG):
+        how = "pass --hft_stage {n} (hft_config=HFTConfig(stage={n}) in Python)"
+    return resolve_stage(config, model, trainer=trainer, first_stage=first_stage, how=how)
+
+
+# ---- the stage rule ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreviousStage:
+    """The mask of a model's previous HFT stage and where it was found."""
+
+    mask: Mask
+    source: str
+
+
+def record_trained_mask(model, mask: Mask) -> None:
+    """Note on ``model`` that it was trained with ``mask`` (read by the next stage's rule)."""
+    setattr(model, RECORD_ATTR, mask)
+
+
+def model_directory(model) -> Path | None:
+    """The local directory a model (or a model path) was loaded from, if any."""
+    if isinstance(model, str | os.PathLike):
+        path = model
+    else:
+        config = getattr(model, "config", None)
+        path = getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None)
+    if not path or not isinstance(path, str | os.PathLike):
+        return None
+    path = Path(path)
+    return path if path.is_dir() else None
+
+
+def previous_stage(model) -> PreviousStage | None:
+    """The model's previous HFT stage: recorded on the object, else ``hft_mask.json`` beside it."""
+    if not isinstance(model, str | os.PathLike):
+        recorded = model.__dict__.get(RECORD_ATTR) if hasattr(model, "__dict__") else None
+        if isinstance(recorded, Mask):
+            return PreviousStage(recorded, "recorded on the model by its last HFT training")
+    directory = model_directory(model)
+    if directory is not None and (directory / MASK_FILE).is_file():
+        return PreviousStage(Mask.load(directory / MASK_FILE), str(directory / MASK_FILE))
+    return None
+
+
+def resolve_stage(
+    config: HFTConfig, model, *, trainer: str, first_stage: bool, how: str
+) -> HFTConfig:
+    """``config`` with its stage decided by the stage rule (see the module docstring).
+
+    ``trainer`` names the trainer for messages ("DPOTrainer", "axolotl rl: dpo");
+    ``first_stage`` is True where a model may start its HFT history (SFT, the plain
+    Trainer); ``how`` tells how to give the stage, with ``{n}`` for a number
+    ("pass --hft_stage {n}").
+    """
+    previous = previous_stage(model) if model is not None else None
+    if config.stage is None:
+        if previous is not None:
+            return dataclasses.replace(config, stage=previous.mask.config.stage + 1)
+        if first_stage:
+            return dataclasses.replace(config, stage=0)
+        raise HFTError(
+            f"{trainer} needs the HFT stage given: the model has no {MASK_FILE} of an earlier "
+            f"HFT stage to follow (SFT is stage 0); {how.format(n=1)}"
+        )
+    if previous is not None:
+        last = previous.mask.config
+        if (last.strategy, last.seed, last.stage) == (config.strategy, config.seed, config.stage):
+            raise HFTError(
+                f"HFT stage {config.stage} (seed {config.seed}) is the stage this model was "
+                f"already tuned in ({previous.source}) and would train the same half again; "
+                f"{how.format(n=last.stage + 1)}, or leave the stage out to follow on"
+            )
+    return config
