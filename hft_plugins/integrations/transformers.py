@@ -14,7 +14,8 @@ redraws the half at epoch boundaries when asked to.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -30,12 +31,18 @@ __all__ = [
     "HFTTrainer",
     "HFTTrainerMixin",
     "check_hft_config",
+    "hft_model_card",
     "resolve_hft_config",
     "unwrap_optimizer",
 ]
 
 # Keys the optimizer factory of ``get_optimizer_cls_and_kwargs`` uses to hand over its own groups.
 _SPECIAL_OPTIMIZER_KEYS = ("params", "model", "optimizer_dict")
+# The mask of the half a saved model trained; other tools (a next stage's draw) read this name.
+MASK_NAME = "hft_mask.json"
+PAPER_URL = "https://arxiv.org/abs/2404.18466"
+HFT_TAG = "hft"
+_CARD_HEADING = "## Half Fine-Tuning (HFT)"
 
 
 def resolve_hft_config(hft_config, args) -> HFTConfig | None:
@@ -67,6 +74,44 @@ def reject_peft(model) -> None:
         raise HFTError(
             "HFT cannot be combined with a PEFT adapter on the same model: use one or the other"
         )
+
+
+def hft_card_section(mask: Mask) -> str:
+    """The model card's HFT section: the draw and the trainable fraction, with the paper."""
+    c = mask.config
+    done, total = mask.fractions()["total"]
+    return (
+        f"{_CARD_HEADING}\n\n"
+        f"Fine-tuned with [Half Fine-Tuning]({PAPER_URL}) (hft-plugins): this stage trained a "
+        "drawn half of every transformer block and left the other half exactly as it was.\n\n"
+        "| strategy | ratio | seed | stage | trainable fraction |\n"
+        "|---|---|---|---|---|\n"
+        f"| {c.strategy} | {c.ratio} | {c.seed} | {c.stage} | {done / total:.4f} "
+        f"({done:,} of {total:,} parameters) |\n"
+    )
+
+
+def hft_model_card(
+    existing: str | None, mask: Mask, base_model: str | None = None, tags: Iterable[str] = ()
+) -> str:
+    """``existing`` model card text (or a new card) with the ``hft`` tag and the HFT section.
+
+    What the card held stays; an HFT section from an earlier stage is replaced.
+    """
+    from huggingface_hub import ModelCard
+
+    text = existing or "# Model card\n"
+    card = ModelCard(text if text.lstrip().startswith("---") else "---\n{}\n---\n" + text)
+    card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags, HFT_TAG]))
+    if base_model and not os.path.isdir(base_model) and not card.data.get("base_model"):
+        card.data.base_model = base_model
+    body = card.text
+    start = body.find(_CARD_HEADING)
+    if start >= 0:
+        end = body.find("\n## ", start + len(_CARD_HEADING))
+        body = body[:start].rstrip() + ("\n\n" + body[end + 1 :] if end >= 0 else "")
+    card.text = body.rstrip() + "\n\n" + hft_card_section(mask)
+    return str(card)
 
 
 def _is_hft_model(model) -> bool:
