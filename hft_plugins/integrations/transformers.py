@@ -14,6 +14,7 @@ redraws the half at epoch boundaries when asked to.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Callable, Iterable
 
@@ -35,6 +36,8 @@ __all__ = [
     "resolve_hft_config",
     "unwrap_optimizer",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Keys the optimizer factory of ``get_optimizer_cls_and_kwargs`` uses to hand over its own groups.
 _SPECIAL_OPTIMIZER_KEYS = ("params", "model", "optimizer_dict")
@@ -242,6 +245,19 @@ class HFTTrainerMixin:
                 f"optimizers= holds {type(self.optimizer).__name__}; HFTTrainer needs an "
                 "HFTOptimizer (or none, to build one from the TrainingArguments)"
             )
+        if _is_hft_model(self.model):
+            # The Trainer reads the labels from the model class's forward (unwrapping PEFT's
+            # models only): an HFTModel's would give none, and evaluation no loss.
+            from transformers.utils import can_return_loss, find_labels
+
+            if self.args.label_names is None:
+                self.label_names = find_labels(type(self.model.base_model))
+            self.can_return_loss = can_return_loss(type(self.model.base_model))
+        if _is_hft_model(self.model) and self.hft_callback.redraw_every_epoch:
+            raise HFTError(
+                "an HFTModel trains one stage: redraw_every_epoch would train tensors its "
+                "save_pretrained() does not hold; pass the plain model and hft_config instead"
+            )
         # Freeze now so that anything that counts trainable parameters before training sees
         # the half (a given optimizer's own mask, else a fresh draw).
         self._hft_mask = (
@@ -297,6 +313,12 @@ class HFTTrainerMixin:
         """Start the next stage: a fresh half for the next ``train()`` call (optimizer kept)."""
         if self.hft_config is None:
             raise HFTError("next_stage() needs HFT turned on (hft_config or --hft)")
+        if _is_hft_model(self.model):
+            raise HFTError(
+                "an HFTModel trains one stage: its save_pretrained() holds that stage's half; "
+                "start the next with get_hft_model(model.merge_and_unload(), "
+                "model.hft_config.next_stage())"
+            )
         # from the stage training is at: epoch redraws or a resume may have moved it on
         self.hft_config = self.hft_mask.config.next_stage()
         self._hft_mask = select(self._hft_target(), self.hft_config)
@@ -312,6 +334,44 @@ class HFTTrainerMixin:
         if opt is not None:
             logs.update(hft_logs(opt))
         return super().log(logs, *args, **kwargs)
+
+    # ---- saving -------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """An HFTModel saves as an HFT save (what its save_pretrained writes: the Trainer's
+        own path would write its full state dict under ``base_model.`` keys, which nothing
+        loads); any other model as the Trainer saves it."""
+        if self.hft_config is None or not _is_hft_model(self.model):
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        logger.info(f"Saving the HFT model (its trained half) to {output_dir}")
+        self.model.save_pretrained(output_dir, state_dict=state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        elif getattr(self.data_collator, "tokenizer", None) is not None:
+            self.data_collator.tokenizer.save_pretrained(output_dir)
+        from transformers.trainer import TRAINING_ARGS_NAME
+
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        target = self.model if model is None else model
+        if _is_hft_model(target) and target.holds_hft_save(resume_from_checkpoint):
+            target.load_hft_save(resume_from_checkpoint)
+            return None
+        return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        best = self.state.best_model_checkpoint
+        if _is_hft_model(self.model) and best and self.model.holds_hft_save(best):
+            logger.info(
+                f"Loading the best HFT model from {best} (score: {self.state.best_metric})."
+            )
+            self.model.load_hft_save(best)
+            return None
+        return super()._load_best_model()
 
 
 class HFTTrainer(HFTTrainerMixin, Trainer):
