@@ -17,10 +17,12 @@ import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
 
+from ..atomic import atomic_write_text
 from ..config import HFTConfig
 from ..distributed import check_redraw_supported, redraw
 from ..errors import HFTError
@@ -117,6 +119,19 @@ def hft_model_card(
     return str(card)
 
 
+def hft_start_line(optimizer: HFTOptimizer) -> str:
+    """One line: the draw, the trainable fraction and the optimizer that steps it."""
+    c = optimizer.mask.config
+    done, total = optimizer.mask.fractions()["total"]
+    inner = type(optimizer.inner)
+    fused = " (fused)" if optimizer.inner.defaults.get("fused") else ""
+    return (
+        f"HFT: strategy={c.strategy} ratio={c.ratio} seed={c.seed} stage={c.stage}; "
+        f"trainable {done / total:.4f} of all parameters ({done:,} of {total:,}); "
+        f"optimizer {inner.__module__}.{inner.__qualname__}{fused}"
+    )
+
+
 def _is_hft_model(model) -> bool:
     from .peft_style import HFTModel
 
@@ -179,10 +194,14 @@ class HFTCallback(TrainerCallback):
         redraw(optimizer, mask, wrapped)
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
-        if unwrap_optimizer(optimizer) is None:
+        opt = unwrap_optimizer(optimizer)
+        if opt is None:
             raise HFTError(
                 "HFTCallback needs an HFTOptimizer: use HFTTrainer or pass optimizers=(HFTOptimizer(...), None)"
             )
+        if state.is_world_process_zero:
+            logger.info(hft_start_line(opt))
+            logger.info(opt.mask.summary())
 
     def on_epoch_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         opt = unwrap_optimizer(optimizer)
@@ -258,6 +277,8 @@ class HFTTrainerMixin:
                 "an HFTModel trains one stage: redraw_every_epoch would train tensors its "
                 "save_pretrained() does not hold; pass the plain model and hft_config instead"
             )
+        if hasattr(self._hft_target(), "add_model_tags"):
+            self._hft_target().add_model_tags([HFT_TAG])  # model.push_to_hub's card says it too
         # Freeze now so that anything that counts trainable parameters before training sees
         # the half (a given optimizer's own mask, else a fresh draw).
         self._hft_mask = (
@@ -340,10 +361,16 @@ class HFTTrainerMixin:
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """An HFTModel saves as an HFT save (what its save_pretrained writes: the Trainer's
         own path would write its full state dict under ``base_model.`` keys, which nothing
-        loads); any other model as the Trainer saves it."""
-        if self.hft_config is None or not _is_hft_model(self.model):
+        loads); any other model as the Trainer saves it, with ``hft_mask.json`` beside.
+        ``save_model`` and every checkpoint come through here."""
+        if self.hft_config is None:
             return super()._save(output_dir, state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not _is_hft_model(self.model):
+            super()._save(output_dir, state_dict)
+            if self.args.should_save:
+                self.hft_mask.save(Path(output_dir) / MASK_NAME)
+            return
         if not self.args.should_save:
             return
         logger.info(f"Saving the HFT model (its trained half) to {output_dir}")
@@ -372,6 +399,20 @@ class HFTTrainerMixin:
             self.model.load_hft_save(best)
             return None
         return super()._load_best_model()
+
+    def create_model_card(self, *args, **kwargs):
+        """The Trainer's (or TRL's) card, tagged ``hft``, with a section on the half trained."""
+        if self.hft_config is None:
+            return super().create_model_card(*args, **kwargs)
+        bound = inspect.signature(super().create_model_card).bind_partial(*args, **kwargs)
+        tags = bound.arguments.get("tags")
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        bound.arguments["tags"] = tags if HFT_TAG in tags else [*tags, HFT_TAG]
+        result = super().create_model_card(**bound.arguments)
+        path = Path(self.args.output_dir) / "README.md"
+        if self.is_world_process_zero() and path.is_file():
+            atomic_write_text(path, hft_model_card(path.read_text(), self.hft_mask))
+        return result
 
 
 class HFTTrainer(HFTTrainerMixin, Trainer):
