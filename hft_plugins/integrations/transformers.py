@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from ..atomic import atomic_write_text
@@ -34,6 +35,7 @@ __all__ = [
     "HFTTrainer",
     "HFTTrainerMixin",
     "check_hft_config",
+    "check_optimizer_class",
     "hft_model_card",
     "resolve_hft_config",
     "unwrap_optimizer",
@@ -79,6 +81,42 @@ def reject_peft(model) -> None:
         raise HFTError(
             "HFT cannot be combined with a PEFT adapter on the same model: use one or the other"
         )
+
+
+def check_optimizer_class(optimizer_cls, kwargs, source: str = "the optimizer class") -> None:
+    """Refuse, in one line, an optimizer HFT cannot wrap with its frozen half left exact.
+
+    ``source`` says where the class came from (``optim='sgd'``, ``optimizer_cls_and_kwargs``).
+    """
+    name = getattr(optimizer_cls, "__qualname__", None) or repr(optimizer_cls)
+    name = f"{getattr(optimizer_cls, '__module__', '')}.{name}".lstrip(".")
+    if callable(getattr(optimizer_cls, "train", None)) or "schedule_free" in source:
+        raise HFTError(
+            f"HFT cannot wrap schedule-free optimizers ({source} gives {name!r}): they swap "
+            "the weights between their train() and eval() modes, which HFTOptimizer does not "
+            "pass on; use e.g. adamw_torch"
+        )
+    if not (
+        isinstance(optimizer_cls, type)
+        and issubclass(optimizer_cls, torch.optim.Optimizer)
+        and not any(k in kwargs for k in _SPECIAL_OPTIMIZER_KEYS)
+    ):
+        raise HFTError(
+            f"HFT wraps torch optimizer classes; {source} gives {name!r}, which builds its own "
+            "parameter groups (GaLore, LOMO, Muon...); use e.g. adamw_torch"
+        )
+
+
+def _register_bnb_embedding_overrides(model: nn.Module, optimizer_cls, kwargs) -> None:
+    """As the Trainer does: bitsandbytes keeps embeddings' state in 32 bits under 8-bit optim."""
+    if "bitsandbytes" not in str(optimizer_cls) or kwargs.get("optim_bits") != 8:
+        return
+    import bitsandbytes
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            manager.register_module_override(module, "weight", {"optim_bits": 32})
 
 
 def hft_card_section(mask: Mask) -> str:
@@ -264,6 +302,8 @@ class HFTTrainerMixin:
                 f"optimizers= holds {type(self.optimizer).__name__}; HFTTrainer needs an "
                 "HFTOptimizer (or none, to build one from the TrainingArguments)"
             )
+        if self.optimizer is None:
+            self._hft_optimizer_cls_and_kwargs()  # an optimizer HFT cannot wrap fails now
         if _is_hft_model(self.model):
             # The Trainer reads the labels from the model class's forward (unwrapping PEFT's
             # models only): an HFTModel's would give none, and evaluation no loss.
@@ -311,24 +351,24 @@ class HFTTrainerMixin:
                 )
             return self.optimizer
         opt_model = self._hft_target(model)
-        if self.optimizer_cls_and_kwargs is not None:
-            optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
-        else:
-            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        kwargs = dict(kwargs)
-        if not (
-            isinstance(optimizer_cls, type)
-            and issubclass(optimizer_cls, torch.optim.Optimizer)
-            and not any(k in kwargs for k in _SPECIAL_OPTIMIZER_KEYS)
-        ):
-            raise HFTError(
-                f"HFT wraps torch optimizer classes; optim={self.args.optim!r} gives "
-                f"{getattr(optimizer_cls, '__name__', optimizer_cls)!r}"
-            )
+        optimizer_cls, kwargs = self._hft_optimizer_cls_and_kwargs(opt_model)
         kwargs.setdefault("weight_decay", self.args.weight_decay)
         self._hft_mask = select(opt_model, self.hft_config)
         self.optimizer = HFTOptimizer(opt_model, self._hft_mask, optimizer_cls, **kwargs)
+        _register_bnb_embedding_overrides(opt_model, optimizer_cls, kwargs)
         return self.optimizer
+
+    def _hft_optimizer_cls_and_kwargs(self, model=None) -> tuple[type, dict]:
+        """The optimizer class and arguments the Trainer would use, if HFT can wrap them."""
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
+            source = "optimizer_cls_and_kwargs"
+        else:
+            model = self._hft_target(model)
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            source = f"optim={str(getattr(self.args.optim, 'value', self.args.optim))!r}"
+        check_optimizer_class(optimizer_cls, kwargs, source)
+        return optimizer_cls, dict(kwargs)
 
     def next_stage(self) -> HFTConfig:
         """Start the next stage: a fresh half for the next ``train()`` call (optimizer kept)."""
