@@ -413,8 +413,14 @@ class HFTTrainerMixin:
             return
         if not self.args.should_save:
             return
-        logger.info(f"Saving the HFT model (its trained half) to {output_dir}")
-        self.model.save_pretrained(output_dir, state_dict=state_dict)
+        os.makedirs(output_dir, exist_ok=True)
+        if state_dict is not None and not state_dict:
+            # DeepSpeed without stage3_gather_16bit_weights_on_model_save: the Trainer
+            # writes a DeepSpeed checkpoint instead; there are no tensors to save here.
+            logger.warning(f"no gathered weights: {output_dir} gets no HFT save")
+        else:
+            logger.info(f"Saving the HFT model (its trained half) to {output_dir}")
+            self.model.save_pretrained(output_dir, state_dict=state_dict)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         elif getattr(self.data_collator, "tokenizer", None) is not None:

@@ -311,3 +311,21 @@ def test_an_hft_model_loads_its_best_checkpoint_at_the_end(tmp_path):
     assert all(
         torch.equal(a, b) for a, b in zip(saved.parameters(), model.parameters(), strict=True)
     )
+
+
+def test_an_hft_model_saves_a_gathered_state_dict_and_skips_an_empty_one(tmp_path):
+    """Under FSDP or ZeRO-3 the Trainer hands _save the gathered state dict; without
+    gathering (stage3_gather_16bit_weights_on_model_save=false) an empty one, then writes
+    a DeepSpeed checkpoint itself."""
+    from hft_plugins.integrations.peft_style import HFTModel, get_hft_model
+
+    model = get_hft_model(tiny_model(), HFTConfig())
+    trainer = HFTTrainer(model=model, args=args(tmp_path), train_dataset=lm_dataset())
+    state = {k: v + 1 for k, v in model.state_dict().items()}
+    trainer._save(str(tmp_path / "gathered"), state_dict=state)
+    saved = HFTModel.from_pretrained(tiny_model(), tmp_path / "gathered")
+    for name in model.hft_mask.params():
+        assert torch.equal(saved.base_model.get_parameter(name), state[f"base_model.{name}"])
+    trainer._save(str(tmp_path / "empty"), state_dict={})
+    assert not (tmp_path / "empty" / "hft_model.safetensors").exists()
+    assert (tmp_path / "empty" / "training_args.bin").is_file()
