@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
+import socket
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .errors import HFTError
+
+# Temporaries name their host: on a shared filesystem another machine's pids mean nothing.
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -61,8 +66,8 @@ def atomic_directory(target: Path) -> Iterator[Path]:
 
 
 def _remove_stale(directory: Path, name: str) -> None:
-    """Remove temporaries of ``name`` left by a save whose process died (killed mid-save)."""
-    for path in directory.glob(f".{name}.tmp-*"):
+    """Remove temporaries of ``name`` left by a save on this host whose process died."""
+    for path in directory.glob(f".{name}.tmp-*-{_HOST}"):
         pid = path.name.rpartition(".tmp-")[2].partition("-")[0]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
@@ -88,7 +93,7 @@ def atomic_files(directory: Path, names: Sequence[str]) -> Iterator[dict[str, Pa
     directory.mkdir(parents=True, exist_ok=True)
     for name in names:
         _remove_stale(directory, name)
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}-{_HOST}"
     temporaries = {name: directory / f".{name}.tmp-{tag}" for name in names}
     try:
         modes = {}
