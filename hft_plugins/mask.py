@@ -12,6 +12,7 @@ import json
 import os
 import random
 import warnings
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,45 @@ FORMAT = "hft-mask/1"
 # a block fraction further than this from the ratio is reported when drawn
 RATIO_TOLERANCE = 0.05
 _OUTER_FLAGS = {"embed": "train_embeddings", "head": "train_head", "final_norm": "train_final_norm"}
+# Per model: the mask applied last (mask_applied fires once per mask actually applied), and
+# the warnings given (a run draws the same mask several times; it warns once).
+_applied: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_warned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _warn_once(model: nn.Module, message: str) -> None:
+    try:
+        seen = _warned.setdefault(model, set())
+    except TypeError:  # not weakly referenceable: warn every time
+        seen = set()
+    if message not in seen:
+        seen.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def _tied_overrides(model: nn.Module, layout: ModelLayout, config: HFTConfig) -> list[str]:
+    """Where a tied tensor makes a train_head / train_embeddings setting moot: what applies."""
+    by_param = {
+        part.param: unit for unit in layout.units if unit.block is None for part in unit.parts
+    }
+    modules = dict(model.named_modules())
+    notes = []
+    for alias, name in sorted(layout.tied.items()):
+        unit = by_param.get(name)
+        if unit is None or unit.category not in ("embed", "head"):
+            continue
+        owner = modules.get(alias.rpartition(".")[0])
+        role = "embed" if isinstance(owner, nn.Embedding) or "embed" in alias else "head"
+        if role == unit.category:
+            continue
+        flag, governing = _OUTER_FLAGS[role], _OUTER_FLAGS[unit.category]
+        wanted, actual = getattr(config, flag), getattr(config, governing)
+        if wanted != actual:
+            notes.append(
+                f"{flag}={wanted} does not apply to {alias}: it is tied to {name}, which "
+                f"{'trains' if actual else 'stays frozen'} as {governing}={actual} says"
+            )
+    return notes
 
 
 @dataclass(frozen=True)
@@ -61,10 +101,10 @@ def select(model: nn.Module, config: HFTConfig | None = None) -> Mask:
     strategy = plugins.strategy(config.strategy)
     layout = resolve(model, guess=config.guess_layout)
     if layout.guessed:
-        warnings.warn(
+        _warn_once(
+            model,
             f"guess_layout: {len(layout.guessed)} part(s) of {type(model).__name__} were "
             f"guessed, first: {layout.guessed[0]}",
-            stacklevel=2,
         )
     if not layout.block_units():
         raise HFTError(f"no trainable matrices found in the blocks of {type(model).__name__}")
@@ -83,11 +123,13 @@ def select(model: nn.Module, config: HFTConfig | None = None) -> Mask:
     mask = Mask(config, layout, frozenset(chosen))
     done, total = mask.fractions()["blocks"]
     if abs(done / total - config.ratio) > RATIO_TOLERANCE:
-        warnings.warn(
+        _warn_once(
+            model,
             f"strategy {config.strategy!r} trains {done / total:.4f} of the blocks' parameters, "
             f"not the requested ratio {config.ratio} ({layout.num_blocks} blocks)",
-            stacklevel=2,
         )
+    for note in _tied_overrides(model, layout, config):
+        _warn_once(model, note)
     return mask
 
 
@@ -173,12 +215,26 @@ class Mask:
             raise HFTError(f"mask does not match the model: parameter {extra[0]!r} is not in it")
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Set ``requires_grad``: True where any part trains (slices need HFTOptimizer)."""
+        """Set ``requires_grad``: True where any part trains (slices need HFTOptimizer).
+
+        The ``mask_applied`` hook fires when this changes what trains or is another mask
+        than the one applied last: applying the same mask again (a trainer, then the
+        optimizer it builds) is one application.
+        """
         self.check(model)
         plan = self.params()
+        changed = False
         for name, param in model.named_parameters():
-            param.requires_grad_(name in plan)
-        plugins.call("mask_applied", model=model, mask=self)
+            if param.requires_grad != (name in plan):
+                param.requires_grad_(name in plan)
+                changed = True
+        try:
+            again = not changed and _applied.get(model) == self
+            _applied[model] = self
+        except TypeError:  # not weakly referenceable
+            again = False
+        if not again:
+            plugins.call("mask_applied", model=model, mask=self)
         return model
 
     # ---- reporting ---------------------------------------------------------

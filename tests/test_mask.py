@@ -74,3 +74,67 @@ def test_summary_shows_blocks_and_totals():
     assert "strategy=category ratio=0.5 seed=0 stage=0 layout=llama blocks=4" in text
     assert "block fraction 0.500000 (ratio 0.5; exact)" in text
     assert text.count("2/4 ") == 4  # attention, every block
+
+
+def _messages(action):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        action()
+    return [str(w.message) for w in caught]
+
+
+def test_a_tied_head_says_which_flag_applies_once_per_model():
+    model = tiny_model("llama", tie_word_embeddings=True)  # lm_head is embed_tokens
+    head_off = HFTConfig(train_head=False)
+    messages = _messages(lambda: [select(model, head_off) for _ in range(3)])
+    assert messages == [
+        "train_head=False does not apply to lm_head.weight: it is tied to "
+        "model.embed_tokens.weight, which trains as train_embeddings=True says"
+    ]
+    mask = select(model, head_off)
+    assert "model.embed_tokens.weight" in mask.params()  # so the head trains too
+    messages = _messages(lambda: select(model, HFTConfig(train_embeddings=False)))
+    assert messages == [
+        "train_head=True does not apply to lm_head.weight: it is tied to "
+        "model.embed_tokens.weight, which stays frozen as train_embeddings=False says"
+    ]
+    assert _messages(lambda: select(model, HFTConfig())) == []  # both trained: nothing moot
+    untied = tiny_model("llama")
+    assert _messages(lambda: select(untied, head_off)) == []
+
+
+def test_an_unmet_ratio_warns_once_per_model():
+    model = tiny_model("llama", num_hidden_layers=2)
+    config = HFTConfig(strategy="layer", ratio=0.25)
+    assert len(_messages(lambda: [select(model, config) for _ in range(3)])) == 1
+    assert len(_messages(lambda: select(tiny_model("llama", num_hidden_layers=2), config))) == 1
+
+
+def test_mask_applied_fires_once_per_mask_applied():
+    from hft_plugins import hookimpl, plugins
+
+    seen = []
+
+    class Recorder:
+        @hookimpl
+        def mask_applied(self, model, mask):
+            seen.append(mask.config.stage)
+
+    plugins.reset()
+    plugins.manager().register(Recorder())
+    try:
+        model = tiny_model("llama")
+        first = select(model, HFTConfig())
+        first.apply(model)
+        select(model, HFTConfig()).apply(model)  # the same mask again: not a new application
+        second = select(model, HFTConfig(stage=1))
+        second.apply(model)
+        first.apply(model)  # back to the first: applied anew
+        for param in model.parameters():
+            param.requires_grad_(True)
+        first.apply(model)  # something changed what trains: applied anew
+        assert seen == [0, 1, 0, 0]
+    finally:
+        plugins.reset()

@@ -54,6 +54,14 @@ def _saved_hft(tmp_path: Path, model, break_it) -> Path:
     return tmp_path / "hft"
 
 
+def _old_format_without_mask(directory: Path) -> None:
+    """A save as written before the weights carried their mask, its mask file deleted."""
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(directory / WEIGHTS_NAME), directory / WEIGHTS_NAME, {"format": "pt"})
+    (directory / MASK_NAME).unlink()
+
+
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -145,10 +153,10 @@ CASES = [
         "corrupt HFT save",
     ),
     (
-        "hft-save-mask-deleted",
+        "hft-save-of-the-old-format-without-its-mask",
         lambda t, m, o: HFTModel.from_pretrained(
             tiny_model("llama", num_hidden_layers=2),
-            _saved_hft(t, m, lambda d: (d / MASK_NAME).unlink()),
+            _saved_hft(t, m, _old_format_without_mask),
         ),
         "no HFT mask at",
     ),
@@ -268,16 +276,51 @@ def test_save_pretrained_killed_midway_keeps_the_previous_save(tmp_path):
     json.loads((target / MASK_NAME).read_text())  # whole, not half-written
 
 
-def test_save_pretrained_killed_between_its_renames_points_to_the_previous_save(tmp_path):
-    """The one window of a replacing save: the old directory moved aside, the new not in."""
-    model = get_hft_model(tiny_model("llama", num_hidden_layers=2), HFTConfig())
-    model.save_pretrained(tmp_path / "hft")
-    aside = tmp_path / ".hft.old-4242"
-    os.replace(tmp_path / "hft", aside)  # where a crash between the renames leaves it
-    with pytest.raises(HFTError, match=r"a save was interrupted while replacing it; the previous"):
-        HFTModel.from_pretrained(tiny_model("llama", num_hidden_layers=2), tmp_path / "hft")
-    os.replace(aside, tmp_path / "hft")  # what the message tells the user to do
-    HFTModel.from_pretrained(tiny_model("llama", num_hidden_layers=2), tmp_path / "hft")
+def test_save_pretrained_killed_after_committing_its_weights_loads_the_new_save(tmp_path):
+    """The one window of a save: the weights (which carry their own config and mask) renamed
+    into place, their readable copies not yet. The new save loads, warning of the stale copy."""
+    target = tmp_path / "hft"
+    done = _run_child(
+        """
+        from hft_plugins.integrations import peft_style
+        small = lambda: tiny_model("llama", num_hidden_layers=2)
+        peft_style.get_hft_model(small(), HFTConfig()).save_pretrained(target)
+        model = peft_style.get_hft_model(small(), HFTConfig(stage=1))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        replace = os.replace
+        def replace_then_die(*args):
+            replace(*args)
+            os.kill(os.getpid(), signal.SIGKILL)
+        os.replace = replace_then_die
+        model.save_pretrained(target)
+        """,
+        target,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    with pytest.warns(UserWarning, match="is not the mask hft_model.safetensors was saved with"):
+        loaded = HFTModel.from_pretrained(tiny_model("llama", num_hidden_layers=2), target)
+    assert loaded.hft_config == HFTConfig(stage=1)
+    base = dict(tiny_model("llama", num_hidden_layers=2).named_parameters())
+    for name in loaded.hft_mask.params():
+        assert torch.equal(loaded.base_model.get_parameter(name), base[name] + 1.0), name
+    loaded.save_pretrained(target)  # rewrites the copies; the dead save's temporaries go
+    assert Mask.load(target / MASK_NAME) == loaded.hft_mask
+    assert not [p.name for p in target.iterdir() if p.name.startswith(".")]
+
+
+def test_atomic_directory_respects_the_umask(tmp_path):
+    from hft_plugins.atomic import atomic_directory
+
+    old = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "out") as staging:
+            (staging / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out" / "f").read_text() == "x"
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
 
 
 # ---- checkpoints the Trainer reads itself ------------------------------------------------

@@ -14,12 +14,17 @@ redraws the half at epoch boundaries when asked to.
 from __future__ import annotations
 
 import inspect
+import logging
+import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from ..atomic import atomic_write_text
 from ..config import HFTConfig
 from ..distributed import check_redraw_supported, redraw
 from ..errors import HFTError
@@ -31,14 +36,22 @@ __all__ = [
     "HFTTrainer",
     "HFTTrainerMixin",
     "check_hft_config",
+    "check_optimizer_class",
+    "hft_model_card",
     "resolve_hft_config",
     "unwrap_optimizer",
 ]
 
 _UNSET = object()  # hft_config not passed at all (None passed: HFT off, silently)
+logger = logging.getLogger(__name__)
 
 # Keys the optimizer factory of ``get_optimizer_cls_and_kwargs`` uses to hand over its own groups.
 _SPECIAL_OPTIMIZER_KEYS = ("params", "model", "optimizer_dict")
+# The mask of the half a saved model trained; other tools (a next stage's draw) read this name.
+MASK_NAME = "hft_mask.json"
+PAPER_URL = "https://arxiv.org/abs/2404.18466"
+HFT_TAG = "hft"
+_CARD_HEADING = "## Half Fine-Tuning (HFT)"
 
 
 def resolve_hft_config(hft_config, args) -> HFTConfig | None:
@@ -69,6 +82,92 @@ def reject_peft(model) -> None:
         raise HFTError(
             "HFT cannot be combined with a PEFT adapter on the same model: use one or the other"
         )
+
+
+def check_optimizer_class(optimizer_cls, kwargs, source: str = "the optimizer class") -> None:
+    """Refuse, in one line, an optimizer HFT cannot wrap with its frozen half left exact.
+
+    ``source`` says where the class came from (``optim='sgd'``, ``optimizer_cls_and_kwargs``).
+    """
+    name = qualified_name(optimizer_cls)
+    if callable(getattr(optimizer_cls, "train", None)) or "schedule_free" in source:
+        raise HFTError(
+            f"HFT cannot wrap schedule-free optimizers ({source} gives {name!r}): they swap "
+            "the weights between their train() and eval() modes, which HFTOptimizer does not "
+            "pass on; use e.g. adamw_torch"
+        )
+    if not (
+        isinstance(optimizer_cls, type)
+        and issubclass(optimizer_cls, torch.optim.Optimizer)
+        and not any(k in kwargs for k in _SPECIAL_OPTIMIZER_KEYS)
+    ):
+        raise HFTError(
+            f"HFT wraps torch optimizer classes; {source} gives {name!r}, which builds its own "
+            "parameter groups (GaLore, LOMO, Muon...); use e.g. adamw_torch"
+        )
+
+
+def _register_bnb_embedding_overrides(model: nn.Module, optimizer_cls, kwargs) -> None:
+    """As the Trainer does: bitsandbytes keeps embeddings' state in 32 bits under 8-bit optim."""
+    if "bitsandbytes" not in str(optimizer_cls) or kwargs.get("optim_bits") != 8:
+        return
+    import bitsandbytes
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            manager.register_module_override(module, "weight", {"optim_bits": 32})
+
+
+def hft_card_section(mask: Mask) -> str:
+    """The model card's HFT section: the draw and the trainable fraction, with the paper."""
+    c = mask.config
+    done, total = mask.fractions()["total"]
+    return (
+        f"{_CARD_HEADING}\n\n"
+        f"Fine-tuned with [Half Fine-Tuning]({PAPER_URL}) (hft-plugins): this stage trained a "
+        "drawn half of every transformer block and left the other half exactly as it was.\n\n"
+        "| strategy | ratio | seed | stage | trainable fraction |\n"
+        "|---|---|---|---|---|\n"
+        f"| {c.strategy} | {c.ratio} | {c.seed} | {c.stage} | {done / total:.4f} "
+        f"({done:,} of {total:,} parameters) |\n"
+    )
+
+
+def hft_model_card(
+    existing: str | None, mask: Mask, base_model: str | None = None, tags: Iterable[str] = ()
+) -> str:
+    """``existing`` model card text (or a new card) with the ``hft`` tag and the HFT section.
+
+    What the card held stays; an HFT section from an earlier stage is replaced.
+    """
+    from huggingface_hub import ModelCard
+
+    text = existing or "# Model card\n"
+    card = ModelCard(text if text.lstrip().startswith("---") else "---\n{}\n---\n" + text)
+    card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags, HFT_TAG]))
+    if base_model and not os.path.isdir(base_model) and not card.data.get("base_model"):
+        card.data.base_model = base_model
+    body = card.text
+    start = body.find(_CARD_HEADING)
+    if start >= 0:
+        end = body.find("\n## ", start + len(_CARD_HEADING))
+        body = body[:start].rstrip() + ("\n\n" + body[end + 1 :] if end >= 0 else "")
+    card.text = body.rstrip() + "\n\n" + hft_card_section(mask)
+    return str(card)
+
+
+def hft_start_line(optimizer: HFTOptimizer) -> str:
+    """One line: the draw, the trainable fraction and the optimizer that steps it."""
+    c = optimizer.mask.config
+    done, total = optimizer.mask.fractions()["total"]
+    inner = type(optimizer.inner)
+    fused = " (fused)" if optimizer.inner.defaults.get("fused") else ""
+    return (
+        f"HFT: strategy={c.strategy} ratio={c.ratio} seed={c.seed} stage={c.stage}; "
+        f"trainable {done / total:.4f} of all parameters ({done:,} of {total:,}); "
+        f"optimizer {inner.__module__}.{inner.__qualname__}{fused}"
+    )
 
 
 def _is_hft_model(model) -> bool:
@@ -133,10 +232,14 @@ class HFTCallback(TrainerCallback):
         redraw(optimizer, mask, wrapped)
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
-        if unwrap_optimizer(optimizer) is None:
+        opt = unwrap_optimizer(optimizer)
+        if opt is None:
             raise HFTError(
                 "HFTCallback needs an HFTOptimizer: use HFTTrainer or pass optimizers=(HFTOptimizer(...), None)"
             )
+        if state.is_world_process_zero:
+            logger.info(hft_start_line(opt))
+            logger.info(opt.mask.summary())
 
     def on_epoch_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         opt = unwrap_optimizer(optimizer)
@@ -222,6 +325,23 @@ class HFTTrainerMixin:
                 f"optimizers= holds {type(self.optimizer).__name__}; HFTTrainer needs an "
                 "HFTOptimizer (or none, to build one from the TrainingArguments)"
             )
+        if self.optimizer is None:
+            self._hft_optimizer_cls_and_kwargs()  # an optimizer HFT cannot wrap fails now
+        if _is_hft_model(self.model):
+            # The Trainer reads the labels from the model class's forward (unwrapping PEFT's
+            # models only): an HFTModel's would give none, and evaluation no loss.
+            from transformers.utils import can_return_loss, find_labels
+
+            if self.args.label_names is None:
+                self.label_names = find_labels(type(self.model.base_model))
+            self.can_return_loss = can_return_loss(type(self.model.base_model))
+        if _is_hft_model(self.model) and self.hft_callback.redraw_every_epoch:
+            raise HFTError(
+                "an HFTModel trains one stage: redraw_every_epoch would train tensors its "
+                "save_pretrained() does not hold; pass the plain model and hft_config instead"
+            )
+        if hasattr(self._hft_target(), "add_model_tags"):
+            self._hft_target().add_model_tags([HFT_TAG])  # model.push_to_hub's card says it too
         # Freeze now so that anything that counts trainable parameters before training sees
         # the half (a given optimizer's own mask, else a fresh draw).
         self._hft_mask = (
@@ -254,29 +374,35 @@ class HFTTrainerMixin:
                 )
             return self.optimizer
         opt_model = self._hft_target(model)
-        if self.optimizer_cls_and_kwargs is not None:
-            optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
-        else:
-            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        kwargs = dict(kwargs)
-        if not (
-            isinstance(optimizer_cls, type)
-            and issubclass(optimizer_cls, torch.optim.Optimizer)
-            and not any(k in kwargs for k in _SPECIAL_OPTIMIZER_KEYS)
-        ):
-            raise HFTError(
-                f"HFT wraps torch optimizer classes; optim={self.args.optim!r} gives "
-                f"{qualified_name(optimizer_cls)!r}"
-            )
+        optimizer_cls, kwargs = self._hft_optimizer_cls_and_kwargs(opt_model)
         kwargs.setdefault("weight_decay", self.args.weight_decay)
         self._hft_mask = select(opt_model, self.hft_config)
         self.optimizer = HFTOptimizer(opt_model, self._hft_mask, optimizer_cls, **kwargs)
+        _register_bnb_embedding_overrides(opt_model, optimizer_cls, kwargs)
         return self.optimizer
+
+    def _hft_optimizer_cls_and_kwargs(self, model=None) -> tuple[type, dict]:
+        """The optimizer class and arguments the Trainer would use, if HFT can wrap them."""
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
+            source = "optimizer_cls_and_kwargs"
+        else:
+            model = self._hft_target(model)
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            source = f"optim={str(getattr(self.args.optim, 'value', self.args.optim))!r}"
+        check_optimizer_class(optimizer_cls, kwargs, source)
+        return optimizer_cls, dict(kwargs)
 
     def next_stage(self) -> HFTConfig:
         """Start the next stage: a fresh half for the next ``train()`` call (optimizer kept)."""
         if self.hft_config is None:
             raise HFTError("next_stage() needs HFT turned on (hft_config or --hft)")
+        if _is_hft_model(self.model):
+            raise HFTError(
+                "an HFTModel trains one stage: its save_pretrained() holds that stage's half; "
+                "start the next with get_hft_model(model.merge_and_unload(), "
+                "model.hft_config.next_stage())"
+            )
         # from the stage training is at: epoch redraws or a resume may have moved it on
         self.hft_config = self.hft_mask.config.next_stage()
         self._hft_mask = select(self._hft_target(), self.hft_config)
@@ -303,6 +429,70 @@ class HFTTrainerMixin:
         if opt is not None:
             logs.update(hft_logs(opt))
         return super().log(logs, *args, **kwargs)
+
+    # ---- saving -------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """An HFTModel saves as an HFT save (what its save_pretrained writes: the Trainer's
+        own path would write its full state dict under ``base_model.`` keys, which nothing
+        loads); any other model as the Trainer saves it, with ``hft_mask.json`` beside.
+        ``save_model`` and every checkpoint come through here."""
+        if self.hft_config is None:
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not _is_hft_model(self.model):
+            super()._save(output_dir, state_dict)
+            if self.args.should_save:
+                self.hft_mask.save(Path(output_dir) / MASK_NAME)
+            return
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        if state_dict is not None and not state_dict:
+            # DeepSpeed without stage3_gather_16bit_weights_on_model_save: the Trainer
+            # writes a DeepSpeed checkpoint instead; there are no tensors to save here.
+            logger.warning(f"no gathered weights: {output_dir} gets no HFT save")
+        else:
+            logger.info(f"Saving the HFT model (its trained half) to {output_dir}")
+            self.model.save_pretrained(output_dir, state_dict=state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        elif getattr(self.data_collator, "tokenizer", None) is not None:
+            self.data_collator.tokenizer.save_pretrained(output_dir)
+        from transformers.trainer import TRAINING_ARGS_NAME
+
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        target = self.model if model is None else model
+        if _is_hft_model(target) and target.holds_hft_save(resume_from_checkpoint):
+            target.load_hft_save(resume_from_checkpoint)
+            return None
+        return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        best = self.state.best_model_checkpoint
+        if _is_hft_model(self.model) and best and self.model.holds_hft_save(best):
+            logger.info(
+                f"Loading the best HFT model from {best} (score: {self.state.best_metric})."
+            )
+            self.model.load_hft_save(best)
+            return None
+        return super()._load_best_model()
+
+    def create_model_card(self, *args, **kwargs):
+        """The Trainer's (or TRL's) card, tagged ``hft``, with a section on the half trained."""
+        if self.hft_config is None:
+            return super().create_model_card(*args, **kwargs)
+        bound = inspect.signature(super().create_model_card).bind_partial(*args, **kwargs)
+        tags = bound.arguments.get("tags")
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        bound.arguments["tags"] = tags if HFT_TAG in tags else [*tags, HFT_TAG]
+        result = super().create_model_card(**bound.arguments)
+        path = Path(self.args.output_dir) / "README.md"
+        if self.is_world_process_zero() and path.is_file():
+            atomic_write_text(path, hft_model_card(path.read_text(), self.hft_mask))
+        return result
 
 
 class HFTTrainer(HFTTrainerMixin, Trainer):

@@ -1,7 +1,10 @@
 """get_hft_model / HFTModel: PEFT's method names with half-size saves."""
 
 import json
+import os
+import stat
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,8 +88,9 @@ def test_save_is_the_trainable_fraction_of_a_full_save(tmp_path):
         data == model.hft_mask.trainable_numel * 4 == full * model.hft_mask.trainable_numel // total
     )
     size = sum(f.stat().st_size for f in (tmp_path / "hft").iterdir())
-    assert size - data < 64 * 1024  # config, mask and safetensors header
-    assert json.loads((tmp_path / "hft" / "hft_config.json").read_text()) == HFTConfig().to_dict()
+    assert size - data < 64 * 1024  # config, mask, model card and safetensors header
+    saved = json.loads((tmp_path / "hft" / "hft_config.json").read_text())
+    assert saved == {**HFTConfig().to_dict(), "base_model_name_or_path": None}
 
 
 def test_save_over_an_existing_directory_leaves_no_temporaries(tmp_path):
@@ -157,3 +161,216 @@ def test_hft_trainer_takes_an_hft_model(tmp_path):
     trainer.train()
     assert trainer.hft_mask == model.hft_mask
     assert_half_trained(model.hft_mask, before, model.base_model)
+
+
+# ---- PEFT's conventions, name for name ---------------------------------------------------
+
+
+def _files(directory):
+    return {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+
+
+def test_save_pretrained_takes_peft_keyword_arguments(tmp_path):
+    model = get_hft_model(tiny_model(), HFTConfig())
+    model.save_pretrained(
+        tmp_path / "hft",
+        safe_serialization=True,
+        selected_adapters=None,
+        save_embedding_layers="auto",
+        is_main_process=True,
+        max_shard_size="5GB",
+    )
+    HFTModel.from_pretrained(tiny_model(), tmp_path / "hft")
+    model.save_pretrained(tmp_path / "other-rank", is_main_process=False)
+    assert not (tmp_path / "other-rank").exists()  # only the main process writes, as PEFT
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"safe_serialization": False}, "safe_serialization=False: HFT saves only safetensors"),
+        ({"selected_adapters": ["other"]}, "selected_adapters=['other']: an HFTModel has one"),
+        ({"save_embedding_layers": False}, "save_embedding_layers=False would leave out"),
+        (
+            {"path_initial_model_for_weight_conversion": "init"},
+            "path_initial_model_for_weight_conversion is for PiSSA",
+        ),
+    ],
+)
+def test_save_pretrained_refuses_what_it_cannot_honour(tmp_path, kwargs, message):
+    model = get_hft_model(tiny_model(), HFTConfig())
+    with pytest.raises(HFTError) as err:
+        model.save_pretrained(tmp_path / "hft", **kwargs)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    assert not (tmp_path / "hft").exists()
+
+
+def test_save_pretrained_of_a_given_state_dict(tmp_path):
+    """The Trainer hands a gathered state dict (FSDP, DeepSpeed): the save takes its tensors."""
+    model = get_hft_model(tiny_model(), HFTConfig())
+    train_a_bit(model, 1)
+    state = {k: v.clone() + 1 for k, v in model.state_dict().items()}  # keys 'base_model.'...
+    model.save_pretrained(tmp_path / "hft", state_dict=state)
+    restored = HFTModel.from_pretrained(tiny_model(), tmp_path / "hft")
+    for name in model.hft_mask.params():
+        assert torch.equal(restored.base_model.get_parameter(name), state[f"base_model.{name}"])
+
+
+def test_from_pretrained_takes_a_path_and_is_trainable_like_peft(tmp_path):
+    from hft_plugins.tiny import save_tiny
+
+    save_tiny(tmp_path / "base")
+    tuned = get_hft_model(tiny_model(), HFTConfig(seed=4))
+    train_a_bit(tuned)
+    tuned.save_pretrained(tmp_path / "hft")
+
+    frozen = HFTModel.from_pretrained(str(tmp_path / "base"), tmp_path / "hft")  # PEFT's default
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    assert frozen.get_nb_trainable_parameters()[0] == 0
+    for name, param in tuned.base_model.named_parameters():
+        assert torch.equal(frozen.base_model.get_parameter(name), param), name
+
+    trainable = HFTModel.from_pretrained(
+        str(tmp_path / "base"), str(tmp_path / "hft"), is_trainable=True
+    )
+    plan = trainable.hft_mask.params()
+    assert all(p.requires_grad == (n in plan) for n, p in trainable.base_model.named_parameters())
+    assert trainable.get_nb_trainable_parameters()[0] == tuned.hft_mask.trainable_numel
+
+
+def test_from_pretrained_refuses_what_it_cannot_honour(tmp_path):
+    get_hft_model(tiny_model()).save_pretrained(tmp_path / "hft")
+    with pytest.raises(HFTError, match="adapter_name='other': an HFTModel has one"):
+        HFTModel.from_pretrained(tiny_model(), tmp_path / "hft", adapter_name="other")
+    with pytest.raises(HFTError, match=r"config= \(stage 1, seed 0\) differs from the saved mask"):
+        HFTModel.from_pretrained(tiny_model(), tmp_path / "hft", config=HFTConfig(stage=1))
+    with pytest.raises(HFTError, match="base model .*/nowhere: not a directory"):
+        HFTModel.from_pretrained(str(tmp_path / "nowhere"), tmp_path / "hft")
+
+
+def test_saved_config_records_the_base_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hft_plugins.tiny import save_tiny
+
+    save_tiny(tmp_path / "base")
+    model = get_hft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), HFTConfig())
+    model.save_pretrained(tmp_path / "hft")
+    saved = json.loads((tmp_path / "hft" / "hft_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(tmp_path / "base")
+    assert {k: saved[k] for k in HFTConfig().to_dict()} == HFTConfig().to_dict()
+    get_hft_model(tiny_model()).save_pretrained(tmp_path / "in-code")  # built in code: no path
+    saved = json.loads((tmp_path / "in-code" / "hft_config.json").read_text())
+    assert saved["base_model_name_or_path"] is None
+
+
+def test_push_to_hub_uploads_only_the_hft_save(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    uploads = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        folder = Path(folder_path)
+        uploads.append((repo_id, {f: (folder / f).read_bytes() for f in _files(folder)}))
+        return "https://huggingface.co/me/tiny-hft/commit/0"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    model = get_hft_model(tiny_model(), HFTConfig())
+    model.push_to_hub("me/tiny-hft", commit_message="stage 0")
+    model.save_pretrained(tmp_path / "local")
+    [(repo, files)] = uploads
+    assert repo == "me/tiny-hft"
+    assert set(files) == _files(tmp_path / "local")  # exactly what save_pretrained writes
+    assert "model.safetensors" not in files
+    data = files["hft_model.safetensors"]
+    assert len(data) - 8 - struct.unpack("<Q", data[:8])[0] == model.hft_mask.trainable_numel * 4
+
+
+def test_get_base_model_unload_and_merge_and_unload():
+    base = tiny_model()
+    original = snapshot(base)
+    model = get_hft_model(base, HFTConfig())
+    assert model.get_base_model() is base
+    train_a_bit(model)
+    assert model.merge_and_unload(progressbar=False, safe_merge=True) is base
+
+    base = tiny_model()
+    model = get_hft_model(base, HFTConfig())
+    train_a_bit(model)
+    plain = model.unload()  # PEFT: the base model without the adapter's changes
+    assert plain is base and all(p.requires_grad for p in plain.parameters())
+    assert all(torch.equal(p, original[n]) for n, p in plain.named_parameters())
+
+
+def test_a_missing_attribute_names_hftmodel():
+    model = get_hft_model(tiny_model(), HFTConfig())
+    with pytest.raises(AttributeError, match="'HFTModel' object has no attribute 'no_such_thing'"):
+        model.no_such_thing  # noqa: B018
+    assert not hasattr(model, "no_such_thing")
+
+
+def test_save_directories_respect_the_umask(tmp_path):
+    model = get_hft_model(tiny_model(), HFTConfig())
+    old = os.umask(0o022)
+    try:
+        model.save_pretrained(tmp_path / "a" / "hft")
+        model.save_pretrained(tmp_path / "a" / "hft")  # over an earlier save
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "a" / "hft").stat().st_mode) == 0o755
+    for f in (tmp_path / "a" / "hft").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f.name
+
+
+def test_saving_into_a_directory_keeps_what_else_is_there(tmp_path):
+    """A tokenizer, notes or checkpoints already in the directory survive a save, and a second."""
+    from hft_plugins.tiny import tiny_tokenizer
+
+    out = tmp_path / "out"
+    tiny_tokenizer().save_pretrained(out)
+    (out / "notes.txt").write_text("keep me")
+    (out / "checkpoint-1").mkdir()
+    (out / "checkpoint-1" / "optimizer.pt").write_bytes(b"state")
+    before = {f: (out / f).read_bytes() for f in _files(out)}
+    model = get_hft_model(tiny_model(), HFTConfig())
+    model.save_pretrained(out)
+    train_a_bit(model, 1)
+    model.save_pretrained(out)
+    assert all((out / f).read_bytes() == data for f, data in before.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporaries beside it
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    restored = HFTModel.from_pretrained(tiny_model(), out)
+    assert torch.equal(restored.lm_head.weight, model.lm_head.weight)
+
+
+def test_from_pretrained_of_a_hub_repo(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    model = get_hft_model(tiny_model(), HFTConfig(seed=3))
+    train_a_bit(model, 1)
+    model.save_pretrained(tmp_path / "snapshot")
+    asked = []
+
+    def snapshot_download(repo_id, **kwargs):
+        asked.append((repo_id, kwargs["revision"], sorted(kwargs["allow_patterns"])))
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    restored = HFTModel.from_pretrained(tiny_model(), "me/tiny-hft", revision="v1")
+    assert asked == [
+        (
+            "me/tiny-hft",
+            "v1",
+            sorted(["README.md", "hft_config.json", "hft_mask.json", "hft_model.safetensors"]),
+        )
+    ]
+    assert torch.equal(restored.lm_head.weight, model.lm_head.weight)
+    monkeypatch.undo()  # offline: the Hub is out of reach, and the error says so in one line
+    with pytest.raises(HFTError, match="no HFT save in me/absent: not a local directory") as err:
+        HFTModel.from_pretrained(tiny_model(), "me/absent")
+    assert "\n" not in str(err.value)

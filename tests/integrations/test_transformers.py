@@ -216,15 +216,15 @@ def test_an_optimizer_factory_is_refused(tmp_path):
     def factory(params, **kw):
         return torch.optim.SGD(params, lr=0.1)
 
-    trainer = HFTTrainer(
-        model=tiny_model(),
-        args=args(tmp_path),
-        train_dataset=lm_dataset(),
-        optimizer_cls_and_kwargs=(factory, {}),
-        hft_config=HFTConfig(),
-    )
-    with pytest.raises(HFTError, match="HFT wraps torch optimizer classes"):
-        trainer.create_optimizer()
+    with pytest.raises(HFTError, match="HFT wraps torch optimizer classes") as err:
+        HFTTrainer(  # refused when the trainer is built, not once training has started
+            model=tiny_model(),
+            args=args(tmp_path),
+            train_dataset=lm_dataset(),
+            optimizer_cls_and_kwargs=(factory, {}),
+            hft_config=HFTConfig(),
+        )
+    assert "optimizer_cls_and_kwargs gives" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_callback_on_a_plain_trainer_needs_hft_optimizer(tmp_path):
@@ -236,3 +236,115 @@ def test_callback_on_a_plain_trainer_needs_hft_optimizer(tmp_path):
     )
     with pytest.raises(HFTError, match="HFTCallback needs an HFTOptimizer"):
         trainer.train()
+
+
+# ---- an HFTModel in the Trainer saves as an HFT save ---------------------------------------
+
+
+def _hft_model_run(tmp_path, resume=None, **kw):
+    from hft_plugins.integrations.peft_style import get_hft_model
+    from hft_plugins.tiny import tiny_tokenizer
+
+    model = get_hft_model(tiny_model("phi3"), HFTConfig(seed=1))
+    trainer = HFTTrainer(
+        model=model,
+        args=args(tmp_path, **{"max_steps": 4, "save_strategy": "steps", "save_steps": 2, **kw}),
+        train_dataset=lm_dataset(),
+        processing_class=tiny_tokenizer(),
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, model
+
+
+def test_an_hft_model_saves_as_an_hft_save_in_save_model_and_checkpoints(tmp_path):
+    from hft_plugins.integrations.peft_style import HFTModel
+
+    trainer, model = _hft_model_run(tmp_path / "run")
+    trainer.save_model(str(tmp_path / "final"))
+    for directory in (tmp_path / "run" / "checkpoint-2", tmp_path / "run" / "checkpoint-4"):
+        names = {p.name for p in directory.iterdir()}
+        assert {"hft_model.safetensors", "hft_config.json", "hft_mask.json"} <= names
+        assert {"optimizer.pt", "trainer_state.json", "tokenizer.json"} <= names
+        assert not names & {"model.safetensors", "pytorch_model.bin"}, names
+        HFTModel.from_pretrained(tiny_model("phi3"), directory)
+    names = {p.name for p in (tmp_path / "final").iterdir()}
+    assert "model.safetensors" not in names and "tokenizer.json" in names
+    restored = HFTModel.from_pretrained(tiny_model("phi3"), tmp_path / "final")
+    for name, param in model.base_model.named_parameters():
+        assert torch.equal(restored.base_model.get_parameter(name), param), name
+    at_4 = HFTModel.from_pretrained(tiny_model("phi3"), tmp_path / "run" / "checkpoint-4")
+    assert all(
+        torch.equal(a, b) for a, b in zip(at_4.parameters(), model.parameters(), strict=True)
+    )
+
+
+def test_an_hft_model_resumes_from_its_hft_checkpoint_bit_identically(tmp_path):
+    _, full = _hft_model_run(tmp_path / "full")
+    _, resumed = _hft_model_run(
+        tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-2")
+    )
+    for (name, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_an_hft_model_trains_one_stage(tmp_path):
+    from hft_plugins.integrations.peft_style import get_hft_model
+
+    with pytest.raises(HFTError, match="an HFTModel trains one stage: redraw_every_epoch"):
+        HFTTrainer(
+            model=get_hft_model(tiny_model()),
+            args=args(tmp_path),
+            train_dataset=lm_dataset(),
+            callbacks=[HFTCallback(redraw_every_epoch=True)],
+        )
+    trainer = HFTTrainer(
+        model=get_hft_model(tiny_model()), args=args(tmp_path), train_dataset=lm_dataset()
+    )
+    with pytest.raises(HFTError, match="an HFTModel trains one stage: its save_pretrained"):
+        trainer.next_stage()
+
+
+def test_an_hft_model_loads_its_best_checkpoint_at_the_end(tmp_path):
+    from hft_plugins.integrations.peft_style import HFTModel, get_hft_model
+
+    model = get_hft_model(tiny_model(), HFTConfig())
+    trainer = HFTTrainer(
+        model=model,
+        args=args(
+            tmp_path,
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=2,
+            eval_strategy="steps",
+            eval_steps=2,
+            load_best_model_at_end=True,
+            metric_for_best_model="loss",  # it rises here, so the best is the first
+        ),
+        train_dataset=lm_dataset(),
+        eval_dataset=lm_dataset(4, seed=1),
+    )
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and best.endswith("checkpoint-2")
+    saved = HFTModel.from_pretrained(tiny_model(), best)
+    assert all(
+        torch.equal(a, b) for a, b in zip(saved.parameters(), model.parameters(), strict=True)
+    )
+
+
+def test_an_hft_model_saves_a_gathered_state_dict_and_skips_an_empty_one(tmp_path):
+    """Under FSDP or ZeRO-3 the Trainer hands _save the gathered state dict; without
+    gathering (stage3_gather_16bit_weights_on_model_save=false) an empty one, then writes
+    a DeepSpeed checkpoint itself."""
+    from hft_plugins.integrations.peft_style import HFTModel, get_hft_model
+
+    model = get_hft_model(tiny_model(), HFTConfig())
+    trainer = HFTTrainer(model=model, args=args(tmp_path), train_dataset=lm_dataset())
+    state = {k: v + 1 for k, v in model.state_dict().items()}
+    trainer._save(str(tmp_path / "gathered"), state_dict=state)
+    saved = HFTModel.from_pretrained(tiny_model(), tmp_path / "gathered")
+    for name in model.hft_mask.params():
+        assert torch.equal(saved.base_model.get_parameter(name), state[f"base_model.{name}"])
+    trainer._save(str(tmp_path / "empty"), state_dict={})
+    assert not (tmp_path / "empty" / "hft_model.safetensors").exists()
+    assert (tmp_path / "empty" / "training_args.bin").is_file()
