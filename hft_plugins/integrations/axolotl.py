@@ -32,13 +32,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..config import HFTConfig
 from ..errors import HFTError
 from ..mask import Mask, select
 from ..optim import HFTOptimizer
 from ._common import MASK_FILE, axolotl_args_model, config_from_settings, resolve_stage
+from .transformers import check_optimizer_class, register_bnb_embedding_overrides
 
 LOG = logging.getLogger("axolotl.hft_plugins")  # under axolotl's logger, so its log config shows it
 
@@ -130,6 +129,7 @@ class HFTOptimizerFactory:
 
     def __call__(self, model, training_args=None, *, hft_mask: Mask, optimizer_cls, **kwargs):
         optimizer = HFTOptimizer(model, hft_mask, optimizer_cls, **kwargs)
+        register_bnb_embedding_overrides(model, optimizer_cls, kwargs)
         LOG.info(f"HFT: training with {optimizer!r}")
         return optimizer
 
@@ -140,14 +140,8 @@ def optimizer_cls_and_kwargs(trainer, mask: Mask) -> tuple[type, dict[str, Any]]
         optimizer_cls, kwargs = trainer.optimizer_cls_and_kwargs
     else:
         optimizer_cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
-    is_torch_optimizer = isinstance(optimizer_cls, type) and issubclass(
-        optimizer_cls, torch.optim.Optimizer
-    )
-    if not is_torch_optimizer or {"params", "model", "optimizer_dict"} & set(kwargs):
-        raise HFTError(
-            f"hft: true cannot wrap optimizer {trainer.args.optim!r}: it builds its own "
-            "parameter groups; use a torch optimizer such as adamw_torch"
-        )
+    optim = str(getattr(trainer.args.optim, "value", trainer.args.optim))
+    check_optimizer_class(optimizer_cls, kwargs, f"optimizer: {optim}")
     kwargs = {**kwargs, "weight_decay": trainer.args.weight_decay}
     return HFTOptimizerFactory, {"hft_mask": mask, "optimizer_cls": optimizer_cls, **kwargs}
 

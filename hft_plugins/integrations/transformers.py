@@ -107,7 +107,7 @@ def check_optimizer_class(optimizer_cls, kwargs, source: str = "the optimizer cl
         )
 
 
-def _register_bnb_embedding_overrides(model: nn.Module, optimizer_cls, kwargs) -> None:
+def register_bnb_embedding_overrides(model: nn.Module, optimizer_cls, kwargs) -> None:
     """As the Trainer does: bitsandbytes keeps embeddings' state in 32 bits under 8-bit optim."""
     if "bitsandbytes" not in str(optimizer_cls) or kwargs.get("optim_bits") != 8:
         return
@@ -378,7 +378,7 @@ class HFTTrainerMixin:
         kwargs.setdefault("weight_decay", self.args.weight_decay)
         self._hft_mask = select(opt_model, self.hft_config)
         self.optimizer = HFTOptimizer(opt_model, self._hft_mask, optimizer_cls, **kwargs)
-        _register_bnb_embedding_overrides(opt_model, optimizer_cls, kwargs)
+        register_bnb_embedding_overrides(opt_model, optimizer_cls, kwargs)
         return self.optimizer
 
     def _hft_optimizer_cls_and_kwargs(self, model=None) -> tuple[type, dict]:

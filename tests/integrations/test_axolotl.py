@@ -150,6 +150,6 @@ def test_an_optimizer_factory_cannot_be_wrapped(tmp_path):
     trainer = _trainer(tmp_path)
     mask = apply_hft(trainer.model)
     trainer.optimizer_cls_and_kwargs = (lambda: None, {"lr": 1e-3})  # e.g. axolotl's Muon factory
-    with pytest.raises(HFTError, match="cannot wrap optimizer") as info:
+    with pytest.raises(HFTError, match="HFT wraps torch optimizer classes") as info:
         hft_axolotl.optimizer_cls_and_kwargs(trainer, mask)
     assert "\n" not in str(info.value)
