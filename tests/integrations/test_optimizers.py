@@ -139,3 +139,22 @@ def test_trl_takes_an_8bit_optimizer(tmp_path):
     trainer.train()
     assert type(trainer.hft_optimizer.inner).__name__ == "Lion"
     assert_half_trained(trainer.hft_mask, before, net)
+
+
+@pytest.mark.parametrize("optim", WORK)
+def test_optim_name_keeps_gpt2s_frozen_column_slices(optim, tmp_path):
+    """Column slices (GPT-2's c_attn) are non-contiguous: fused and 8-bit kernels step a
+    contiguous copy, never the frozen columns beside them."""
+    if "8bit" in optim:
+        pytest.importorskip("bitsandbytes")
+    net = tiny_model("gpt2", n_embd=64)
+    before = snapshot(net)
+    trainer = HFTTrainer(
+        model=net,
+        args=args(tmp_path, optim=optim),
+        train_dataset=lm_dataset(),
+        hft_config=HFTConfig(),
+    )
+    trainer.train()
+    assert any(s is not None and s.dim == 1 for s in trainer.hft_mask.params().values())
+    assert_half_trained(trainer.hft_mask, before, net)
