@@ -77,7 +77,9 @@ def one(monkeypatch):
 
     def run(edit=None, model_type="llama"):
         if edit is not None:
-            monkeypatch.setattr(mask_module, "resolve", lambda model: edit(resolve(model)))
+            monkeypatch.setattr(
+                mask_module, "resolve", lambda model, **kw: edit(resolve(model, **kw))
+            )
         row = next(r for r in census.zoo() if r[0] == model_type)
         return census.census_one(*row)
 

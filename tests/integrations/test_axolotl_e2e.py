@@ -114,11 +114,11 @@ def assert_half_trained(model_dir: Path, out_dir: Path, config: HFTConfig, steps
     assert saved["format"] == "hft-optimizer/2"
     assert Mask.from_json(saved["mask"]) == mask
     keys = set()
-    for name, slices in plan.items():
-        if slices is None:
+    for name, parts in mask.trainable_parts().items():  # one state per unit range
+        if parts is None:
             keys.add(name)
         else:
-            keys.update(f"{name}[{slices.dim}:{a}:{b}]" for a, b in slices.ranges)
+            keys.update(f"{name}[{p.dim}:{a}:{b}]" for p in parts for a, b in p.ranges)
     assert set(saved["state"]) == keys
     for state in saved["state"].values():
         assert float(state["step"]) == steps  # our optimizer took every step

@@ -102,7 +102,12 @@ def test_an_8bit_optimizer_resumes_bit_identically(tmp_path):
 @pytest.mark.parametrize("optim", SCHEDULE_FREE)
 def test_schedule_free_is_refused_before_training(optim, tmp_path):
     with pytest.raises(HFTError) as err:
-        HFTTrainer(model=model(), args=args(tmp_path, optim=optim), train_dataset=lm_dataset())
+        HFTTrainer(
+            model=model(),
+            args=args(tmp_path, optim=optim),
+            train_dataset=lm_dataset(),
+            hft_config=HFTConfig(),
+        )
     message = str(err.value)
     assert message.startswith(f"HFT cannot wrap schedule-free optimizers (optim='{optim}' gives")
     assert "\n" not in message
@@ -116,6 +121,7 @@ def test_a_schedule_free_class_in_optimizer_cls_and_kwargs_is_refused(tmp_path):
             args=args(tmp_path),
             train_dataset=lm_dataset(),
             optimizer_cls_and_kwargs=(schedulefree.AdamWScheduleFree, {"lr": 1e-3}),
+            hft_config=HFTConfig(),
         )
 
 
