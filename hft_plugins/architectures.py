@@ -465,7 +465,8 @@ def _plan_block(block, block_prefix, layout, config, tied, claimed, context):
         sorter.sort(rest)
     sorter.units = {**{u.name: u for u in planned}, **sorter.units}
     sorter.vouched = {u.name for u in planned}
-    sorter.check(lambda u: _numel(u.parts, {n: param_shape(p) for n, p in own.items()}))
+    own_shapes = {n: param_shape(p) for n, p in own.items()}
+    sorter.check(lambda u: _numel(u.parts, own_shapes))
     if layout is not None and not rest:
         name = layout.name
     elif layout is not None:

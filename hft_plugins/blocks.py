@@ -171,10 +171,6 @@ class BlockSorter:
 
     # ---- one module's role ------------------------------------------------
 
-    def role(self, path: str) -> str | None:
-        """The category of the parameters owned by the module at ``path``."""
-        return self._role_and_section(path)[0]
-
     def _role_and_section(self, path: str) -> tuple[str | None, str]:
         """The category, and the path of the module that told it (the attention, the FFN)."""
         module = self.modules[path]

@@ -28,7 +28,7 @@ from torch import nn
 from . import plugins, sliced_grad
 from .architectures import Part
 from .errors import HFTError
-from .mask import Mask
+from .mask import Mask, range_view
 
 try:
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -80,7 +80,7 @@ class _Entry:
 def _cut(tensor: torch.Tensor, cut: Cut) -> torch.Tensor:
     """The view of ``tensor`` that ``cut`` selects."""
     dim, index = cut
-    return tensor[(slice(None),) * dim + (index,)]
+    return range_view(tensor, dim, index.start, index.stop, index.step or 1)
 
 
 def _entry(key: str, param: nn.Parameter, cut: Cut | None) -> _Entry:
