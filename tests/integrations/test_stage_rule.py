@@ -22,7 +22,7 @@ from hft_plugins.integrations.trl import (
     get_hft_config,
 )
 from hft_plugins.tiny import tiny_model, tiny_tokenizer
-from tests.integrations._common import lm_dataset
+from tests.integrations._common import assert_half_trained, lm_dataset, snapshot
 
 CPU = dict(
     use_cpu=True,
@@ -85,12 +85,17 @@ def saved_tuned_model(path, stage=0, seed=0):
 
 
 def test_sft_then_dpo_in_python_follows_on(tmp_path):
-    sft = trained_sft(tmp_path)
+    model = tiny_model()
+    before_sft = snapshot(model)
+    sft = trained_sft(tmp_path, model)
+    assert_half_trained(sft.hft_mask, before_sft, model)
     assert previous_stage(sft.model).mask == sft.hft_mask  # train() recorded it
     after_dpo = dpo(tmp_path, sft.model, hft_config=HFTConfig(stage=None))
     assert sft.hft_mask.config.stage == 0 and after_dpo.hft_config.stage == 1
     assert after_dpo.hft_mask.trainable != sft.hft_mask.trainable
+    before_dpo = snapshot(model)
     after_dpo.train()
+    assert_half_trained(after_dpo.hft_mask, before_dpo, model)  # DPO's frozen half exact
     assert previous_stage(sft.model).mask.config.stage == 1
 
 
