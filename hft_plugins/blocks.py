@@ -34,12 +34,11 @@ _MIXER_WORDS = (
     "hyena",
     "retention",
 )
-_MIXER_TOKENS = {"conv", "time_mix", "mamba_mixer", "ssm"}
+_MIXER_TOKENS = {"conv", "time_mix"}
 _ATTENTION_WORDS = ("attn", "attention")
 _FFN_WORDS = ("mlp", "ffn", "feed_forward", "feedforward", "expert", "moe", "densereludense")
-_FFN_TOKENS = {"fc", "fc1", "fc2", "c_fc", "intermediate", "output", "layerff", "wi", "wo"}
-_FFN_TOKENS |= {"w1", "w2", "w3", "dense_h_to_4h", "dense_4h_to_h", "gate_proj", "up_proj"}
-_FFN_TOKENS |= {"down_proj", "denseactdense", "t5layerff"}
+_FFN_TOKENS = {"fc", "fc1", "fc2", "c_fc", "wi", "wo", "w1", "w2", "w3", "gate_proj", "up_proj"}
+_FFN_TOKENS |= {"down_proj", "dense_h_to_4h", "dense_4h_to_h"}
 _ROUTER_NAMES = {"gate", "router", "gating", "wg", "gate_network", "switch"}
 _FUSED_ATTENTION = {"qkv", "qkv_proj", "c_attn", "query_key_value", "wqkv", "w_pack", "kv_proj"}
 _FUSED_ATTENTION |= {"qkv_linear", "key_value", "kv", "in_proj", "qkv_a_proj"}
