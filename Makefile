@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-axolotl test lint format demo census
+.PHONY: setup setup-bench setup-axolotl test test-fast lint format demo census
 
 setup: $(VENV)/.installed
 
@@ -15,15 +15,27 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[trl,demo,bench,dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[trl,dev]"
+	touch $@
+
+# the evidence harness (hft demo, hft bench): its own distribution, in benchmarks/
+setup-bench: $(VENV)/.installed-bench
+
+$(VENV)/.installed-bench: $(VENV)/.installed benchmarks/pyproject.toml
+	$(PY) -m pip install --quiet -c constraints.txt -e benchmarks
 	touch $@
 
 # axolotl pins other transformers/trl/peft versions: it gets its own virtualenv
 setup-axolotl:
 	HFT_AXOLOTL_VENV=$(AXOLOTL_VENV) PYTHON=$(PYTHON) bash scripts/setup-axolotl-venv.sh
 
-test: setup setup-axolotl
+test: setup setup-bench setup-axolotl
 	HFT_AXOLOTL_VENV=$(CURDIR)/$(AXOLOTL_VENV) $(PY) -m pytest -q
+
+# the inner loop: core, registry, built-ins and CLI, no framework runs (under two minutes)
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" --ignore=tests/integrations --ignore=tests/distributed \
+		--ignore=tests/demo --ignore=tests/evidence --ignore=tests/test_census.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -33,7 +45,7 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-demo: setup
+demo: setup setup-bench
 	$(VENV)/bin/hft demo --out hft-demo
 
 # docs/architectures.md (+ .json): every causal/seq2seq LM type of transformers, built tiny and checked

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from hft_plugins.sliced_grad import _SlicedProjection, _Spec  # noqa: E402
+from hft_plugins.core.sliced_grad import _SlicedProjection, _Spec  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,8 @@
-"""The ``hft`` command: inspect a layout, half-reset a model, list plugins, demo, benchmarks."""
+"""The ``hft`` command: inspect a layout, half-reset a model, list plugins; plugins add more.
+
+``hft demo`` and ``hft bench`` come from the ``hft-bench`` distribution in ``benchmarks/``
+through the ``register_commands`` hook.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import plugins
-from .atomic import atomic_directory
-from .config import HFTConfig
-from .errors import HFTError
-from .mask import select
+from . import registry
+from .core import catalog
+from .core.atomic import atomic_directory
+from .core.config import HFTConfig
+from .core.errors import HFTError
+from .core.mask import select
+from .registry.manager import BUILTIN
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -97,7 +103,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_reset(args) -> int:
-    from .reset import half_reset
+    from .core.reset import half_reset
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -122,18 +128,21 @@ def cmd_reset(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    pm = plugins.manager()
+    pm = registry.manager()
     print("plugins:")
     for name, plugin in pm.list_name_plugin():
-        origin = "built in" if name == "builtin" else getattr(plugin, "__name__", repr(plugin))
+        if name.startswith(f"{BUILTIN}:"):
+            name, origin = BUILTIN, f"built in: {plugin.__name__}"
+        else:
+            origin = getattr(plugin, "__name__", repr(plugin))
         print(f"  {name:<24} {origin}")
     print("strategies:")
-    for name, entry in sorted(plugins.strategies().items()):
+    for name, entry in sorted(catalog.strategies().items()):
         print(f"  {name:<24} [{entry.source}] {entry.help}")
     print("layouts:")
-    for name, entry in plugins.layout_entries().items():
+    for name, entry in catalog.layout_entries().items():
         print(f"  {name:<24} [{entry.source}] model types: {entry.help or '-'}")
-    for name, reason in plugins.failures().items():
+    for name, reason in registry.failures().items():
         print(f"skipped plugin {name}: {reason}")
     return 0
 
@@ -158,15 +167,26 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("plugins", help="list plugins, strategies and layouts")
     listing.set_defaults(run=cmd_plugins)
 
-    from .demo.cli import add_bench_parser, add_demo_parser
-
-    add_demo_parser(sub)
-    add_bench_parser(sub)
+    registry.notify("register_commands", subparsers=sub)
+    parser.commands = sub.choices  # name -> parser, the plugins' included
     return parser
 
 
+# commands that come with the evidence harness, not with this package
+HARNESS_COMMANDS = ("demo", "bench")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in HARNESS_COMMANDS and argv[0] not in parser.commands:
+        print(
+            f"hft: error: 'hft {argv[0]}' comes with the hft-bench harness: run `make demo` "
+            "in a clone of hft-plugins, or `pip install -e benchmarks` there",
+            file=sys.stderr,
+        )
+        return 2
+    args = parser.parse_args(argv)
     try:
         return args.run(args)
     except HFTError as exc:

@@ -7,7 +7,7 @@ is off so that runs are reproducible step for step.
 
 from __future__ import annotations
 
-from .errors import HFTError
+from .core.errors import HFTError
 
 _COMMON = dict(
     vocab_size=96,

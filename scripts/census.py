@@ -446,7 +446,7 @@ def coverage(layout, params: dict[str, tuple[int, ...]]) -> list[str]:
     """
     import torch
 
-    from hft_plugins.mask import range_view
+    from hft_plugins.core.mask import range_view
 
     counts = {n: torch.zeros(s, dtype=torch.int16) for n, s in params.items()}
     found: dict[str, list[str]] = {}
@@ -490,7 +490,7 @@ def frozen_and_moved(mask, before: dict, model) -> tuple[list[str], bool]:
     """(frozen elements that changed, whether any trainable element moved)."""
     import torch
 
-    from hft_plugins.mask import range_view
+    from hft_plugins.core.mask import range_view
 
     plan = mask.params()
     changed, moved = [], False
@@ -522,7 +522,8 @@ def check(model, batch: dict, kind: str) -> dict:
     """
     import torch
 
-    from hft_plugins import HFTConfig, HFTError, HFTOptimizer, architectures, select
+    from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
+    from hft_plugins.core.layouts import BLOCK_CATEGORIES
 
     record: dict = {}
     try:
@@ -531,7 +532,7 @@ def check(model, batch: dict, kind: str) -> dict:
         return {"status": "refused", "message": _line(exc)}
     layout = mask.layout
     params = block_params(model, kind)
-    known = set(architectures.BLOCK_CATEGORIES) - {"other"}
+    known = set(BLOCK_CATEGORIES) - {"other"}
     total = sum(_numel(s) for s in params.values())
     done = sum(trainable_elements(mask, n, s) for n, s in params.items())
     fractions = {
@@ -677,11 +678,10 @@ def _warm() -> None:
     import transformers
     import transformers.modeling_utils  # noqa: F401
 
-    from hft_plugins import plugins
+    from hft_plugins.core import catalog
 
     transformers.logging.set_verbosity_error()
-    plugins.manager()
-    plugins.layouts()
+    catalog.layouts()
 
 
 def run(types=None, jobs: int = 2, limit: float = TYPE_LIMIT_S, progress=None) -> list[dict]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hft_plugins import HFTConfig, Mask
-from hft_plugins.architectures import ModelLayout, Part, Unit
+from hft_plugins.core.layouts import ModelLayout, Part, Unit
 
 EXPERTS, HIDDEN, FFN = 3, 8, 6
 

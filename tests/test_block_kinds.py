@@ -310,7 +310,7 @@ def test_an_attention_output_gate_is_no_router_in_an_moe_block():
 
 
 def test_a_layout_may_put_modules_in_any_category_and_names_bad_ones():
-    from hft_plugins.architectures import Layout
+    from hft_plugins.core.layouts import Layout
 
     with pytest.raises(HFTError, match="layout 'x': unknown category 'expert'; known: attention"):
         Layout("x", ("x",), categories={"mlp": "expert"})

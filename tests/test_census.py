@@ -72,8 +72,8 @@ def test_census_supports_every_built_moe_family(records):
 @pytest.fixture
 def one(monkeypatch):
     """Run the census of llama in this process, ``resolve`` changed by ``edit``."""
-    import hft_plugins.mask as mask_module
-    from hft_plugins.architectures import resolve
+    import hft_plugins.core.mask as mask_module
+    from hft_plugins.core.catalog import resolve
 
     def run(edit=None, model_type="llama"):
         if edit is not None:
@@ -154,7 +154,7 @@ def test_census_catches_category_other(one):
 
 
 def test_census_catches_a_fraction_off_the_ratio(one, monkeypatch):
-    from hft_plugins import mask as mask_module
+    from hft_plugins.core import mask as mask_module
 
     def everything(name):
         return lambda layout, config, rng: {u.key for u in layout.block_units()}
@@ -166,7 +166,7 @@ def test_census_catches_a_fraction_off_the_ratio(one, monkeypatch):
 
 
 def test_census_catches_a_frozen_element_that_moved(one, monkeypatch):
-    from hft_plugins import optim
+    from hft_plugins.core import optim
 
     step = optim.HFTOptimizer.step
 
@@ -184,7 +184,7 @@ def test_census_catches_a_frozen_element_that_moved(one, monkeypatch):
 
 
 def test_census_catches_nothing_trained(one, monkeypatch):
-    from hft_plugins import optim
+    from hft_plugins.core import optim
 
     monkeypatch.setattr(optim.HFTOptimizer, "step", lambda self, closure=None: None)
     record = one()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
-from hft_plugins.distributed import rebuild_ddp_reducer, redraw, under_deepspeed
+from hft_plugins.core.distributed import rebuild_ddp_reducer, redraw, under_deepspeed
 from hft_plugins.tiny import tiny_model
 
 

@@ -28,7 +28,8 @@ import transformers as tf
 from torch import nn
 
 from hft_plugins import HFTConfig, select
-from hft_plugins.architectures import ModelLayout, Unit, resolve
+from hft_plugins.core.catalog import resolve
+from hft_plugins.core.layouts import ModelLayout, Unit
 from hft_plugins.tiny import tiny_model
 
 # ---- the helper ------------------------------------------------------------------------
@@ -361,7 +362,7 @@ CASES: dict[str, Case] = {
         attention("attention.query_key_value", "attention.dense", interface=True),
         builtin="gpt_neox",
     ),
-    # families of hft_plugins.family_layouts
+    # families of hft_plugins.builtin.families
     "bloom": Case(
         lambda: tf.BloomConfig(vocab_size=V, hidden_size=32, n_layer=4, n_head=4, **IDS),
         "bloom",
@@ -836,8 +837,8 @@ def test_half_trains_and_frozen_slices_stay(name):
 
 
 def test_splitter_refuses_sizes_that_do_not_add_up():
-    from hft_plugins.errors import HFTError
-    from hft_plugins.family_layouts import _codegen_qkv
+    from hft_plugins.builtin.families import _codegen_qkv
+    from hft_plugins.core.errors import HFTError
 
     model = build(CASES["codegen"])
     block = model.transformer.h[0]
@@ -856,8 +857,8 @@ def test_splitter_refuses_sizes_that_do_not_add_up():
     ],
 )
 def test_a_split_must_cover_every_output_once(units):
-    from hft_plugins.errors import HFTError
-    from hft_plugins.family_layouts import _finish
+    from hft_plugins.builtin.families import _finish
+    from hft_plugins.core.errors import HFTError
 
     assert _finish("x", 6, {"q": [(0, 2), (4, 6)], "k": [(2, 4)]})["q"] == ((0, 2), (4, 6))
     with pytest.raises(HFTError, match="exactly once"):

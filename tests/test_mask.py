@@ -113,7 +113,7 @@ def test_an_unmet_ratio_warns_once_per_model():
 
 
 def test_mask_applied_fires_once_per_mask_applied():
-    from hft_plugins import hookimpl, plugins
+    from hft_plugins import hookimpl, registry
 
     seen = []
 
@@ -122,8 +122,8 @@ def test_mask_applied_fires_once_per_mask_applied():
         def mask_applied(self, model, mask):
             seen.append(mask.config.stage)
 
-    plugins.reset()
-    plugins.manager().register(Recorder())
+    registry.reset()
+    registry.manager().register(Recorder())
     try:
         model = tiny_model("llama")
         first = select(model, HFTConfig())
@@ -137,4 +137,4 @@ def test_mask_applied_fires_once_per_mask_applied():
         first.apply(model)  # something changed what trains: applied anew
         assert seen == [0, 1, 0, 0]
     finally:
-        plugins.reset()
+        registry.reset()

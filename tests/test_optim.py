@@ -8,8 +8,9 @@ import weakref
 import pytest
 import torch
 
-from hft_plugins import HFTConfig, HFTError, HFTOptimizer, Mask, select, sliced_grad
-from hft_plugins.architectures import Part
+from hft_plugins import HFTConfig, HFTError, HFTOptimizer, Mask, select
+from hft_plugins.core import sliced_grad
+from hft_plugins.core.layouts import Part
 from hft_plugins.tiny import tiny_model
 from tests import _experts
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hft_plugins import HFTConfig, HFTOptimizer, select
-from hft_plugins.optim import no_decay_names
+from hft_plugins.core.optim import no_decay_names
 from hft_plugins.tiny import tiny_model
 from tests import _experts
 

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from hft_plugins import HFTConfig, HFTOptimizer, apply_hft, hookimpl, plugins
-from hft_plugins.plugins import HFTPluginWarning
+from hft_plugins import HFTConfig, HFTOptimizer, apply_hft, hookimpl, registry
+from hft_plugins.core import catalog
+from hft_plugins.registry import HFTPluginWarning
 from hft_plugins.tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,16 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def fresh_manager():
-    plugins.reset()
+    registry.reset()
     yield
-    plugins.reset()
+    registry.reset()
 
 
 def test_builtins_register_through_the_hooks():
-    strategies = plugins.strategies()
+    strategies = catalog.strategies()
     assert {"category", "layer", "matrix"} <= set(strategies)
     assert all(strategies[n].source == "builtin" for n in ("category", "layer", "matrix"))
-    assert "llama" in plugins.layout_entries()
+    assert "llama" in catalog.layout_entries()
 
 
 def test_observer_hooks_fire():
@@ -42,7 +43,7 @@ def test_observer_hooks_fire():
         def stage_end(self, model, mask, stage):
             seen.append(("end", stage))
 
-    plugins.manager().register(Recorder())
+    registry.manager().register(Recorder())
     import torch
 
     from hft_plugins import select
@@ -77,9 +78,9 @@ def test_broken_plugin_is_skipped_by_name_and_the_rest_works(tmp_path, monkeypat
     with pytest.warns(
         HFTPluginWarning, match="'broken_plugin' skipped: failed to load: RuntimeError: boom"
     ):
-        strategies = plugins.strategies()
+        strategies = catalog.strategies()
     assert "category" in strategies
-    assert "broken_plugin" in plugins.failures()
+    assert "broken_plugin" in registry.failures()
 
 
 def test_plugin_whose_hook_raises_is_skipped(tmp_path, monkeypatch):
@@ -98,7 +99,7 @@ def test_plugin_whose_hook_raises_is_skipped(tmp_path, monkeypatch):
     with pytest.warns(
         HFTPluginWarning, match="'raising_plugin' skipped: register_strategies raised"
     ):
-        assert set(plugins.strategies()) == {"category", "layer", "matrix"}
+        assert set(catalog.strategies()) == {"category", "layer", "matrix"}
 
 
 def test_observer_hook_that_raises_is_reported_and_training_goes_on():
@@ -111,11 +112,11 @@ def test_observer_hook_that_raises_is_reported_and_training_goes_on():
         def mask_applied(self, model, mask):
             raise RuntimeError("boom")
 
-    plugins.manager().register(Broken(), name="broken_logger")
+    registry.manager().register(Broken(), name="broken_logger")
     model = tiny_model("llama")
     with pytest.warns(HFTPluginWarning, match="'broken_logger' skipped: mask_applied raised"):
         opt = HFTOptimizer(model, select(model, HFTConfig()), torch.optim.AdamW, lr=1e-3)
-    assert "broken_logger" in plugins.failures()
+    assert "broken_logger" in registry.failures()
     assert opt.mask.config == HFTConfig()
 
 
@@ -123,8 +124,8 @@ def test_env_var_turns_third_party_plugins_off(tmp_path, monkeypatch):
     _fake_distribution(tmp_path, "broken_plugin", "raise RuntimeError('boom')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("HFT_DISABLE_PLUGINS", "1")
-    assert set(plugins.strategies()) == {"category", "layer", "matrix"}
-    assert plugins.failures() == {}
+    assert set(catalog.strategies()) == {"category", "layer", "matrix"}
+    assert registry.failures() == {}
 
 
 def test_a_plugin_cannot_take_a_builtin_name(tmp_path, monkeypatch):
@@ -141,7 +142,7 @@ def test_a_plugin_cannot_take_a_builtin_name(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.warns(HFTPluginWarning, match="'category' is already registered by builtin"):
-        assert plugins.strategies()["category"].source == "builtin"
+        assert catalog.strategies()["category"].source == "builtin"
 
 
 def test_example_plugin_package_installs_and_is_selected_by_name(tmp_path):

@@ -311,7 +311,7 @@ def test_save_pretrained_killed_after_committing_its_weights_loads_the_new_save(
 
 
 def test_atomic_directory_respects_the_umask(tmp_path):
-    from hft_plugins.atomic import atomic_directory
+    from hft_plugins.core.atomic import atomic_directory
 
     old = os.umask(0o022)
     try:

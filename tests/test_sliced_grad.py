@@ -8,7 +8,8 @@ import pickle
 import pytest
 import torch
 
-from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select, sliced_grad
+from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
+from hft_plugins.core import sliced_grad
 from hft_plugins.tiny import tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -203,7 +204,7 @@ def test_a_strided_slice_of_a_linear_trains_through_plain_autograd():
     from torch import nn
 
     from hft_plugins import Mask
-    from hft_plugins.architectures import ModelLayout, Part, Unit
+    from hft_plugins.core.layouts import ModelLayout, Part, Unit
 
     model = nn.Sequential(nn.Linear(4, 6))
     units = [

@@ -1,4 +1,5 @@
-"""What every framework adapter shares: HFTConfig's fields as settings, and the stage rule.
+"""What every framework adapter shares: HFTConfig's fields as settings, the stage rule,
+the checks of a config, a model and an optimizer class, and the model card.
 
 One config surface. :class:`~hft_plugins.HFTConfig` declares each field, its
 default and its help once; from it come
@@ -32,19 +33,24 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import plugins
-from ..config import HFTConfig
-from ..errors import HFTError
-from ..mask import Mask
+import torch
+from torch import nn
+
+from ..core import catalog
+from ..core.config import HFTConfig
+from ..core.errors import HFTError
+from ..core.mask import Mask
+from ..core.optim import HFTOptimizer, qualified_name
 
 FLAG = "hft"
 PREFIX = "hft_"
-MASK_FILE = "hft_mask.json"
+# The mask of the half a saved model trained; a next stage's draw reads this name.
+MASK_NAME = "hft_mask.json"
 # Where an HFT trainer's train() records the mask it trained with, on the model object.
 RECORD_ATTR = "_hft_trained_mask"
 
@@ -160,7 +166,7 @@ def config_from_settings(values: Mapping[str, Any], *, turn_on: str) -> HFTConfi
             raise HFTError(f"{key} is set but HFT is off: add {turn_on}, or remove {key}")
         return None
     config = HFTConfig(**{"stage": None, **given})
-    plugins.strategy(config.strategy)  # an unknown name fails now, not after loading the model
+    catalog.strategy(config.strategy)  # an unknown name fails now, not after loading the model
     return config
 
 
@@ -232,8 +238,8 @@ def previous_stage(model) -> PreviousStage | None:
         if isinstance(recorded, Mask):
             return PreviousStage(recorded, "recorded on the model by its last HFT training")
     directory = model_directory(model)
-    if directory is not None and (directory / MASK_FILE).is_file():
-        return PreviousStage(Mask.load(directory / MASK_FILE), str(directory / MASK_FILE))
+    if directory is not None and (directory / MASK_NAME).is_file():
+        return PreviousStage(Mask.load(directory / MASK_NAME), str(directory / MASK_NAME))
     return None
 
 
@@ -254,7 +260,7 @@ def resolve_stage(
         if first_stage:
             return dataclasses.replace(config, stage=0)
         raise HFTError(
-            f"{trainer} needs the HFT stage given: the model has no {MASK_FILE} of an earlier "
+            f"{trainer} needs the HFT stage given: the model has no {MASK_NAME} of an earlier "
             f"HFT stage to follow (SFT is stage 0); {how.format(n=1)}"
         )
     if previous is not None:
@@ -266,3 +272,130 @@ def resolve_stage(
                 f"{how.format(n=last.stage + 1)}, or leave the stage out to follow on"
             )
     return config
+
+
+# ---- what the trainers and the PEFT-style wrapper share ----------------------
+
+# Keys the optimizer factory of ``get_optimizer_cls_and_kwargs`` uses to hand over its own groups.
+_SPECIAL_OPTIMIZER_KEYS = ("params", "model", "optimizer_dict")
+PAPER_URL = "https://arxiv.org/abs/2404.18466"
+HFT_TAG = "hft"
+_CARD_HEADING = "## Half Fine-Tuning (HFT)"
+
+
+def check_hft_config(hft_config) -> HFTConfig:
+    """``hft_config`` as an HFTConfig (None means the paper's default); anything else is an error."""
+    if hft_config is None:
+        return HFTConfig()
+    if not isinstance(hft_config, HFTConfig):
+        raise HFTError(
+            f"hft_config must be an hft_plugins.HFTConfig, got {type(hft_config).__name__}"
+        )
+    return hft_config
+
+
+def reject_peft(model) -> None:
+    """HFT trains half of the base weights; a PEFT adapter freezes them all: refuse the mix."""
+    if hasattr(model, "peft_config") or any(
+        "lora_" in name for name, _ in model.named_parameters()
+    ):
+        raise HFTError(
+            "HFT cannot be combined with a PEFT adapter on the same model: use one or the other"
+        )
+
+
+def check_optimizer_class(optimizer_cls, kwargs, source: str = "the optimizer class") -> None:
+    """Refuse, in one line, an optimizer HFT cannot wrap with its frozen half left exact.
+
+    ``source`` says where the class came from (``optim='sgd'``, ``optimizer_cls_and_kwargs``).
+    """
+    name = qualified_name(optimizer_cls)
+    if callable(getattr(optimizer_cls, "train", None)) or "schedule_free" in source:
+        raise HFTError(
+            f"HFT cannot wrap schedule-free optimizers ({source} gives {name!r}): they swap "
+            "the weights between their train() and eval() modes, which HFTOptimizer does not "
+            "pass on; use e.g. adamw_torch"
+        )
+    if not (
+        isinstance(optimizer_cls, type)
+        and issubclass(optimizer_cls, torch.optim.Optimizer)
+        and not any(k in kwargs for k in _SPECIAL_OPTIMIZER_KEYS)
+    ):
+        raise HFTError(
+            f"HFT wraps torch optimizer classes; {source} gives {name!r}, which builds its own "
+            "parameter groups (GaLore, LOMO, Muon...); use e.g. adamw_torch"
+        )
+
+
+def register_bnb_embedding_overrides(model: nn.Module, optimizer_cls, kwargs) -> None:
+    """As the Trainer does: bitsandbytes keeps embeddings' state in 32 bits under 8-bit optim."""
+    if "bitsandbytes" not in str(optimizer_cls) or kwargs.get("optim_bits") != 8:
+        return
+    import bitsandbytes
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            manager.register_module_override(module, "weight", {"optim_bits": 32})
+
+
+def hft_card_section(mask: Mask) -> str:
+    """The model card's HFT section: the draw and the trainable fraction, with the paper."""
+    c = mask.config
+    done, total = mask.fractions()["total"]
+    return (
+        f"{_CARD_HEADING}\n\n"
+        f"Fine-tuned with [Half Fine-Tuning]({PAPER_URL}) (hft-plugins): this stage trained a "
+        "drawn half of every transformer block and left the other half exactly as it was.\n\n"
+        "| strategy | ratio | seed | stage | trainable fraction |\n"
+        "|---|---|---|---|---|\n"
+        f"| {c.strategy} | {c.ratio} | {c.seed} | {c.stage} | {done / total:.4f} "
+        f"({done:,} of {total:,} parameters) |\n"
+    )
+
+
+def hft_model_card(
+    existing: str | None, mask: Mask, base_model: str | None = None, tags: Iterable[str] = ()
+) -> str:
+    """``existing`` model card text (or a new card) with the ``hft`` tag and the HFT section.
+
+    What the card held stays; an HFT section from an earlier stage is replaced.
+    """
+    from huggingface_hub import ModelCard
+
+    text = existing or "# Model card\n"
+    card = ModelCard(text if text.lstrip().startswith("---") else "---\n{}\n---\n" + text)
+    card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags, HFT_TAG]))
+    if base_model and not os.path.isdir(base_model) and not card.data.get("base_model"):
+        card.data.base_model = base_model
+    body = card.text
+    start = body.find(_CARD_HEADING)
+    if start >= 0:
+        end = body.find("\n## ", start + len(_CARD_HEADING))
+        body = body[:start].rstrip() + ("\n\n" + body[end + 1 :] if end >= 0 else "")
+    card.text = body.rstrip() + "\n\n" + hft_card_section(mask)
+    return str(card)
+
+
+def hft_start_line(optimizer: HFTOptimizer) -> str:
+    """One line: the draw, the trainable fraction and the optimizer that steps it."""
+    c = optimizer.mask.config
+    done, total = optimizer.mask.fractions()["total"]
+    inner = type(optimizer.inner)
+    fused = " (fused)" if optimizer.inner.defaults.get("fused") else ""
+    return (
+        f"HFT: strategy={c.strategy} ratio={c.ratio} seed={c.seed} stage={c.stage}; "
+        f"trainable {done / total:.4f} of all parameters ({done:,} of {total:,}); "
+        f"optimizer {inner.__module__}.{inner.__qualname__}{fused}"
+    )
+
+
+def unwrap_optimizer(optimizer) -> HFTOptimizer | None:
+    """The HFTOptimizer inside accelerate's (or any) ``.optimizer`` wrappers, or None."""
+    seen = 0
+    while optimizer is not None and seen < 8:
+        if isinstance(optimizer, HFTOptimizer):
+            return optimizer
+        optimizer = getattr(optimizer, "optimizer", None)
+        seen += 1
+    return None

@@ -32,12 +32,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import HFTConfig
-from ..errors import HFTError
-from ..mask import Mask, select
-from ..optim import HFTOptimizer
-from ._common import MASK_FILE, axolotl_args_model, config_from_settings, resolve_stage
-from .transformers import check_optimizer_class, register_bnb_embedding_overrides
+from ..core.config import HFTConfig
+from ..core.errors import HFTError
+from ..core.mask import Mask, select
+from ..core.optim import HFTOptimizer
+from ._common import (
+    MASK_NAME,
+    axolotl_args_model,
+    check_optimizer_class,
+    config_from_settings,
+    register_bnb_embedding_overrides,
+    resolve_stage,
+)
 
 LOG = logging.getLogger("axolotl.hft_plugins")  # under axolotl's logger, so its log config shows it
 
@@ -195,7 +201,7 @@ def _build_plugin_class():
             trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs(trainer, self.mask)
             if trainer.is_world_process_zero():
                 Path(trainer.args.output_dir).mkdir(parents=True, exist_ok=True)
-                self.mask.save(Path(trainer.args.output_dir) / MASK_FILE)
+                self.mask.save(Path(trainer.args.output_dir) / MASK_NAME)
 
         def post_train_unload(self, cfg):
             self._reset()

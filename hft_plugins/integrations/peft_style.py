@@ -24,12 +24,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..atomic import atomic_files
-from ..config import HFTConfig
-from ..errors import HFTError
-from ..mask import Mask, Slices, range_view, select
-from ..optim import release
-from .transformers import MASK_NAME, check_hft_config, hft_model_card, reject_peft
+from ..core.atomic import atomic_files
+from ..core.config import HFTConfig
+from ..core.errors import HFTError
+from ..core.mask import Mask, Slices, range_view, select
+from ..core.optim import release
+from ._common import MASK_NAME, check_hft_config, hft_model_card, reject_peft
 
 __all__ = ["HFTModel", "get_hft_model"]
 

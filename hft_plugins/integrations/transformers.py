@@ -17,19 +17,29 @@ import inspect
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from ..atomic import atomic_write_text
-from ..config import HFTConfig
-from ..distributed import check_redraw_supported, redraw
-from ..errors import HFTError
-from ..mask import Mask, select
-from ..optim import HFTOptimizer, qualified_name
+from ..core.atomic import atomic_write_text
+from ..core.config import HFTConfig
+from ..core.distributed import check_redraw_supported, redraw
+from ..core.errors import HFTError
+from ..core.mask import Mask, select
+from ..core.optim import HFTOptimizer
+from ._common import (
+    HFT_TAG,
+    MASK_NAME,
+    check_hft_config,
+    check_optimizer_class,
+    hft_model_card,
+    hft_start_line,
+    register_bnb_embedding_overrides,
+    reject_peft,
+    unwrap_optimizer,
+)
 
 __all__ = [
     "HFTCallback",
@@ -45,14 +55,6 @@ __all__ = [
 _UNSET = object()  # hft_config not passed at all (None passed: HFT off, silently)
 logger = logging.getLogger(__name__)
 
-# Keys the optimizer factory of ``get_optimizer_cls_and_kwargs`` uses to hand over its own groups.
-_SPECIAL_OPTIMIZER_KEYS = ("params", "model", "optimizer_dict")
-# The mask of the half a saved model trained; other tools (a next stage's draw) read this name.
-MASK_NAME = "hft_mask.json"
-PAPER_URL = "https://arxiv.org/abs/2404.18466"
-HFT_TAG = "hft"
-_CARD_HEADING = "## Half Fine-Tuning (HFT)"
-
 
 def resolve_hft_config(hft_config, args) -> HFTConfig | None:
     """The stage's config: ``hft_config`` if given, else the ``hft``/``hft_*`` arguments of an
@@ -63,128 +65,10 @@ def resolve_hft_config(hft_config, args) -> HFTConfig | None:
     return config_from_trainer_args(hft_config, args)
 
 
-def check_hft_config(hft_config) -> HFTConfig:
-    """``hft_config`` as an HFTConfig (None means the paper's default); anything else is an error."""
-    if hft_config is None:
-        return HFTConfig()
-    if not isinstance(hft_config, HFTConfig):
-        raise HFTError(
-            f"hft_config must be an hft_plugins.HFTConfig, got {type(hft_config).__name__}"
-        )
-    return hft_config
-
-
-def reject_peft(model) -> None:
-    """HFT trains half of the base weights; a PEFT adapter freezes them all: refuse the mix."""
-    if hasattr(model, "peft_config") or any(
-        "lora_" in name for name, _ in model.named_parameters()
-    ):
-        raise HFTError(
-            "HFT cannot be combined with a PEFT adapter on the same model: use one or the other"
-        )
-
-
-def check_optimizer_class(optimizer_cls, kwargs, source: str = "the optimizer class") -> None:
-    """Refuse, in one line, an optimizer HFT cannot wrap with its frozen half left exact.
-
-    ``source`` says where the class came from (``optim='sgd'``, ``optimizer_cls_and_kwargs``).
-    """
-    name = qualified_name(optimizer_cls)
-    if callable(getattr(optimizer_cls, "train", None)) or "schedule_free" in source:
-        raise HFTError(
-            f"HFT cannot wrap schedule-free optimizers ({source} gives {name!r}): they swap "
-            "the weights between their train() and eval() modes, which HFTOptimizer does not "
-            "pass on; use e.g. adamw_torch"
-        )
-    if not (
-        isinstance(optimizer_cls, type)
-        and issubclass(optimizer_cls, torch.optim.Optimizer)
-        and not any(k in kwargs for k in _SPECIAL_OPTIMIZER_KEYS)
-    ):
-        raise HFTError(
-            f"HFT wraps torch optimizer classes; {source} gives {name!r}, which builds its own "
-            "parameter groups (GaLore, LOMO, Muon...); use e.g. adamw_torch"
-        )
-
-
-def register_bnb_embedding_overrides(model: nn.Module, optimizer_cls, kwargs) -> None:
-    """As the Trainer does: bitsandbytes keeps embeddings' state in 32 bits under 8-bit optim."""
-    if "bitsandbytes" not in str(optimizer_cls) or kwargs.get("optim_bits") != 8:
-        return
-    import bitsandbytes
-
-    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            manager.register_module_override(module, "weight", {"optim_bits": 32})
-
-
-def hft_card_section(mask: Mask) -> str:
-    """The model card's HFT section: the draw and the trainable fraction, with the paper."""
-    c = mask.config
-    done, total = mask.fractions()["total"]
-    return (
-        f"{_CARD_HEADING}\n\n"
-        f"Fine-tuned with [Half Fine-Tuning]({PAPER_URL}) (hft-plugins): this stage trained a "
-        "drawn half of every transformer block and left the other half exactly as it was.\n\n"
-        "| strategy | ratio | seed | stage | trainable fraction |\n"
-        "|---|---|---|---|---|\n"
-        f"| {c.strategy} | {c.ratio} | {c.seed} | {c.stage} | {done / total:.4f} "
-        f"({done:,} of {total:,} parameters) |\n"
-    )
-
-
-def hft_model_card(
-    existing: str | None, mask: Mask, base_model: str | None = None, tags: Iterable[str] = ()
-) -> str:
-    """``existing`` model card text (or a new card) with the ``hft`` tag and the HFT section.
-
-    What the card held stays; an HFT section from an earlier stage is replaced.
-    """
-    from huggingface_hub import ModelCard
-
-    text = existing or "# Model card\n"
-    card = ModelCard(text if text.lstrip().startswith("---") else "---\n{}\n---\n" + text)
-    card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags, HFT_TAG]))
-    if base_model and not os.path.isdir(base_model) and not card.data.get("base_model"):
-        card.data.base_model = base_model
-    body = card.text
-    start = body.find(_CARD_HEADING)
-    if start >= 0:
-        end = body.find("\n## ", start + len(_CARD_HEADING))
-        body = body[:start].rstrip() + ("\n\n" + body[end + 1 :] if end >= 0 else "")
-    card.text = body.rstrip() + "\n\n" + hft_card_section(mask)
-    return str(card)
-
-
-def hft_start_line(optimizer: HFTOptimizer) -> str:
-    """One line: the draw, the trainable fraction and the optimizer that steps it."""
-    c = optimizer.mask.config
-    done, total = optimizer.mask.fractions()["total"]
-    inner = type(optimizer.inner)
-    fused = " (fused)" if optimizer.inner.defaults.get("fused") else ""
-    return (
-        f"HFT: strategy={c.strategy} ratio={c.ratio} seed={c.seed} stage={c.stage}; "
-        f"trainable {done / total:.4f} of all parameters ({done:,} of {total:,}); "
-        f"optimizer {inner.__module__}.{inner.__qualname__}{fused}"
-    )
-
-
 def _is_hft_model(model) -> bool:
     from .peft_style import HFTModel
 
     return isinstance(model, HFTModel)
-
-
-def unwrap_optimizer(optimizer) -> HFTOptimizer | None:
-    """The HFTOptimizer inside accelerate's (or any) ``.optimizer`` wrappers, or None."""
-    seen = 0
-    while optimizer is not None and seen < 8:
-        if isinstance(optimizer, HFTOptimizer):
-            return optimizer
-        optimizer = getattr(optimizer, "optimizer", None)
-        seen += 1
-    return None
 
 
 def _multi_process() -> bool:

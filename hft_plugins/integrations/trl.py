@@ -47,9 +47,9 @@ from trl import (
     SFTTrainer,
 )
 
-from ..config import HFTConfig
-from ..errors import HFTError
-from ..mask import Mask, select
+from ..core.config import HFTConfig
+from ..core.errors import HFTError
+from ..core.mask import Mask, select
 from ._common import RECORD_ATTR, HFTArguments, config_from_settings
 from .transformers import _UNSET, HFTTrainerMixin, _is_hft_model
 

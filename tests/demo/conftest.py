@@ -10,8 +10,7 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 def quick_base(tmp_path_factory):
     """A cache dir holding a briefly trained base (30 steps): the real recipe, made short."""
     import torch
-
-    from hft_plugins.demo import model
+    from hft_bench import model
 
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:

@@ -2,9 +2,9 @@ import json
 
 import pytest
 import torch
+from hft_bench import model
 
 from hft_plugins import HFTError
-from hft_plugins.demo import model
 
 
 def _same(a, b):

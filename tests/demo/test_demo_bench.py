@@ -2,16 +2,16 @@ import argparse
 import json
 
 import pytest
+from hft_bench import bench, commands, methods
 
 from hft_plugins import HFTError
-from hft_plugins.demo import bench, cli, methods
 
 
 def _parser():
     parser = argparse.ArgumentParser(prog="hft")
     sub = parser.add_subparsers(dest="command", required=True)
-    cli.add_demo_parser(sub)
-    cli.add_bench_parser(sub)
+    commands.add_demo_parser(sub)
+    commands.add_bench_parser(sub)
     return parser
 
 
@@ -178,3 +178,23 @@ def test_matched_retention_interpolates_both_curves_at_the_shared_best_score():
     assert hit["new_task_score"] == 0.4
     assert hit["retention"] == pytest.approx(0.2)
     assert hit["reference_retention"] == pytest.approx(0.3)  # halfway from 0.5 to 0.1
+
+
+def test_the_harness_adds_its_commands_through_the_plugin_hook(monkeypatch, capsys):
+    """hft-bench's entry point adds `hft demo`/`hft bench`; without it, one line says where."""
+    from hft_plugins import registry
+    from hft_plugins.cli import build_parser, main
+
+    registry.reset()
+    assert {"demo", "bench"} <= set(build_parser().commands)
+    assert "hft_bench" in dict(registry.manager().list_name_plugin())
+    monkeypatch.setenv("HFT_DISABLE_PLUGINS", "hft_bench")
+    registry.reset()
+    try:
+        assert "demo" not in build_parser().commands
+        assert main(["demo"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "comes with the hft-bench harness" in err
+    finally:
+        monkeypatch.delenv("HFT_DISABLE_PLUGINS")
+        registry.reset()

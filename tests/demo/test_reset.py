@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hft_plugins import HFTConfig, HFTError, select
-from hft_plugins.reset import half_reset
+from hft_plugins.core.reset import half_reset
 from hft_plugins.tiny import tiny_model
 
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
+from hft_bench import engine, tasks
+from hft_bench.tokenizer import VOCAB, char_tokenizer, encode
 
 from hft_plugins import HFTError
-from hft_plugins.demo import engine, tasks
-from hft_plugins.demo.tokenizer import VOCAB, char_tokenizer, encode
 
 
 def test_shipped_corpora_are_what_the_generator_writes(tmp_path):

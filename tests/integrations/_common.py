@@ -2,7 +2,7 @@
 
 import torch
 
-from hft_plugins.mask import Mask, range_view
+from hft_plugins.core.mask import Mask, range_view
 
 
 def lm_dataset(n: int = 8, length: int = 12, seed: int = 0):

@@ -12,7 +12,7 @@ import pytest
 from transformers import TrainingArguments
 from trl import DPOConfig, SFTConfig
 
-from hft_plugins import HFTConfig, Mask, hookimpl, plugins
+from hft_plugins import HFTConfig, Mask, hookimpl, registry
 from hft_plugins.integrations.transformers import HFTTrainer
 from hft_plugins.integrations.trl import HFTDPOTrainer, HFTSFTTrainer
 from hft_plugins.tiny import tiny_model, tiny_tokenizer
@@ -24,9 +24,9 @@ LOGGER = "hft_plugins.integrations.transformers"
 
 @pytest.fixture(autouse=True)
 def fresh_plugins():
-    plugins.reset()
+    registry.reset()
     yield
-    plugins.reset()
+    registry.reset()
 
 
 def hf_trainer(tmp_path, model=None, config=None, **kw):
@@ -122,7 +122,7 @@ class Recorder:
 @pytest.mark.parametrize("kind", list(TRAINERS))
 def test_mask_applied_fires_once_per_applied_mask(kind, tmp_path):
     recorder = Recorder()
-    plugins.manager().register(recorder)
+    registry.manager().register(recorder)
     trainer = TRAINERS[kind](tmp_path)
     trainer.train()
     stage = trainer.hft_config.stage

@@ -1,6 +1,6 @@
 """DDP on CPU/gloo with a redraw between two stages, each rank on its own data.
 
-``rebuild``: hft_plugins.distributed.redraw (the DDP reducer follows the new half);
+``rebuild``: hft_plugins.core.distributed.redraw (the DDP reducer follows the new half);
 ``plain``: optimizer.redraw alone, to show what DDP does without the rebuild.
 Rank 0 writes every rank's weights at the start, after stage 0 and after stage 1.
 """
@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
-from hft_plugins.distributed import redraw
+from hft_plugins.core.distributed import redraw
 from hft_plugins.tiny import tiny_model
 
 STEPS = 3

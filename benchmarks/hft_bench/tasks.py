@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from ..errors import HFTError
+from hft_plugins import HFTError
 
 DATA_DIR = Path(__file__).with_name("data")
 SPLITS = ("train", "val", "eval")

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write_text
-from ..errors import HFTError
+from hft_plugins import HFTError
+from hft_plugins.core.atomic import atomic_write_text
+
 from . import engine, tasks
 from .tokenizer import VOCAB
 

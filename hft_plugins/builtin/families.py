@@ -10,18 +10,25 @@ where the sizes do not add up (a config this code does not know), the splitter r
 an HFTError rather than guess.
 
 Layouts name only the fused projections (and their partner output projection); the
-rest of each block is sorted by role (:mod:`hft_plugins.blocks`). Each is verified
+rest of each block is sorted by role (:mod:`hft_plugins.core.blocks`). Each is verified
 functionally in ``tests/test_family_layouts.py``: scaling the unit named q by 2 and k
 by 1/2 leaves the model's output unchanged, scaling q alone does not, and so on.
 """
 
 from __future__ import annotations
 
-from .architectures import Fused, Layout, Ranges
-from .blocks import ExpertLayout
-from .errors import HFTError
+from ..core.blocks import ExpertLayout
+from ..core.errors import HFTError
+from ..core.layouts import Fused, Layout, Ranges
+from ..registry import hookimpl
 
 __all__ = ["FAMILY_LAYOUTS"]
+
+
+@hookimpl
+def register_layouts(register):
+    for layout in FAMILY_LAYOUTS:
+        register(layout)
 
 
 def _finish(where: str, out_features: int, units: dict[str, list[tuple[int, int]]]):

@@ -1,8 +1,10 @@
-"""The hooks a plugin can implement; the built-in strategies and layouts use them too."""
+"""The hooks a plugin can implement; the built-in strategies, layouts and commands use them too."""
 
 import pluggy
 
-hookspec = pluggy.HookspecMarker("hft_plugins")
+PROJECT = "hft_plugins"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
@@ -13,6 +15,14 @@ def register_strategies(register):
 @hookspec
 def register_layouts(register):
     """Register architecture layouts: ``register(layout)``."""
+
+
+@hookspec
+def register_commands(subparsers):
+    """Add subcommands to the ``hft`` console script (an ``argparse`` subparsers object).
+
+    A command's parser sets ``run=<function(args) -> exit code>`` with ``set_defaults``.
+    """
 
 
 @hookspec

@@ -1,6 +1,7 @@
 """Built-in selection strategies: the paper's category rule and its two ablations.
 
-A strategy gets the resolved model, the config and a seeded ``random.Random`` and
+A plugin module like any third party's (loaded by name from
+``hft_plugins.registry.DEFAULT_PLUGINS``). A strategy gets the resolved model, the config and a seeded ``random.Random`` and
 returns the keys of the block units to train. Units outside the blocks
 (embeddings, heads, final norm) are decided by the config, not by strategies.
 """
@@ -12,8 +13,9 @@ import math
 import random
 from collections import defaultdict
 
-from .architectures import ModelLayout, Unit
-from .config import HFTConfig
+from ..core.config import HFTConfig
+from ..core.layouts import ModelLayout, Unit
+from ..registry import hookimpl
 
 
 def _round(x: float) -> int:
@@ -121,3 +123,9 @@ BUILTIN_STRATEGIES = {
     "layer": (layer, "Layer-level ablation: a random half of the blocks, whole."),
     "matrix": (matrix, "Model-level ablation: a random half of all block matrices."),
 }
+
+
+@hookimpl
+def register_strategies(register):
+    for name, (function, help_text) in BUILTIN_STRATEGIES.items():
+        register(name, function, help_text)

@@ -26,11 +26,9 @@ import warnings
 
 import torch
 
-from ..config import HFTConfig
-from ..errors import HFTError
-from ..mask import select
-from ..optim import HFTOptimizer
-from ..reset import half_reset
+from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
+from hft_plugins.core.reset import half_reset
+
 from . import engine
 
 METHODS = ("fft", "hft-category", "hft-layer", "hft-matrix", "lora", "badam", "half-reset")

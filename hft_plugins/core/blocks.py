@@ -72,7 +72,7 @@ class PlannedUnit:
 
     category: str
     name: str
-    parts: tuple  # of architectures.Part with block-relative parameter names
+    parts: tuple  # of layouts.Part with block-relative parameter names
 
 
 def shape_of(param) -> tuple[int, ...]:

@@ -19,20 +19,21 @@ from pathlib import Path
 
 from torch import nn
 
-from . import plugins
-from .architectures import (
+from ..registry import notify
+from .atomic import atomic_write_text
+from .catalog import resolve
+from .catalog import strategy as registered_strategy
+from .config import HFTConfig
+from .errors import HFTError
+from .layouts import (
     BLOCK_CATEGORIES,
     OUTER_CATEGORIES,
     ModelLayout,
     Part,
     Unit,
     param_shape,
-    resolve,
 )
-from .architectures import fingerprint as compute_fingerprint
-from .atomic import atomic_write_text
-from .config import HFTConfig
-from .errors import HFTError
+from .layouts import fingerprint as compute_fingerprint
 
 FORMAT = "hft-mask/1"
 # a block fraction further than this from the ratio is reported when drawn
@@ -98,7 +99,7 @@ def select(model: nn.Module, config: HFTConfig | None = None) -> Mask:
     if not isinstance(config, HFTConfig):
         raise HFTError(f"config must be an HFTConfig, got {type(config).__name__}")
     config.require_stage("select()")
-    strategy = plugins.strategy(config.strategy)
+    strategy = registered_strategy(config.strategy)
     layout = resolve(model, guess=config.guess_layout)
     if layout.guessed:
         _warn_once(
@@ -234,7 +235,7 @@ class Mask:
         except TypeError:  # not weakly referenceable
             again = False
         if not again:
-            plugins.call("mask_applied", model=model, mask=self)
+            notify("mask_applied", model=model, mask=self)
         return model
 
     # ---- reporting ---------------------------------------------------------

@@ -1,9 +1,9 @@
-"""Subcommand hooks for the ``hft`` console script: ``hft demo`` and ``hft bench forgetting``.
+"""``hft demo`` and ``hft bench``, added to the ``hft`` console script by a plugin hook.
 
-The lead's ``hft_plugins/cli.py`` wires them: ``add_demo_parser(subparsers)`` and
-``add_bench_parser(subparsers)`` add the parsers; ``run_demo(args)`` and
-``run_bench(args)`` run them and return an exit code. Bad input raises HFTError
-(one line) for the console script to print.
+This module is the harness's entry point in the ``hft_plugins`` group: its
+``register_commands`` hook adds the parsers; ``run_demo(args)`` and ``run_bench(args)``
+run them and return an exit code. Bad input raises HFTError (one line) for the console
+script to print.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import shlex
 import sys
 
-from .. import strategies
+from hft_plugins import hookimpl
+from hft_plugins.core.catalog import strategies
 
 
 def _command() -> str:
@@ -32,7 +33,7 @@ def add_demo_parser(subparsers):
     p.add_argument(
         "--strategy",
         default="category",
-        help=f"HFT strategy ({', '.join(strategies.BUILTIN_STRATEGIES)} or a plugin's)",
+        help=f"HFT strategy ({', '.join(sorted(strategies()))} or a plugin's)",
     )
     p.add_argument("--ratio", type=float, default=0.5, help="HFT ratio in (0, 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the HFT draw and of the data order")
@@ -111,7 +112,8 @@ def add_bench_parser(subparsers):
 def run_bench(args) -> int:
     import torch
 
-    from ..errors import HFTError
+    from hft_plugins import HFTError
+
     from . import bench
     from .common import parse_names, parse_seeds
 
@@ -138,3 +140,9 @@ def run_bench(args) -> int:
         f"({result['wall_seconds']:.0f} s)"
     )
     return 0
+
+
+@hookimpl
+def register_commands(subparsers):
+    add_demo_parser(subparsers)
+    add_bench_parser(subparsers)

@@ -22,8 +22,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from ..atomic import atomic_write_text
-from ..errors import HFTError
+from hft_plugins import HFTError
+from hft_plugins.core.atomic import atomic_write_text
+
 from . import engine, methods, tasks
 from .common import progress_bar, writable_dir
 

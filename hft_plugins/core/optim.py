@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import plugins, sliced_grad
-from .architectures import Part
+from ..registry import notify
+from . import sliced_grad
 from .errors import HFTError
+from .layouts import Part
 from .mask import Mask, range_view
 
 try:
@@ -159,6 +160,18 @@ def _range_cuts(name: str, param: torch.Tensor, parts: tuple[Part, ...]):
     return cuts
 
 
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of tensor state ``optimizer`` holds in this process (a sharded tensor: its shard)."""
+    if isinstance(optimizer, HFTOptimizer):
+        optimizer = optimizer.inner
+    return sum(
+        _local(v).numel() * v.element_size()
+        for s in optimizer.state.values()
+        for v in s.values()
+        if torch.is_tensor(v)
+    )
+
+
 def _frozen_index(entries: list[_Entry]) -> torch.Tensor | None:
     """The indices along the sliced dim that no entry of one parameter trains (or None)."""
     dim = entries[0].cut[0]
@@ -220,7 +233,7 @@ class HFTOptimizer(torch.optim.Optimizer):
     at a stage boundary ``redraw(new_mask)``. Weight decay goes to the HF
     Trainer's decay group only (biases and norm weights get none, even by default). With
     ``sliced_grad`` (default) partly trainable fused projections compute their
-    weight gradient only for the trainable slices (see :mod:`hft_plugins.sliced_grad`).
+    weight gradient only for the trainable slices (see :mod:`hft_plugins.core.sliced_grad`).
 
     Its gradient hooks and the sliced backward change how the model backpropagates; they
     leave the model with the optimizer: at :meth:`close` (or the end of a ``with`` block),
@@ -260,7 +273,7 @@ class HFTOptimizer(torch.optim.Optimizer):
         # The base class gives us its hook registries; the groups and state are the inner ones.
         super().__init__([e.tensor for e in self._entries] or [torch.zeros(0)], self.inner.defaults)
         self._share_inner()
-        plugins.call("stage_begin", model=model, mask=mask, stage=mask.config.stage)
+        notify("stage_begin", model=model, mask=mask, stage=mask.config.stage)
 
     def _share_inner(self) -> None:
         self.param_groups = self.inner.param_groups
@@ -401,7 +414,7 @@ class HFTOptimizer(torch.optim.Optimizer):
         }
         old_groups = {self._decays(g): g for g in self.inner.param_groups}
         entries, inner = self._prepare(mask)
-        plugins.call("stage_end", model=self.model, mask=self.mask, stage=self.mask.config.stage)
+        notify("stage_end", model=self.model, mask=self.mask, stage=self.mask.config.stage)
         self._attach(mask, entries, inner)
         for group in self.inner.param_groups:  # lr and the rest as a scheduler left them
             old = old_groups.get(self._decays(group), {})
@@ -415,7 +428,7 @@ class HFTOptimizer(torch.optim.Optimizer):
                 param.grad = None
         self.mask = mask
         self._share_inner()
-        plugins.call("stage_begin", model=self.model, mask=mask, stage=mask.config.stage)
+        notify("stage_begin", model=self.model, mask=mask, stage=mask.config.stage)
 
     def _decays(self, group: dict) -> bool:
         """Whether ``group`` is the decay group (groups are never empty)."""
@@ -423,7 +436,7 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     def end_stage(self) -> None:
         """Tell plugins the current stage has finished (integrations call it after training)."""
-        plugins.call("stage_end", model=self.model, mask=self.mask, stage=self.mask.config.stage)
+        notify("stage_end", model=self.model, mask=self.mask, stage=self.mask.config.stage)
 
     # ---- leaving the model ---------------------------------------------------
 
@@ -458,12 +471,7 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     def state_bytes(self) -> int:
         """Bytes of tensor state the wrapped optimizer holds in this process (its shards)."""
-        return sum(
-            _local(v).numel() * v.element_size()
-            for s in self.inner.state.values()
-            for v in s.values()
-            if torch.is_tensor(v)
-        )
+        return state_bytes(self.inner)
 
     def state_dict(self) -> dict[str, Any]:
         """State keyed by parameter name (``name[dim:start:stop]`` per unit range of a fused

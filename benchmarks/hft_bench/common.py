@@ -7,7 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..errors import HFTError
+from hft_plugins import HFTError
 
 
 def writable_dir(path) -> Path:

@@ -13,9 +13,9 @@ import json
 import tempfile
 import time
 
-from ..atomic import atomic_write_text
-from ..config import HFTConfig
-from ..errors import HFTError
+from hft_plugins import HFTConfig, HFTError
+from hft_plugins.core.atomic import atomic_write_text
+
 from . import engine, tasks
 from .common import PeakRSS, progress_bar, writable_dir
 
@@ -24,7 +24,7 @@ def make_sft_trainer(model, args, train_dataset, tokenizer, hft_config: HFTConfi
     """TRL's SFTTrainer for FFT; the project's HFTSFTTrainer (the drawn half only) for HFT."""
     from trl import SFTTrainer
 
-    from ..integrations.trl import HFTSFTTrainer
+    from hft_plugins.integrations.trl import HFTSFTTrainer
 
     kwargs = dict(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer)
     if hft_config is None:
@@ -124,9 +124,9 @@ def run_demo(
     if steps < 1:
         raise HFTError(f"steps must be at least 1, got {steps}")
     hft_config = HFTConfig(strategy=strategy, ratio=ratio, seed=seed)
-    from .. import plugins
+    from hft_plugins.core.catalog import strategy as registered_strategy
 
-    plugins.strategy(strategy)  # an unknown strategy fails here, before any training
+    registered_strategy(strategy)  # an unknown strategy fails here, before any training
     out = writable_dir(out)
     from .model import load_base
 
