@@ -180,3 +180,45 @@ def test_example_plugin_package_installs_and_is_selected_by_name(tmp_path):
     ).stdout
     rows = [line.split() for line in shown.splitlines() if line.strip()[:1].isdigit()]
     assert [row[-1] for row in rows] == ["0.0000", "0.0000", "1.0000", "1.0000"]
+
+
+def test_the_registry_is_collected_once_until_the_plugins_change():
+    """Every select() reads the same collected strategies; a new plugin is seen at once."""
+    from hft_plugins import select
+
+    calls = []
+
+    class Counting:
+        @hookimpl
+        def register_strategies(self, register):
+            calls.append(1)
+            register("counted", lambda layout, config, rng: set(), "")
+
+    pm = registry.manager()
+    before = catalog.strategies()
+    assert catalog.strategies() == before
+    pm.register(Counting(), name="counting")
+    model = tiny_model("llama")
+    for stage in range(3):
+        select(model, HFTConfig(stage=stage))
+    assert "counted" in catalog.strategies()
+    assert len(calls) == 1  # collected once for this set of plugins
+    pm.unregister(name="counting")
+    assert "counted" not in catalog.strategies()
+
+
+def test_the_registry_imports_the_builtins_by_name_only():
+    """The built-ins are plugin modules the manager imports by name, like entry points."""
+    import ast
+
+    source = (ROOT / "hft_plugins" / "registry" / "manager.py").read_text()
+    imported = {
+        node.module or ""
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ImportFrom)
+    }
+    assert not any("builtin" in name for name in imported)
+    names = [name for name, _ in registry.manager().list_name_plugin()]
+    assert names[: len(registry.DEFAULT_PLUGINS)] == [
+        f"builtin:{module}" for module in registry.DEFAULT_PLUGINS
+    ]

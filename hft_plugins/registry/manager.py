@@ -53,7 +53,7 @@ class HFTPluginWarning(UserWarning):
 
 _manager: pluggy.PluginManager | None = None
 _failures: dict[str, str] = {}
-_collected: dict[str, tuple[frozenset[int], dict[str, Registered]]] = {}
+_collected: dict[str, tuple[list[object], dict[str, Registered]]] = {}
 
 
 def _disabled() -> set[str] | bool:
@@ -117,9 +117,9 @@ def collect(hook_name: str, make_entry: Callable[..., Registered]) -> dict[str, 
     once per set of plugins.
     """
     pm = manager()
-    plugins = frozenset(id(p) for p in pm.get_plugins())
+    plugins = list(pm.get_plugins())  # held, so an identity cannot be reused while cached
     cached = _collected.get(hook_name)
-    if cached is not None and cached[0] == plugins:
+    if cached is not None and _same_objects(cached[0], plugins):
         return dict(cached[1])
     found: dict[str, Registered] = {}
     # get_hookimpls lists in registration order: built-ins first
@@ -143,6 +143,10 @@ def collect(hook_name: str, make_entry: Callable[..., Registered]) -> dict[str, 
                 found[name] = entry
     _collected[hook_name] = (plugins, found)
     return dict(found)
+
+
+def _same_objects(a: list[object], b: list[object]) -> bool:
+    return len(a) == len(b) and all(any(x is y for y in b) for x in a)
 
 
 def notify(hook_name: str, **kwargs) -> None:
