@@ -38,6 +38,20 @@ def parse_seeds(text) -> list[int]:
     return seeds
 
 
+def check_names(names, known, what: str) -> tuple[str, ...]:
+    """Validate ``what`` names (method, task) against ``known``; one-line HFTError naming
+    the first unknown one, an empty list or a repeat."""
+    names = tuple(names)
+    if not names:
+        raise HFTError(f"the {what} list is empty; known {what}s: " + ", ".join(known))
+    for name in names:
+        if name not in known:
+            raise HFTError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise HFTError(f"a {what} is listed twice in {','.join(names)}")
+    return names
+
+
 def parse_names(text) -> list[str]:
     return [s.strip() for s in str(text).split(",") if s.strip()]
 

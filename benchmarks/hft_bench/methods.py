@@ -28,6 +28,7 @@ from hft_plugins import HFTConfig, HFTError, select
 from hft_plugins.core.reset import half_reset
 
 from . import engine, training
+from .common import check_names
 
 METHODS = ("fft", "hft-category", "hft-layer", "hft-matrix", "lora", "badam", "half-reset")
 LORA_TARGETS = training.LORA_TARGETS["llama"]
@@ -36,15 +37,7 @@ LORA_RANK = 8
 
 def check_methods(names) -> tuple[str, ...]:
     """Validate method names; raise one-line HFTError naming the first unknown one."""
-    names = tuple(names)
-    if not names:
-        raise HFTError("the method list is empty; known methods: " + ", ".join(METHODS))
-    for name in names:
-        if name not in METHODS:
-            raise HFTError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    if len(set(names)) != len(names):
-        raise HFTError(f"a method is listed twice in {','.join(names)}")
-    return names
+    return check_names(names, METHODS, "method")
 
 
 def trainable_fraction(method: str, model) -> float:
