@@ -6,7 +6,7 @@
 # Writes the table to TABLE and every measurement to TABLE with .json for .txt.
 # About 4-6 minutes on an H100: 2 rounds, each method in its own process each round.
 # Uses transformers' LlamaForCausalLM when it imports, else the plain-torch
-# benchmarks/torch_llama.py; LoRA and BAdam rows are skipped with a note when
+# benchmarks/hft_bench/torch_llama.py; LoRA and BAdam rows are skipped with a note when
 # peft or badam do not import.
 #
 # Environment:
@@ -20,7 +20,7 @@ table="${1:-${OUT:-.}/gpu.txt}"
 json="${table%.txt}.json"
 [[ "$json" == "$table" ]] && json="$table.json"
 python="${PYTHON:-python3}"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$root:$root/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 if [[ "${HFT_BENCH_SMOKE:-0}" == 1 ]]; then
@@ -52,6 +52,6 @@ for name in ("pluggy", "transformers", "peft", "badam"):
 EOF
 } >"$table"
 
-"$python" "$root/benchmarks/step.py" "${size[@]}" --dtype bf16 \
+"$python" -m hft_bench.step "${size[@]}" --dtype bf16 \
   --model-impl "${HFT_BENCH_MODEL:-auto}" --json "$json" | tee -a "$table"
 echo "table: $table"

@@ -228,6 +228,47 @@ _CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+# what save_tiny and ``python -m hft_plugins.tiny --vocab`` can write: "chat" is
+# tiny_tokenizer() on the models' defaults; "printable" has one id per printable character
+# (string.printable) in 128 embeddings and 512 positions, for sequences of a few hundred
+# characters (Axolotl's shipped configs).
+VOCABS = ("chat", "printable")
+
+
+def char_vocab(chars, specials=_SPECIALS[:4]) -> dict[str, int]:
+    """Token -> id: ``specials`` first (ids 0, 1, ...), then each distinct character once."""
+    vocab = {token: i for i, token in enumerate(specials)}
+    for char in chars:
+        vocab.setdefault(char, len(vocab))
+    return vocab
+
+
+def char_tokenizer(chars, specials=_SPECIALS[:4], *, chat_template=None, **kwargs):
+    """A fast tokenizer with one token per character of ``chars``, built offline.
+
+    ``specials`` are the pad, bos, eos and unk tokens in that order (ids 0-3), then any
+    further special tokens; the ids are :func:`char_vocab`'s. ``kwargs`` go to
+    ``PreTrainedTokenizerFast`` (``model_max_length``, ``padding_side``...).
+    """
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    pad, bos, eos, unk, *extra = specials
+    backend = Tokenizer(models.BPE(vocab=char_vocab(chars, specials), merges=[], unk_token=unk))
+    backend.decoder = decoders.Fuse()
+    if extra:
+        kwargs["additional_special_tokens"] = list(extra)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=pad,
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=unk,
+        **kwargs,
+    )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
 
 
 def tiny_tokenizer():
@@ -236,25 +277,63 @@ def tiny_tokenizer():
     Its vocabulary (at most 96 ids) fits every tiny model, so TRL's trainers run on them
     without downloading a tokenizer.
     """
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
+    return char_tokenizer(_CHARS, _SPECIALS, chat_template=_CHAT_TEMPLATE)
 
-    vocab = {token: i for i, token in enumerate(_SPECIALS + tuple(_CHARS))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        additional_special_tokens=list(_SPECIALS[4:]),
+
+def save_tiny(path, family: str = "llama", seed: int = 0, vocab: str = "chat") -> None:
+    """Write a tiny ``family`` model and a character tokenizer to ``path``, loadable by path.
+
+    ``vocab`` (one of :data:`VOCABS`): "chat" is :func:`tiny_tokenizer` on the model's
+    defaults; "printable" a tokenizer of every printable character and a model with 128
+    embeddings and 512 positions.
+    """
+    if vocab not in VOCABS:
+        raise HFTError(f"unknown tiny vocabulary {vocab!r}; known: {', '.join(VOCABS)}")
+    if vocab == "chat":
+        tokenizer, overrides = tiny_tokenizer(), {}
+    else:
+        import string
+
+        tokenizer = char_tokenizer(string.printable, model_max_length=512)
+        overrides = dict(
+            vocab_size=128,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    tiny_model(family, seed=seed, **overrides).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def main(argv=None, **defaults) -> int:
+    """``python -m hft_plugins.tiny DIR [--family F] [--seed N] [--vocab chat|printable]``.
+
+    ``defaults`` replace the options' defaults (a script that always wants one vocabulary).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hft_plugins.tiny",
+        description="Write a tiny model and a character-level tokenizer to a directory, "
+        "built in code (nothing is downloaded).",
     )
-    tokenizer.chat_template = _CHAT_TEMPLATE
-    return tokenizer
+    parser.add_argument("path", help="directory to write the model and tokenizer to")
+    parser.add_argument("--family", default="llama", choices=FAMILIES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--vocab",
+        default="chat",
+        choices=VOCABS,
+        help="chat: 96 ids with a chat template; printable: every printable character, "
+        "128 ids, 512 positions",
+    )
+    parser.set_defaults(**defaults)
+    options = parser.parse_args(argv)
+    save_tiny(options.path, options.family, options.seed, options.vocab)
+    print(f"tiny {options.family} model and tokenizer written to {options.path}")
+    return 0
 
 
-def save_tiny(path, family: str = "llama", seed: int = 0) -> None:
-    """Write a tiny ``family`` model and :func:`tiny_tokenizer` to ``path``, loadable by path."""
-    tiny_model(family, seed=seed).save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
+if __name__ == "__main__":
+    raise SystemExit(main())

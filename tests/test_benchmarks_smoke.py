@@ -1,4 +1,5 @@
-"""benchmarks/step.py and benchmarks/gpu.sh still run: every method gets a row. No speed asserted."""
+"""The step benchmark (python -m hft_bench.step, hft bench step) and benchmarks/gpu.sh still
+run: every method gets a row. No speed asserted."""
 
 import json
 import os
@@ -17,14 +18,15 @@ TINY = [
 
 
 def _env():
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    roots = [str(ROOT), str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH")]
+    path = os.pathsep.join(filter(None, roots))
     return dict(os.environ, PYTHONPATH=path, HF_HUB_OFFLINE="1")
 
 
 def _run_step(tmp_path, *extra):
     out = tmp_path / "step.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "step.py"), *TINY, *extra, "--json", str(out)],
+        [sys.executable, "-m", "hft_bench.step", *TINY, *extra, "--json", str(out)],
         capture_output=True, text=True, env=_env(), timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -49,6 +51,26 @@ def test_step_reports_every_method_in_both_regimes(tmp_path):
     fraction = data["model"]["trainable_fraction"]
     state = data["summary"]["hft"]["state_bytes"] / data["summary"]["fft"]["state_bytes"]
     assert abs(state / fraction - 1) < 0.01  # HFT keeps state for the trainable part only
+
+
+def test_hft_bench_step_takes_the_same_options_and_gives_them_to_the_workers():
+    pytest.importorskip("hft_bench", reason="the hft-bench harness is not installed")
+    import argparse
+
+    from hft_bench.commands import add_bench_parser
+    from hft_bench.step.options import finish, parse_args, to_argv
+
+    parser = argparse.ArgumentParser(prog="hft")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    argv = [*TINY, "--arch", "gpt2", "--methods", "fft,hft", "--json", "out.json"]
+    args = parser.parse_args(["bench", "step", *argv])
+    assert args.run.__name__ == "run_step"
+    again = to_argv(args)
+    direct, via_hft = vars(parse_args(argv)), vars(finish(args))
+    for key, value in direct.items():
+        if key not in ("options", "worker"):
+            assert via_hft[key] == value, key
+    assert vars(parse_args(again)) | {"options": None} == direct | {"options": None}
 
 
 @pytest.mark.slow

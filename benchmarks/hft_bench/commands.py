@@ -1,13 +1,15 @@
-"""``hft demo`` and ``hft bench``, added to the ``hft`` console script by a plugin hook.
+"""``hft demo`` and ``hft bench`` (forgetting, step), added to the ``hft`` console script
+by a plugin hook.
 
 This module is the harness's entry point in the ``hft_plugins`` group: its
-``register_commands`` hook adds the parsers; ``run_demo(args)`` and ``run_bench(args)``
-run them and return an exit code. Bad input raises HFTError (one line) for the console
+``register_commands`` hook adds the parsers; ``run_demo(args)``, ``run_bench(args)`` and
+``run_step(args)`` run them and return an exit code. Bad input raises HFTError (one line) for the console
 script to print.
 """
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 
@@ -106,7 +108,28 @@ def add_bench_parser(subparsers):
     f.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     f.add_argument("--out", default="hft-bench-forgetting", help="directory for results")
     f.set_defaults(run=run_bench)
+    from .step import options
+
+    s = sub.add_parser(
+        "step",
+        help="step time, peak memory and optimizer state of HFT against FFT, hand-freezing, "
+        "LoRA and BAdam",
+        description="The step benchmark (python -m hft_bench.step, the same options): each "
+        "method alone in its own process for memory, all taking turns for step time; prints "
+        "the tables, a FLOP and bytes model and the targets.",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    options.add_arguments(s)
+    s.set_defaults(run=run_step)
     return p
+
+
+def run_step(args) -> int:
+    from . import step
+    from .step.options import finish, to_argv
+
+    argv = to_argv(args)  # before finish() fills in the derived settings
+    return step.run(finish(args), argv, "hft bench step")
 
 
 def run_bench(args) -> int:

@@ -1,4 +1,4 @@
-"""Helpers the demo and the benchmark share: output directories, seeds, progress, memory."""
+"""Helpers the demo and the benchmarks share: output directories, seeds, progress, memory."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from hft_plugins import HFTError
 
 
-def writable_dir(path) -> Path:
+def writable_dir(path, what: str = "output directory") -> Path:
     """Create ``path`` if needed and prove it writable, else one-line HFTError."""
     out = Path(path)
     try:
@@ -19,7 +19,7 @@ def writable_dir(path) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise HFTError(f"output directory {out} is not writable: {exc.strerror or exc}") from None
+        raise HFTError(f"{what} {out} is not writable: {exc.strerror or exc}") from None
     return out
 
 
@@ -38,6 +38,20 @@ def parse_seeds(text) -> list[int]:
     return seeds
 
 
+def check_names(names, known, what: str) -> tuple[str, ...]:
+    """Validate ``what`` names (method, task) against ``known``; one-line HFTError naming
+    the first unknown one, an empty list or a repeat."""
+    names = tuple(names)
+    if not names:
+        raise HFTError(f"the {what} list is empty; known {what}s: " + ", ".join(known))
+    for name in names:
+        if name not in known:
+            raise HFTError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise HFTError(f"a {what} is listed twice in {','.join(names)}")
+    return names
+
+
 def parse_names(text) -> list[str]:
     return [s.strip() for s in str(text).split(",") if s.strip()]
 
@@ -49,6 +63,21 @@ def progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=True)
 
 
+def rss_bytes() -> int:
+    """This process's resident memory now (psutil: the one reader of it in the harness)."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss_bytes() -> int:
+    """This process's highest resident memory so far: the kernel's high-water mark."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
 class PeakRSS:
     """Samples this process's resident memory in a thread; ``peak_delta`` is the rise in bytes.
 
@@ -57,17 +86,14 @@ class PeakRSS:
     """
 
     def __init__(self, interval: float = 0.02):
-        import psutil
-
-        self._proc = psutil.Process()
         self._interval = interval
         self._stop = threading.Event()
-        self.start = self.peak = self._proc.memory_info().rss
+        self.start = self.peak = rss_bytes()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self.peak = max(self.peak, rss_bytes())
 
     def __enter__(self):
         self._thread.start()
@@ -76,7 +102,7 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
+        self.peak = max(self.peak, rss_bytes())
 
     @property
     def peak_delta(self) -> int:

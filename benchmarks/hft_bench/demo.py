@@ -15,6 +15,7 @@ import time
 
 from hft_plugins import HFTConfig, HFTError
 from hft_plugins.core.atomic import atomic_write_text
+from hft_plugins.core.optim import state_bytes
 
 from . import engine, tasks
 from .common import PeakRSS, progress_bar, writable_dir
@@ -40,17 +41,6 @@ def _scores(model, names):
         }
         for n in names
     }
-
-
-def _optimizer_state_bytes(optimizer) -> int:
-    import torch
-
-    return sum(
-        v.numel() * v.element_size()
-        for s in optimizer.state.values()
-        for v in s.values()
-        if torch.is_tensor(v)
-    )
 
 
 def _finetune(base, task, hft_config, *, steps, lr, seed, batch_size, workdir):
@@ -95,7 +85,7 @@ def _finetune(base, task, hft_config, *, steps, lr, seed, batch_size, workdir):
     return model, {
         "seconds_per_step": seconds / steps,
         "peak_rss_delta_mb": memory.peak_delta / 2**20,
-        "optimizer_state_mb": _optimizer_state_bytes(trainer.optimizer) / 2**20,
+        "optimizer_state_mb": state_bytes(trainer.optimizer) / 2**20,
         "trainable_fraction": trainable / total,
         "final_loss": next(
             (e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None

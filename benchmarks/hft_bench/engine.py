@@ -12,6 +12,7 @@ import random
 import torch
 
 from .tokenizer import VOCAB, encode
+from .training import Stepper
 
 PAD, EOS = VOCAB["<pad>"], VOCAB["<eos>"]
 IGNORE = -100
@@ -87,6 +88,7 @@ def train_steps(model, optimizer, rows, steps: int, batch_size: int, seed: int, 
     rng = random.Random(seed)
     order: list[int] = []
     model.train()
+    stepper = Stepper(model, optimizer)
     losses = []
     for _ in range(steps):
         if len(order) < batch_size:
@@ -94,12 +96,8 @@ def train_steps(model, optimizer, rows, steps: int, batch_size: int, seed: int, 
             rng.shuffle(fresh)
             order += fresh
         picked, order = order[:batch_size], order[batch_size:]
-        b = batch([(rows[i]["prompt"], rows[i]["completion"]) for i in picked])
-        loss = model(**b).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        stepper.step(**batch([(rows[i]["prompt"], rows[i]["completion"]) for i in picked]))
+        losses.append(stepper.loss.item())
         if progress is not None:
             progress.update(1)
     return losses

@@ -2,7 +2,8 @@
 
 Every method runs the same loop (``engine.train_steps``) on the same batches with
 AdamW (no weight decay, constant learning rate) and a fresh optimizer per stage;
-they differ only in what may move:
+they differ only in what may move. The optimizers come from ``training`` (the builders
+the step benchmark uses too):
 
 - ``fft``: everything.
 - ``hft-category`` / ``hft-layer`` / ``hft-matrix``: the HFT mask of that strategy at
@@ -19,33 +20,24 @@ they differ only in what may move:
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import warnings
 
 import torch
 
-from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
+from hft_plugins import HFTConfig, HFTError, select
 from hft_plugins.core.reset import half_reset
 
-from . import engine
+from . import engine, training
+from .common import check_names
 
 METHODS = ("fft", "hft-category", "hft-layer", "hft-matrix", "lora", "badam", "half-reset")
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_TARGETS = training.LORA_TARGETS["llama"]
+LORA_RANK = 8
 
 
 def check_methods(names) -> tuple[str, ...]:
     """Validate method names; raise one-line HFTError naming the first unknown one."""
-    names = tuple(names)
-    if not names:
-        raise HFTError("the method list is empty; known methods: " + ", ".join(METHODS))
-    for name in names:
-        if name not in METHODS:
-            raise HFTError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    if len(set(names)) != len(names):
-        raise HFTError(f"a method is listed twice in {','.join(names)}")
-    return names
+    return check_names(names, METHODS, "method")
 
 
 def trainable_fraction(method: str, model) -> float:
@@ -57,7 +49,7 @@ def trainable_fraction(method: str, model) -> float:
         mask = select(model, HFTConfig(strategy=method.removeprefix("hft-")))
         return mask.trainable_numel / mask.total_numel
     if method == "lora":
-        r, per_layer = 8, 0
+        r, per_layer = LORA_RANK, 0
         for name, module in model.named_modules():
             if name.rsplit(".", 1)[-1] in LORA_TARGETS:
                 per_layer += r * (module.in_features + module.out_features)
@@ -70,61 +62,40 @@ def run_stage(method, model, rows, *, steps, lr, seed, stage, batch_size=32, pro
     """Fine-tune ``model`` on ``rows`` for one stage with ``method``; returns the model."""
     data_seed = seed * 1000 + stage
     torch.manual_seed(data_seed)
+
+    def train(run_model, optimizer):
+        engine.train_steps(run_model, optimizer, rows, steps, batch_size, data_seed, progress)
+
     if method == "fft":
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-        engine.train_steps(model, opt, rows, steps, batch_size, data_seed, progress)
+        train(model, training.fft(model, lr=lr, weight_decay=0.0).optimizer)
         return model
     if method.startswith("hft-"):
         cfg = HFTConfig(strategy=method.removeprefix("hft-"), seed=seed, stage=stage)
-        opt = HFTOptimizer(model, select(model, cfg), torch.optim.AdamW, lr=lr, weight_decay=0.0)
-        engine.train_steps(model, opt, rows, steps, batch_size, data_seed, progress)
+        opt = training.hft(model, select(model, cfg), lr=lr, weight_decay=0.0).optimizer
+        train(model, opt)
         opt.end_stage()
         for p in model.parameters():
             p.requires_grad_(True)
         return model
     if method == "half-reset":
         before = copy.deepcopy(model)
-        run_stage(
-            "fft",
-            model,
-            rows,
-            steps=steps,
-            lr=lr,
-            seed=seed,
-            stage=stage,
-            batch_size=batch_size,
-            progress=progress,
-        )
+        train(model, training.fft(model, lr=lr, weight_decay=0.0).optimizer)
         mask = select(model, HFTConfig(strategy="category", seed=seed, stage=stage))
         return half_reset(before, model, mask)
     if method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        peft_model = get_peft_model(
-            model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS)
-        )
-        params = [p for p in peft_model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        engine.train_steps(peft_model, opt, rows, steps, batch_size, data_seed, progress)
-        model = peft_model.merge_and_unload()
+        setup = training.lora(model, rank=LORA_RANK, targets=LORA_TARGETS, lr=lr, weight_decay=0.0)
+        train(setup.model, setup.optimizer)
+        model = setup.model.merge_and_unload()
         for p in model.parameters():
             p.requires_grad_(True)
         return model
     if method == "badam":
-        from badam import BlockOptimizer
-
-        base = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
         every = max(1, steps // len(model.model.layers))
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")  # BAdam warns that fp32 weights cost memory
-            opt = BlockOptimizer(
-                base,
-                list(model.named_parameters()),
-                switch_block_every=every,
-                switch_mode="random",
-                verbose=0,
+        with training.quiet():
+            setup = training.badam(
+                model, lr=lr, weight_decay=0.0, switch_every=every, switch_mode="random"
             )
-            engine.train_steps(model, opt, rows, steps, batch_size, data_seed, progress)
+            train(model, setup.optimizer)
         for p in model.parameters():
             p.requires_grad_(True)
             p.grad = None

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from hft_plugins import HFTError
-from hft_plugins.core.atomic import atomic_write_text
+from hft_plugins.core.atomic import atomic_files
 
 from . import engine, tasks
+from .common import writable_dir
 from .tokenizer import VOCAB
 
 CACHE_FORMAT = "hft-demo-base/1"
@@ -61,7 +61,9 @@ def _data_digest() -> str:
 
 
 def _key() -> str:
+    # the vocabulary too: a base trained on other ids must be rebuilt, never misread
     recipe = {"format": CACHE_FORMAT, "model": MODEL_CONFIG, "recipe": BASE_RECIPE}
+    recipe["vocab"] = VOCAB
     recipe["data"] = _data_digest()
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -84,7 +86,7 @@ def train_base(progress=None):
     opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / r["steps"])
 
-    class _Stepper:  # the scheduler steps with the optimizer
+    class _Scheduled:  # the scheduler steps with the optimizer
         def step(self):
             opt.step()
             sched.step()
@@ -92,7 +94,7 @@ def train_base(progress=None):
         def zero_grad(self, set_to_none=True):
             opt.zero_grad(set_to_none=set_to_none)
 
-    engine.train_steps(model, _Stepper(), rows, r["steps"], r["batch_size"], r["seed"], progress)
+    engine.train_steps(model, _Scheduled(), rows, r["steps"], r["batch_size"], r["seed"], progress)
     model.eval()
     return model
 
@@ -133,23 +135,21 @@ def load_base(progress_factory=None, log=None):
         )
     else:
         print(f"hft demo: training the base model once; it will be cached in {weights}", file=log)
-    try:
-        weights.parent.mkdir(parents=True, exist_ok=True)
-        probe = weights.parent / f".probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise HFTError(
-            f"cache directory {weights.parent} is not writable: {exc.strerror}"
-        ) from None
+    writable_dir(weights.parent, "cache directory")
     progress = progress_factory(BASE_RECIPE["steps"], "base model") if progress_factory else None
     model = train_base(progress)
     if progress is not None:
         progress.close()
-    tmp = weights.with_name(f".{weights.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    digest = _sha256(tmp)
-    os.replace(tmp, weights)
-    meta = {"format": CACHE_FORMAT, "key": _key(), "sha256": digest, "recipe": BASE_RECIPE}
-    atomic_write_text(record, json.dumps(meta, indent=1))
+    # the weights first: a crash between the two renames leaves a record that does not match
+    with atomic_files(weights.parent, [weights.name, record.name]) as tmp:
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp[weights.name])
+        )
+        meta = {
+            "format": CACHE_FORMAT,
+            "key": _key(),
+            "sha256": _sha256(tmp[weights.name]),
+            "recipe": BASE_RECIPE,
+        }
+        tmp[record.name].write_text(json.dumps(meta, indent=1))
     return model

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from hft_plugins import HFTError
 
+from .common import check_names
+
 DATA_DIR = Path(__file__).with_name("data")
 SPLITS = ("train", "val", "eval")
 _SIZES = {"train": 1000, "val": 100, "eval": 200}
@@ -51,15 +53,7 @@ SEQUENCE_TASKS = ("reverse", "shift", "add")
 
 def check_tasks(names) -> tuple[str, ...]:
     """Validate task names; raise one-line HFTError naming the first unknown one."""
-    names = tuple(names)
-    if not names:
-        raise HFTError("the task list is empty; known tasks: " + ", ".join(TASKS))
-    for name in names:
-        if name not in TASKS:
-            raise HFTError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-    if len(set(names)) != len(names):
-        raise HFTError(f"a task is listed twice in {','.join(names)}")
-    return names
+    return check_names(names, TASKS, "task")
 
 
 @cache

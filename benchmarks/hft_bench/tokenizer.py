@@ -1,31 +1,25 @@
-"""A character-level tokenizer built in code: nothing to download, the same ids everywhere."""
+"""The embedded model's character vocabulary: nothing to download, the same ids everywhere.
+
+The tokenizer is ``hft_plugins.tiny.char_tokenizer`` over this vocabulary; ``encode``
+gives the same ids without the transformers machinery.
+"""
 
 from __future__ import annotations
 
 import string
 
+from hft_plugins.tiny import char_vocab
+
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 CHARS = " " + string.digits + string.ascii_lowercase + "<>|+=?:.,-"
-VOCAB = {tok: i for i, tok in enumerate((*SPECIALS, *CHARS))}
+VOCAB = char_vocab(CHARS, SPECIALS)
 
 
 def char_tokenizer():
     """A ``PreTrainedTokenizerFast`` with one token per character (ids 0-3 are special)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from hft_plugins.tiny import char_tokenizer as build
 
-    core = Tokenizer(models.WordLevel(vocab=dict(VOCAB), unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        padding_side="right",
-        model_max_length=64,
-    )
+    return build(CHARS, SPECIALS, padding_side="right", model_max_length=64)
 
 
 def encode(text: str) -> list[int]:

@@ -1,12 +1,11 @@
-#!/usr/bin/env python
 """Backward time of one fused q/k/v projection: whole weight gradient vs trainable slices only.
 
-The whole-model GPT-2 run (``step.py --arch gpt2``) shows the saving diluted in
+The whole-model GPT-2 run (``python -m hft_bench.step --arch gpt2``) shows the saving diluted in
 a full step (about 2.5% of its FLOPs); this isolates the projection, where it is
 a third or two thirds of the weight-gradient GEMM. Full and sliced backward take
 turns, ``--repeats`` times each; medians are printed with the FLOP model's ratio.
 
-    python benchmarks/fused.py --hidden 768 --tokens 2048 --repeats 20
+    python -m hft_bench.fused --hidden 768 --tokens 2048 --repeats 20
 """
 
 from __future__ import annotations
@@ -15,14 +14,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from hft_plugins.core.sliced_grad import _SlicedProjection, _Spec  # noqa: E402
+from hft_plugins.core.sliced_grad import _SlicedProjection, _Spec
 
 
 def main(argv=None) -> int:
