@@ -35,7 +35,8 @@ test: setup setup-bench setup-axolotl
 # the inner loop: core, registry, built-ins and CLI, no framework runs (under two minutes)
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" --ignore=tests/integrations --ignore=tests/distributed \
-		--ignore=tests/demo --ignore=tests/evidence --ignore=tests/test_census.py
+		--ignore=tests/demo --ignore=tests/evidence --ignore=tests/test_census.py \
+		--ignore=tests/test_benchmarks_smoke.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

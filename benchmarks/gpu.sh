@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The step benchmark in bf16 on a ~1B Llama-shaped model on one CUDA GPU (issue 5, item 4).
+# The step benchmark in bf16 on a ~1B Llama-shaped model on one CUDA GPU.
 #
 #   bash benchmarks/gpu.sh [TABLE]     # TABLE defaults to $OUT/gpu.txt, else ./gpu.txt
 #

@@ -2,7 +2,7 @@
 
 For each method and seed, start from the cached base model and fine-tune on the
 sequence tasks one stage at a time. After every stage score every sequence task
-and every base task, by exact match and by latent knowledge (DESIGN.md section 5).
+and every base task, by exact match and by latent knowledge (docs/results.md).
 R[i][j] = score on sequence task j after stage i; TRACE's metrics:
 OP = mean_j R[T-1][j]; BWT = mean_{j<T-1} (R[T-1][j] - R[j][j]).
 

@@ -13,7 +13,7 @@ the step benchmark uses too):
 - ``badam``: the real ``badam.BlockOptimizer`` over the blocks in random order,
   switching so that each block gets an equal share of the stage's steps (BAdam's
   defaults: embeddings and head stay frozen).
-- ``half-reset``: ``fft`` for the stage, then ``half_reset`` (the lead's ``hft reset``
+- ``half-reset``: ``fft`` for the stage, then ``half_reset`` (the ``hft reset``
   helper): the block half that the stage's category draw selects goes back to the
   pre-stage weights.
 """

@@ -3,7 +3,7 @@
 Methods: ``fft`` (torch AdamW over everything), ``frozen`` (torch AdamW over the
 mask's requires_grad parameters, nothing else: what hand-freezing gives),
 ``hft`` (HFTOptimizer), ``hft-fullgrad`` (HFTOptimizer with sliced_grad=False:
-the whole weight gradient of fused projections, for item 3 of issue 5),
+the whole weight gradient of fused projections),
 ``lora`` (PEFT, r=16 on every block projection) and ``badam`` (the badam
 package's BlockOptimizer, one transformer block at a time).
 
