@@ -159,7 +159,7 @@ def test_census_catches_a_fraction_off_the_ratio(one, monkeypatch):
     def everything(name):
         return lambda layout, config, rng: {u.key for u in layout.block_units()}
 
-    monkeypatch.setattr(mask_module.plugins, "strategy", everything)
+    monkeypatch.setattr(mask_module, "registered_strategy", everything)
     record = one()
     assert record["status"] == "failed" and record["block_fraction"] == 1.0
     assert "block fraction 1.0000, not within 0.05 of 0.5" in record["message"]
