@@ -150,7 +150,17 @@ class Mask:
         return self.layout.fingerprint
 
     def params(self) -> dict[str, Slices | None]:
-        """Trainable parameter name -> None (whole) or the trainable Slices."""
+        """Trainable parameter name -> None (whole) or the trainable Slices.
+
+        Worked out once per mask (applying it, the optimizer and the sliced backward all
+        ask); a new dict each call.
+        """
+        cached = self.__dict__.get("_plan")
+        if cached is None or cached[0] is not self.trainable or cached[1] is not self.layout:
+            cached = self._plan = (self.trainable, self.layout, self._work_out_params())
+        return dict(cached[2])
+
+    def _work_out_params(self) -> dict[str, Slices | None]:
         pieces: dict[str, list[Part]] = defaultdict(list)
         for unit in self.layout.units:
             if unit.key in self.trainable:
