@@ -50,7 +50,7 @@ from trl import (
 from ..core.compare import check_same_shapes, shapes
 from ..core.config import HFTConfig
 from ..core.errors import HFTError
-from ..core.mask import Mask, select
+from ..core.mask import Mask
 from ._common import RECORD_ATTR, HFTArguments, config_from_settings
 from .transformers import _UNSET, HFTTrainerMixin, _is_hft_model
 
@@ -169,7 +169,7 @@ class HFTTRLMixin(HFTTrainerMixin):
 
     def _share_reference(self, policy: nn.Module) -> nn.Module:
         """Called when TRL asks for the reference: mask the policy, share its frozen half."""
-        select(policy, self.hft_config).apply(policy)
+        self._hft_drawn_mask(policy).apply(policy)  # the stage's one draw
         self._hft_reference = shared_reference(policy)
         return self._hft_reference
 
