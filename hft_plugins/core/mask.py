@@ -23,6 +23,8 @@ from ..registry import notify
 from .atomic import atomic_write_text
 from .catalog import resolve
 from .catalog import strategy as registered_strategy
+from .compare import check_same_shapes
+from .compare import shapes as shapes_of
 from .config import HFTConfig
 from .errors import HFTError
 from .layouts import (
@@ -31,7 +33,6 @@ from .layouts import (
     ModelLayout,
     Part,
     Unit,
-    param_shape,
 )
 from .layouts import fingerprint as compute_fingerprint
 
@@ -149,7 +150,17 @@ class Mask:
         return self.layout.fingerprint
 
     def params(self) -> dict[str, Slices | None]:
-        """Trainable parameter name -> None (whole) or the trainable Slices."""
+        """Trainable parameter name -> None (whole) or the trainable Slices.
+
+        Worked out once per mask (applying it, the optimizer and the sliced backward all
+        ask); a new dict each call.
+        """
+        cached = self.__dict__.get("_plan")
+        if cached is None or cached[0] is not self.trainable or cached[1] is not self.layout:
+            cached = self._plan = (self.trainable, self.layout, self._work_out_params())
+        return dict(cached[2])
+
+    def _work_out_params(self) -> dict[str, Slices | None]:
         pieces: dict[str, list[Part]] = defaultdict(list)
         for unit in self.layout.units:
             if unit.key in self.trainable:
@@ -202,18 +213,14 @@ class Mask:
 
     def check(self, model: nn.Module) -> None:
         """Raise if ``model`` is not the model this mask was drawn for."""
-        shapes = {n: param_shape(p) for n, p in model.named_parameters()}
-        for name, shape in self.layout.shapes.items():
-            if name not in shapes:
-                raise HFTError(f"mask does not match the model: parameter {name!r} is missing")
-            if shapes[name] != shape:
-                raise HFTError(
-                    f"mask does not match the model: parameter {name!r} has shape "
-                    f"{list(shapes[name])}, the mask expects {list(shape)}"
-                )
-        extra = sorted(set(shapes) - set(self.layout.shapes))
-        if extra:
-            raise HFTError(f"mask does not match the model: parameter {extra[0]!r} is not in it")
+        check_same_shapes(
+            shapes_of(model),
+            self.layout.shapes,
+            missing="mask does not match the model: parameter {name} is missing",
+            shape="mask does not match the model: parameter {name} has shape {have}, "
+            "the mask expects {want}",
+            extra="mask does not match the model: parameter {name} is not in it",
+        )
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Set ``requires_grad``: True where any part trains (slices need HFTOptimizer).

@@ -62,7 +62,8 @@ class _Entry:
     ``part`` when contiguous, else a contiguous copy of it (see :meth:`HFTOptimizer.step`).
     """
 
-    key: str
+    key: str  # the state key: the parameter's name, with its range for a range
+    name: str  # the parameter's name
     param: nn.Parameter
     part: torch.Tensor
     tensor: torch.Tensor
@@ -84,16 +85,16 @@ def _cut(tensor: torch.Tensor, cut: Cut) -> torch.Tensor:
     return range_view(tensor, dim, index.start, index.stop, index.step or 1)
 
 
-def _entry(key: str, param: nn.Parameter, cut: Cut | None) -> _Entry:
+def _entry(key: str, name: str, param: nn.Parameter, cut: Cut | None) -> _Entry:
     """A contiguous piece is stepped in place; any other through a contiguous copy, since
     torch's fused kernels write past the bounds of a non-contiguous tensor."""
     if cut is None and not isinstance(param, DTensor) and param.is_contiguous():
-        return _Entry(key, param, param, param, None)
+        return _Entry(key, name, param, param, param, None)
     part = _local(param).detach()
     if cut is not None:
         part = _cut(part, cut)
     tensor = part if part.is_contiguous() else part.clone(memory_format=torch.contiguous_format)
-    return _Entry(key, param, part, tensor, cut)
+    return _Entry(key, name, param, part, tensor, cut)
 
 
 def qualified_name(obj) -> str:
@@ -273,7 +274,8 @@ class HFTOptimizer(torch.optim.Optimizer):
         # The base class gives us its hook registries; the groups and state are the inner ones.
         super().__init__([e.tensor for e in self._entries] or [torch.zeros(0)], self.inner.defaults)
         self._share_inner()
-        notify("stage_begin", model=model, mask=mask, stage=mask.config.stage)
+        self._stage_open = False
+        self.begin_stage()
 
     def _share_inner(self) -> None:
         self.param_groups = self.inner.param_groups
@@ -290,10 +292,11 @@ class HFTOptimizer(torch.optim.Optimizer):
             if name not in plan:
                 continue
             if plan[name] is None:
-                group = [_entry(name, param, None)]
+                group = [_entry(name, name, param, None)]
             else:
                 group = [
-                    _entry(key, param, cut) for key, cut in _range_cuts(name, param, plan[name])
+                    _entry(key, name, param, cut)
+                    for key, cut in _range_cuts(name, param, plan[name])
                 ]
             entries += group
             (plain if name in self._no_decay else decay).extend(group)
@@ -323,6 +326,7 @@ class HFTOptimizer(torch.optim.Optimizer):
         if self.sliced_grad:
             sliced_grad.install(self.model, mask)
         self._entries = entries
+        self._entry_of = {e.key: e for e in entries}
         self._views = [e for e in entries if e.tensor is not e.param]
         self._params = list({id(e.param): e.param for e in entries}.values())
         self.inner = inner
@@ -344,14 +348,13 @@ class HFTOptimizer(torch.optim.Optimizer):
             if not isinstance(entry.param, DTensor):
                 by_param[id(entry.param)].append(entry)
         # a projection with the sliced backward already leaves its frozen ranges at zero
-        sliced = set(sliced_grad.installed(self.model))
+        sliced = {f"{m}.weight" if m else "weight" for m in sliced_grad.installed(self.model)}
         self._grad_hooks[:] = [  # in place: the finalizer holds this list
             entries[0].param.register_post_accumulate_grad_hook(
                 _SliceGradHook(
                     entries,
                     None
-                    if entries[0].cut is None
-                    or entries[0].key.split("[")[0].rpartition(".")[0] in sliced
+                    if entries[0].cut is None or entries[0].name in sliced
                     else _frozen_index(entries),
                 )
             )
@@ -414,7 +417,7 @@ class HFTOptimizer(torch.optim.Optimizer):
         }
         old_groups = {self._decays(g): g for g in self.inner.param_groups}
         entries, inner = self._prepare(mask)
-        notify("stage_end", model=self.model, mask=self.mask, stage=self.mask.config.stage)
+        self.end_stage()
         self._attach(mask, entries, inner)
         for group in self.inner.param_groups:  # lr and the rest as a scheduler left them
             old = old_groups.get(self._decays(group), {})
@@ -428,15 +431,29 @@ class HFTOptimizer(torch.optim.Optimizer):
                 param.grad = None
         self.mask = mask
         self._share_inner()
-        notify("stage_begin", model=self.model, mask=mask, stage=mask.config.stage)
+        self.begin_stage()
 
     def _decays(self, group: dict) -> bool:
         """Whether ``group`` is the decay group (groups are never empty)."""
-        return group["names"][0].split("[")[0] not in self._no_decay
+        return self._entry_of[group["names"][0]].name not in self._no_decay
+
+    def begin_stage(self) -> None:
+        """Tell plugins the current stage starts: ``stage_begin``, unless it has begun and not
+        ended. Building the optimizer and :meth:`redraw` call it; a trainer calls it when it
+        trains again on a stage it ended."""
+        if not self._stage_open:
+            self._stage_open = True
+            notify("stage_begin", model=self.model, mask=self.mask, stage=self.mask.config.stage)
 
     def end_stage(self) -> None:
-        """Tell plugins the current stage has finished (integrations call it after training)."""
-        notify("stage_end", model=self.model, mask=self.mask, stage=self.mask.config.stage)
+        """Tell plugins the current stage has finished: ``stage_end``, once per stage begun.
+
+        :meth:`redraw` calls it, and the trainers' integrations at the end of ``train()``;
+        the optimizer stays usable (a later :meth:`redraw` or resume begins the next stage).
+        """
+        if self._stage_open:
+            self._stage_open = False
+            notify("stage_end", model=self.model, mask=self.mask, stage=self.mask.config.stage)
 
     # ---- leaving the model ---------------------------------------------------
 

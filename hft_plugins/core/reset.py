@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import HFTError
+from .compare import check_same_shapes, shapes
 from .mask import Mask, range_view
 
 
@@ -16,17 +16,15 @@ def half_reset(base_model: nn.Module, tuned_model: nn.Module, mask: Mask) -> nn.
     Only the block draw is reset; embeddings, heads and the final norm are not part
     of the draw and keep their tuned values. Returns ``tuned_model``, changed in place.
     """
+    mask.check(tuned_model)
+    check_same_shapes(
+        shapes(base_model),
+        shapes(tuned_model),
+        missing="base model has no parameter {name}",
+        shape="base and tuned models differ at {name}: {have} vs {want}",
+    )
     base = dict(base_model.named_parameters())
     tuned = dict(tuned_model.named_parameters())
-    mask.check(tuned_model)
-    for name, param in tuned.items():
-        if name not in base:
-            raise HFTError(f"base model has no parameter {name!r}")
-        if base[name].shape != param.shape:
-            raise HFTError(
-                f"base and tuned models differ at {name!r}: {list(base[name].shape)} vs "
-                f"{list(param.shape)}"
-            )
     for unit in mask.layout.block_units():
         if unit.key not in mask.trainable:
             continue

@@ -339,6 +339,24 @@ def register_bnb_embedding_overrides(model: nn.Module, optimizer_cls, kwargs) ->
             manager.register_module_override(module, "weight", {"optim_bits": 32})
 
 
+def build_hft_optimizer(
+    model: nn.Module, mask: Mask, optimizer_cls, kwargs: Mapping[str, Any], *, weight_decay: float
+) -> HFTOptimizer:
+    """A trainer's optimizer choice as an HFTOptimizer over ``mask``'s half: the one way every
+    adapter wraps it (the HF Trainer mixin, and so TRL, and the Axolotl plugin's factory).
+
+    ``optimizer_cls`` and ``kwargs`` are what the trainer would build (its
+    ``get_optimizer_cls_and_kwargs``, or ``optimizer_cls_and_kwargs``; check them first with
+    :func:`check_optimizer_class`). ``weight_decay`` (the TrainingArguments') goes to the decay
+    group and none to biases and norms, as in the Trainer's own groups, whose
+    ``weight_decay`` wins over one in ``kwargs``.
+    """
+    kwargs = {**kwargs, "weight_decay": weight_decay}
+    optimizer = HFTOptimizer(model, mask, optimizer_cls, **kwargs)
+    register_bnb_embedding_overrides(model, optimizer_cls, kwargs)
+    return optimizer
+
+
 def hft_card_section(mask: Mask) -> str:
     """The model card's HFT section: the draw and the trainable fraction, with the paper."""
     c = mask.config

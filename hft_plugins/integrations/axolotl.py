@@ -39,9 +39,9 @@ from ..core.optim import HFTOptimizer
 from ._common import (
     MASK_NAME,
     axolotl_args_model,
+    build_hft_optimizer,
     check_optimizer_class,
     config_from_settings,
-    register_bnb_embedding_overrides,
     resolve_stage,
 )
 
@@ -133,9 +133,19 @@ class HFTOptimizerFactory:
     ``factory()(model, training_args, **kwargs)``; both end here.
     """
 
-    def __call__(self, model, training_args=None, *, hft_mask: Mask, optimizer_cls, **kwargs):
-        optimizer = HFTOptimizer(model, hft_mask, optimizer_cls, **kwargs)
-        register_bnb_embedding_overrides(model, optimizer_cls, kwargs)
+    def __call__(
+        self,
+        model,
+        training_args=None,
+        *,
+        hft_mask: Mask,
+        optimizer_cls,
+        weight_decay: float = 0.0,
+        **kwargs,
+    ) -> HFTOptimizer:
+        optimizer = build_hft_optimizer(
+            model, hft_mask, optimizer_cls, kwargs, weight_decay=weight_decay
+        )
         LOG.info(f"HFT: training with {optimizer!r}")
         return optimizer
 
@@ -199,6 +209,9 @@ def _build_plugin_class():
             if getattr(trainer, "ref_model", None) is self.policy:
                 raise HFTError("the HFT-masked policy model is also the reference model")
             trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs(trainer, self.mask)
+            from .transformers import HFTStageCallback
+
+            trainer.add_callback(HFTStageCallback())  # stage_end when training ends
             if trainer.is_world_process_zero():
                 Path(trainer.args.output_dir).mkdir(parents=True, exist_ok=True)
                 self.mask.save(Path(trainer.args.output_dir) / MASK_NAME)

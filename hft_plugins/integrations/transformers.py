@@ -32,17 +32,18 @@ from ..core.optim import HFTOptimizer
 from ._common import (
     HFT_TAG,
     MASK_NAME,
+    build_hft_optimizer,
     check_hft_config,
     check_optimizer_class,
     hft_model_card,
     hft_start_line,
-    register_bnb_embedding_overrides,
     reject_peft,
     unwrap_optimizer,
 )
 
 __all__ = [
     "HFTCallback",
+    "HFTStageCallback",
     "HFTTrainer",
     "HFTTrainerMixin",
     "check_hft_config",
@@ -85,7 +86,24 @@ def hft_logs(optimizer: HFTOptimizer) -> dict[str, float]:
     return {"hft_trainable_fraction": done / total, "hft_stage": optimizer.mask.config.stage}
 
 
-class HFTCallback(TrainerCallback):
+class HFTStageCallback(TrainerCallback):
+    """Begins and ends the HFTOptimizer's stage with ``train()``: ``stage_end`` fires when
+    training ends (``stage_begin`` fired when the optimizer was built or redrawn; a later
+    ``train()`` on a stage that ended begins it again). The optimizer stays as it is, so a
+    following ``next_stage()``, redraw or resume goes on from it."""
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        opt = unwrap_optimizer(optimizer)
+        if opt is not None:
+            opt.begin_stage()
+
+    def on_train_end(self, args, state, control, optimizer=None, **kwargs):
+        opt = unwrap_optimizer(optimizer)
+        if opt is not None:
+            opt.end_stage()
+
+
+class HFTCallback(HFTStageCallback):
     """Logs the trainable fraction; with ``redraw_every_epoch`` draws a new half each epoch.
 
     An epoch redraw moves to the next stage of the optimizer's current mask, so a run
@@ -121,6 +139,7 @@ class HFTCallback(TrainerCallback):
             raise HFTError(
                 "HFTCallback needs an HFTOptimizer: use HFTTrainer or pass optimizers=(HFTOptimizer(...), None)"
             )
+        super().on_train_begin(args, state, control, optimizer=optimizer, **kwargs)
         if state.is_world_process_zero:
             logger.info(hft_start_line(opt))
             logger.info(opt.mask.summary())
@@ -202,6 +221,12 @@ class HFTTrainerMixin:
             callbacks.append(mine[0])
         self.hft_callback = mine[0]
         self.hft_callback.wrapped_model = lambda: self.model_wrapped
+        # The stage's mask: a given optimizer's, an HFTModel's of this config, else drawn once
+        # on first use (by TRL's reference sharing during __init__, or below) and kept.
+        self._hft_mask = given.mask if given is not None else None
+        model = bound.get("model")
+        if given is None and _is_hft_model(model) and model.hft_config == self.hft_config:
+            self._hft_mask = model.hft_mask
         super().__init__(**{**bound, "callbacks": callbacks})
         reject_peft(self._hft_target())
         if self.optimizer is not None and unwrap_optimizer(self.optimizer) is None:
@@ -227,11 +252,15 @@ class HFTTrainerMixin:
         if hasattr(self._hft_target(), "add_model_tags"):
             self._hft_target().add_model_tags([HFT_TAG])  # model.push_to_hub's card says it too
         # Freeze now so that anything that counts trainable parameters before training sees
-        # the half (a given optimizer's own mask, else a fresh draw).
-        self._hft_mask = (
-            given.mask if given is not None else select(self._hft_target(), self.hft_config)
-        )
-        self._hft_mask.apply(self._hft_target())
+        # the half.
+        self._hft_drawn_mask().apply(self._hft_target())
+
+    def _hft_drawn_mask(self, model=None) -> Mask:
+        """The mask of the stage ``hft_config`` names: drawn (for ``model``, default the
+        trainer's) the first time it is needed and kept, so a stage draws once."""
+        if self._hft_mask is None:
+            self._hft_mask = select(self._hft_target(model), self.hft_config)
+        return self._hft_mask
 
     def _hft_target(self, model=None):
         """The model the mask is drawn for: an HFTModel's wrapped model, else the model."""
@@ -259,10 +288,13 @@ class HFTTrainerMixin:
             return self.optimizer
         opt_model = self._hft_target(model)
         optimizer_cls, kwargs = self._hft_optimizer_cls_and_kwargs(opt_model)
-        kwargs.setdefault("weight_decay", self.args.weight_decay)
-        self._hft_mask = select(opt_model, self.hft_config)
-        self.optimizer = HFTOptimizer(opt_model, self._hft_mask, optimizer_cls, **kwargs)
-        register_bnb_embedding_overrides(opt_model, optimizer_cls, kwargs)
+        self.optimizer = build_hft_optimizer(
+            opt_model,
+            self._hft_drawn_mask(opt_model),  # the stage's mask, drawn once
+            optimizer_cls,
+            kwargs,
+            weight_decay=self.args.weight_decay,
+        )
         return self.optimizer
 
     def _hft_optimizer_cls_and_kwargs(self, model=None) -> tuple[type, dict]:

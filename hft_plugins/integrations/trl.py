@@ -47,9 +47,10 @@ from trl import (
     SFTTrainer,
 )
 
+from ..core.compare import check_same_shapes, shapes
 from ..core.config import HFTConfig
 from ..core.errors import HFTError
-from ..core.mask import Mask, select
+from ..core.mask import Mask
 from ._common import RECORD_ATTR, HFTArguments, config_from_settings
 from .transformers import _UNSET, HFTTrainerMixin, _is_hft_model
 
@@ -168,7 +169,7 @@ class HFTTRLMixin(HFTTrainerMixin):
 
     def _share_reference(self, policy: nn.Module) -> nn.Module:
         """Called when TRL asks for the reference: mask the policy, share its frozen half."""
-        select(policy, self.hft_config).apply(policy)
+        self._hft_drawn_mask(policy).apply(policy)  # the stage's one draw
         self._hft_reference = shared_reference(policy)
         return self._hft_reference
 
@@ -323,19 +324,13 @@ def unshare(reference: nn.Module, tensors: list[nn.Parameter]) -> None:
 def _check_same_shapes(model: nn.Module, ref: nn.Module) -> None:
     if not isinstance(ref, nn.Module):
         raise HFTError(f"ref_model must be a torch module, got {type(ref).__name__}")
-    mine = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    theirs = {n: tuple(p.shape) for n, p in ref.named_parameters()}
-    for name, shape in mine.items():
-        if name not in theirs:
-            raise HFTError(f"ref_model does not match the policy: it has no parameter {name!r}")
-        if theirs[name] != shape:
-            raise HFTError(
-                f"ref_model does not match the policy: {name!r} has shape {list(theirs[name])}, "
-                f"the policy's is {list(shape)}"
-            )
-    extra = sorted(set(theirs) - set(mine))
-    if extra:
-        raise HFTError(f"ref_model does not match the policy: extra parameter {extra[0]!r}")
+    check_same_shapes(
+        shapes(ref),
+        shapes(model),
+        missing="ref_model does not match the policy: it has no parameter {name}",
+        shape="ref_model does not match the policy: {name} has shape {have}, the policy's is {want}",
+        extra="ref_model does not match the policy: extra parameter {name}",
+    )
 
 
 # ---- one HFT trainer and one HFT config per TRL trainer ------------------------------

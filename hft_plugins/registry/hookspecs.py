@@ -32,9 +32,11 @@ def mask_applied(model, mask):
 
 @hookspec
 def stage_begin(model, mask, stage):
-    """Called when a fine-tuning stage starts training with ``mask``."""
+    """Called once per fine-tuning stage, when it starts training with ``mask``."""
 
 
 @hookspec
 def stage_end(model, mask, stage):
-    """Called when a fine-tuning stage has finished training with ``mask``."""
+    """Called once per fine-tuning stage, when it has finished training with ``mask`` (at the
+    next redraw, or ``HFTOptimizer.end_stage()``, which the trainer integrations call when
+    ``train()`` ends)."""
