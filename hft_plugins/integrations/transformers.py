@@ -29,6 +29,7 @@ from ..core.distributed import check_redraw_supported, redraw
 from ..core.errors import HFTError
 from ..core.mask import Mask, select
 from ..core.optim import HFTOptimizer
+from . import sharded
 from ._common import (
     HFT_TAG,
     MASK_NAME,
@@ -101,6 +102,8 @@ class HFTCallback(TrainerCallback):
         self.before_redraw: list[Callable[[Mask], None]] = []
         # The model the training loop calls (DDP-wrapped under torchrun); HFTTrainer sets it.
         self.wrapped_model: Callable[[], object] | None = None
+        # Under DeepSpeed ZeRO / FSDP2 (no HFTOptimizer): (engine, the mask); HFTTrainer sets it.
+        self.sharded: Callable[[], tuple[str, Mask]] | None = None
 
     def redraw(self, optimizer: HFTOptimizer, mask: Mask) -> None:
         """Switch to ``mask``; under DDP the wrapper's gradient sync follows the new half."""
@@ -117,6 +120,12 @@ class HFTCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         opt = unwrap_optimizer(optimizer)
+        if opt is None and self.sharded is not None:
+            if state.is_world_process_zero:
+                engine, mask = self.sharded()
+                logger.info(sharded.start_line(mask, engine))
+                logger.info(mask.summary())
+            return
         if opt is None:
             raise HFTError(
                 "HFTCallback needs an HFTOptimizer: use HFTTrainer or pass optimizers=(HFTOptimizer(...), None)"
@@ -182,6 +191,7 @@ class HFTTrainerMixin:
             )
         self.hft_config = hft_config
         self.hft_callback = None
+        self._hft_engine = None  # "DeepSpeed ZeRO-3", "FSDP2": no HFTOptimizer (sharded.py)
         if self.hft_config is None:  # hft_config=None, or an HFT*Config with hft off
             super().__init__(**bound)
             return
@@ -202,8 +212,18 @@ class HFTTrainerMixin:
             callbacks.append(mine[0])
         self.hft_callback = mine[0]
         self.hft_callback.wrapped_model = lambda: self.model_wrapped
+        # DeepSpeed ZeRO / FSDP2: no HFTOptimizer; what they cannot do is refused before the
+        # Trainer builds its Accelerator, and again if the Trainer's view differs (sharded.py)
+        self._hft_engine = sharded.args_engine(bound.get("args"))
+        self._hft_check_sharded(given, bound.get("model"))
         super().__init__(**{**bound, "callbacks": callbacks})
         reject_peft(self._hft_target())
+        engine = sharded.trainer_engine(self)
+        if engine != self._hft_engine:
+            self._hft_engine = engine
+            self._hft_check_sharded(given, self.model)
+        if self._hft_engine is not None:
+            self.hft_callback.sharded = lambda: (self._hft_engine, self.hft_mask)
         if self.optimizer is not None and unwrap_optimizer(self.optimizer) is None:
             raise HFTError(
                 f"optimizers= holds {type(self.optimizer).__name__}; HFTTrainer needs an "
@@ -233,6 +253,17 @@ class HFTTrainerMixin:
         )
         self._hft_mask.apply(self._hft_target())
 
+    def _hft_check_sharded(self, given, model) -> None:
+        if self._hft_engine is None:
+            return
+        sharded.check_trainer(
+            self._hft_engine,
+            given=given,
+            hft_model=_is_hft_model(model),
+            redraw_every_epoch=self.hft_callback.redraw_every_epoch,
+        )
+        sharded.check_mask(select(model, self.hft_config), self._hft_engine)
+
     def _hft_target(self, model=None):
         """The model the mask is drawn for: an HFTModel's wrapped model, else the model."""
         model = self.model if model is None else model
@@ -249,7 +280,9 @@ class HFTTrainerMixin:
         return opt.mask if opt is not None else self._hft_mask
 
     def create_optimizer(self, model=None):
-        if self.hft_config is None:
+        if self.hft_config is None or self._hft_engine is not None:
+            # off, or under DeepSpeed ZeRO / FSDP2: the Trainer's plain optimizer over the
+            # parameters that require grad (the mask's whole matrices; sharded.py)
             return super().create_optimizer(model)
         if self.optimizer is not None:
             if unwrap_optimizer(self.optimizer) is None:
@@ -287,6 +320,8 @@ class HFTTrainerMixin:
                 "start the next with get_hft_model(model.merge_and_unload(), "
                 "model.hft_config.next_stage())"
             )
+        if self._hft_engine is not None:
+            raise sharded.redraw_refusal(self._hft_engine, "next_stage()")
         # from the stage training is at: epoch redraws or a resume may have moved it on
         self.hft_config = self.hft_mask.config.next_stage()
         self._hft_mask = select(self._hft_target(), self.hft_config)
@@ -300,6 +335,12 @@ class HFTTrainerMixin:
     def train(self, *args, **kwargs):
         if self.hft_config is None:
             return super().train(*args, **kwargs)
+        resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        if self._hft_engine is not None and resume:
+            adopted = sharded.adopt_checkpoint_mask(
+                self, resume, self._hft_target(), self._hft_engine
+            )
+            self._hft_mask = adopted or self._hft_mask
         try:
             return super().train(*args, **kwargs)
         finally:
@@ -312,7 +353,14 @@ class HFTTrainerMixin:
         opt = self.hft_optimizer
         if opt is not None:
             logs.update(hft_logs(opt))
+        elif self.hft_config is not None and self._hft_engine is not None:
+            logs.update(sharded.mask_logs(self.hft_mask))
         return super().log(logs, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.hft_config is not None and self._hft_engine is not None:
+            sharded.save_mask_in_checkpoint(self, trial, self.hft_mask)
 
     # ---- saving -------------------------------------------------------------------
 
