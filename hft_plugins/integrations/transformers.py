@@ -251,6 +251,8 @@ class HFTTrainerMixin:
         self._hft_mask = (
             given.mask if given is not None else select(self._hft_target(), self.hft_config)
         )
+        if self._hft_engine is not None:
+            sharded.check_mask(self._hft_mask, self._hft_engine)
         self._hft_mask.apply(self._hft_target())
 
     def _hft_check_sharded(self, given, model) -> None:
@@ -262,7 +264,8 @@ class HFTTrainerMixin:
             hft_model=_is_hft_model(model),
             redraw_every_epoch=self.hft_callback.redraw_every_epoch,
         )
-        sharded.check_mask(select(model, self.hft_config), self._hft_engine)
+        if model is not None:  # (model_init: checked when the mask is drawn below)
+            sharded.check_mask(select(model, self.hft_config), self._hft_engine)
 
     def _hft_target(self, model=None):
         """The model the mask is drawn for: an HFTModel's wrapped model, else the model."""

@@ -43,6 +43,12 @@ def zero2_sft(tmp_path_factory, torchrun):
 
 
 @pytest.fixture(scope="module")
+def zero2_dpo(tmp_path_factory, torchrun):
+    out = tmp_path_factory.mktemp("zero2_dpo")
+    return _run(torchrun, out, "--engine", "zero2", "--trainer", "dpo", "--steps", "2")
+
+
+@pytest.fixture(scope="module")
 def zero3(tmp_path_factory, torchrun):
     out = tmp_path_factory.mktemp("zero3")
     straight = _run(torchrun, out / "straight", "--engine", "zero3", "--save-steps", "2")
@@ -99,6 +105,13 @@ def test_zero2_trl_sft_trains_the_half(zero2_sft):
     assert zero2_sft["distributed_type"] == "DistributedType.DEEPSPEED"
     assert {r["wrapped"] for r in zero2_sft["ranks"]} == {"DeepSpeedEngine"}
     _state_is_the_trainable_fraction(zero2_sft, master=True)
+
+
+def test_zero2_trl_dpo_with_its_own_reference_trains_the_half(zero2_dpo):
+    """Under ZeRO the reference is not shared with the policy (each engine partitions its
+    own model): TRL builds it from the policy's path and prepares it itself."""
+    _check_half(zero2_dpo, "DeepSpeed ZeRO-2")
+    _state_is_the_trainable_fraction(zero2_dpo, master=True)
 
 
 def test_zero2_refusals_are_one_line_before_training(zero2_sft):

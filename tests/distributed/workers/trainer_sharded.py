@@ -30,7 +30,7 @@ def parse():
     p = argparse.ArgumentParser()
     p.add_argument("out")
     p.add_argument("--engine", choices=["zero2", "zero3", "fsdp2"], required=True)
-    p.add_argument("--trainer", choices=["hft", "sft"], default="hft")
+    p.add_argument("--trainer", choices=["hft", "sft", "dpo"], default="hft")
     p.add_argument("--family", default="llama")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--save-steps", type=int, default=0)
@@ -56,7 +56,7 @@ def setup_cpu_state(engine: str) -> None:
 
 
 def training_args(a, out: Path, **extra):
-    from trl import SFTConfig
+    from trl import DPOConfig, SFTConfig
 
     from hft_plugins.integrations.trl import HFTSFTConfig  # noqa: F401  (SFT path imports)
 
@@ -91,6 +91,8 @@ def training_args(a, out: Path, **extra):
     )
     if a.trainer == "sft":
         return SFTConfig(**kwargs, bf16=False, packing=False)
+    if a.trainer == "dpo":
+        return DPOConfig(**kwargs, bf16=False)
     from transformers import TrainingArguments
 
     return TrainingArguments(**kwargs)
@@ -141,6 +143,21 @@ def make_trainer(a, args, model, config):
     kw = dict(model=model, args=args, train_dataset=dataset())
     if a.full:
         return Trainer(**kw)
+    if a.trainer == "dpo":  # the reference TRL builds from the policy's path (not shared)
+        from datasets import Dataset
+
+        from hft_plugins.integrations.trl import HFTDPOTrainer
+        from hft_plugins.tiny import tiny_tokenizer
+
+        rows = [("Say yes:", " yes", " no"), ("Count:", " 1 2 3", " 3 2 1")] * 8
+        data = Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in rows])
+        return HFTDPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=data,
+            processing_class=tiny_tokenizer(),
+            hft_config=config,
+        )
     if a.trainer == "sft":
         from hft_plugins.integrations.trl import HFTSFTTrainer
         from hft_plugins.tiny import tiny_tokenizer
@@ -199,6 +216,14 @@ def main() -> None:
         result["refusals"] = refusals(a, out)
     args = training_args(a, out)
     model = build_model(a.family)
+    if a.trainer == "dpo":
+        from transformers import AutoModelForCausalLM
+
+        base = out / "base"  # ZeRO-2 / FSDP2 only: under ZeRO-3 the build is collective
+        if rank == 0:
+            model.save_pretrained(base)
+        dist.barrier()
+        model = AutoModelForCausalLM.from_pretrained(base)
     first = next(model.parameters())
     result["partitioned_at_build"] = hasattr(first, "ds_id") and first.numel() == 0
     before = gather(model)
