@@ -107,3 +107,65 @@ def test_ddp_that_cannot_be_rebuilt_says_what_to_do(setup, one_process_group, mo
     monkeypatch.delattr(nn.parallel.DistributedDataParallel, "_build_params_for_reducer")
     with pytest.raises(HFTError, match=r"^this torch's DDP cannot be rebuilt in place .*wrap the"):
         rebuild_ddp_reducer(ddp)
+
+
+# ---- DeepSpeed ZeRO / FSDP2 through the Trainer: the checks of integrations/sharded.py ----
+
+
+def _args(**kw):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{"deepspeed": None, "fsdp": None, "fsdp_config": None, **kw})
+
+
+@pytest.mark.parametrize(
+    ("args", "engine"),
+    [
+        (_args(), None),
+        (
+            _args(
+                deepspeed="z.json",
+                hf_deepspeed_config=_args(config={"zero_optimization": {"stage": 3}}),
+            ),
+            "DeepSpeed ZeRO-3",
+        ),
+        (_args(fsdp=["full_shard"], fsdp_config={"fsdp_version": 2}), "FSDP2"),
+    ],
+)
+def test_the_engine_the_arguments_ask_for(args, engine):
+    from hft_plugins.integrations.sharded import args_engine
+
+    assert args_engine(args) == engine
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            _args(
+                deepspeed="z.json",
+                hf_deepspeed_config=_args(config={"zero_optimization": {"stage": 1}}),
+            ),
+            r"^HFT under DeepSpeed ZeRO-1 is not supported: use ZeRO-2 or ZeRO-3",
+        ),
+        (
+            _args(fsdp=["full_shard"], fsdp_config={}),
+            r"^HFT under FSDP1 is not supported: .*set fsdp_version: 2",
+        ),
+    ],
+)
+def test_unsupported_engines_are_refused_in_one_line(args, message):
+    from hft_plugins.integrations.sharded import args_engine
+
+    with pytest.raises(HFTError, match=message):
+        args_engine(args)
+
+
+def test_fused_slices_are_refused_under_sharding_engines():
+    from hft_plugins.integrations.sharded import check_mask
+
+    llama = tiny_model("llama", num_hidden_layers=2)
+    check_mask(select(llama, HFTConfig()), "DeepSpeed ZeRO-3")  # whole matrices: fine
+    gpt2 = tiny_model("gpt2")
+    with pytest.raises(HFTError, match=r"^HFT under FSDP2 trains whole matrices only; .* use|DDP"):
+        check_mask(select(gpt2, HFTConfig()), "FSDP2")

@@ -47,6 +47,15 @@ from ._common import (
 
 LOG = logging.getLogger("axolotl.hft_plugins")  # under axolotl's logger, so its log config shows it
 
+# The sharded path (the engine's optimizer over the trainable whole matrices,
+# integrations/sharded.py) runs through HFTTrainer and the TRL trainers; this plugin still
+# installs HFTOptimizer, so it refuses the engines (docs/distributed.md says what runs where).
+_SHARDED = (
+    "the plugin installs HFTOptimizer, which {engine} cannot run ({why}); HFT under "
+    "DeepSpeed ZeRO-2/3 or FSDP2 runs through HFTTrainer or the TRL trainers "
+    "(docs/distributed.md), or drop the option to train with DDP"
+)
+
 # Options whose job HFT does differently; each would silently undo or bypass the mask.
 _CONFLICTS = {
     "adapter": "an adapter trains new weights while HFT trains half of the existing ones",
@@ -55,9 +64,16 @@ _CONFLICTS = {
     "embedding_lr": "HFT builds the optimizer itself, so per-group learning rates are ignored",
     "embedding_lr_scale": "HFT builds the optimizer itself, so per-group learning rates are ignored",
     "lr_groups": "HFT builds the optimizer itself, so per-group learning rates are ignored",
-    "deepspeed": "DeepSpeed builds its own optimizer over flattened parameters",
-    "fsdp": "HFT's optimizer is not yet supported under FSDP",
-    "fsdp_config": "HFT's optimizer is not yet supported under FSDP",
+    "deepspeed": _SHARDED.format(
+        engine="DeepSpeed ZeRO",
+        why="ZeRO flattens its slices away and its checkpoints lose its state",
+    ),
+    "fsdp": _SHARDED.format(
+        engine="FSDP", why="FSDP1 loses requires_grad per tensor and FSDP2 cannot checkpoint it"
+    ),
+    "fsdp_config": _SHARDED.format(
+        engine="FSDP", why="FSDP1 loses requires_grad per tensor and FSDP2 cannot checkpoint it"
+    ),
 }
 _LISA = "LISA switches the trainable layers during training; HFT fixes one half per stage"
 

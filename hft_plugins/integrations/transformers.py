@@ -29,6 +29,8 @@ from ..core.distributed import check_redraw_supported, redraw
 from ..core.errors import HFTError
 from ..core.mask import Mask, select
 from ..core.optim import HFTOptimizer
+from ..registry import notify
+from . import sharded
 from ._common import (
     HFT_TAG,
     MASK_NAME,
@@ -119,6 +121,8 @@ class HFTCallback(HFTStageCallback):
         self.before_redraw: list[Callable[[Mask], None]] = []
         # The model the training loop calls (DDP-wrapped under torchrun); HFTTrainer sets it.
         self.wrapped_model: Callable[[], object] | None = None
+        # Under DeepSpeed ZeRO / FSDP2 (no HFTOptimizer): (engine, the mask); HFTTrainer sets it.
+        self.sharded: Callable[[], tuple[str, Mask]] | None = None
 
     def redraw(self, optimizer: HFTOptimizer, mask: Mask) -> None:
         """Switch to ``mask``; under DDP the wrapper's gradient sync follows the new half."""
@@ -135,6 +139,14 @@ class HFTCallback(HFTStageCallback):
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         opt = unwrap_optimizer(optimizer)
+        if opt is None and self.sharded is not None:
+            engine, mask = self.sharded()
+            if state.is_world_process_zero:
+                logger.info(sharded.start_line(mask, engine))
+                logger.info(mask.summary())
+            # no HFTOptimizer to begin the stage: the stage is this run (one stage per run)
+            notify("stage_begin", model=kwargs.get("model"), mask=mask, stage=mask.config.stage)
+            return
         if opt is None:
             raise HFTError(
                 "HFTCallback needs an HFTOptimizer: use HFTTrainer or pass optimizers=(HFTOptimizer(...), None)"
@@ -143,6 +155,13 @@ class HFTCallback(HFTStageCallback):
         if state.is_world_process_zero:
             logger.info(hft_start_line(opt))
             logger.info(opt.mask.summary())
+
+    def on_train_end(self, args, state, control, optimizer=None, **kwargs):
+        if unwrap_optimizer(optimizer) is None and self.sharded is not None:
+            _, mask = self.sharded()
+            notify("stage_end", model=kwargs.get("model"), mask=mask, stage=mask.config.stage)
+            return
+        super().on_train_end(args, state, control, optimizer=optimizer, **kwargs)
 
     def on_epoch_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         opt = unwrap_optimizer(optimizer)
@@ -201,6 +220,7 @@ class HFTTrainerMixin:
             )
         self.hft_config = hft_config
         self.hft_callback = None
+        self._hft_engine = None  # "DeepSpeed ZeRO-3", "FSDP2": no HFTOptimizer (sharded.py)
         if self.hft_config is None:  # hft_config=None, or an HFT*Config with hft off
             super().__init__(**bound)
             return
@@ -227,8 +247,18 @@ class HFTTrainerMixin:
         model = bound.get("model")
         if given is None and _is_hft_model(model) and model.hft_config == self.hft_config:
             self._hft_mask = model.hft_mask
+        # DeepSpeed ZeRO / FSDP2: no HFTOptimizer; what they cannot do is refused before the
+        # Trainer builds its Accelerator, and again if the Trainer's view differs (sharded.py)
+        self._hft_engine = sharded.args_engine(bound.get("args"))
+        self._hft_check_sharded(given, model)
         super().__init__(**{**bound, "callbacks": callbacks})
         reject_peft(self._hft_target())
+        engine = sharded.trainer_engine(self)
+        if engine != self._hft_engine:
+            self._hft_engine = engine
+            self._hft_check_sharded(given, self.model)
+        if self._hft_engine is not None:
+            self.hft_callback.sharded = lambda: (self._hft_engine, self.hft_mask)
         if self.optimizer is not None and unwrap_optimizer(self.optimizer) is None:
             raise HFTError(
                 f"optimizers= holds {type(self.optimizer).__name__}; HFTTrainer needs an "
@@ -253,7 +283,10 @@ class HFTTrainerMixin:
             self._hft_target().add_model_tags([HFT_TAG])  # model.push_to_hub's card says it too
         # Freeze now so that anything that counts trainable parameters before training sees
         # the half.
-        self._hft_drawn_mask().apply(self._hft_target())
+        mask = self._hft_drawn_mask()
+        if self._hft_engine is not None:
+            sharded.check_mask(mask, self._hft_engine)
+        mask.apply(self._hft_target())
 
     def _hft_drawn_mask(self, model=None) -> Mask:
         """The mask of the stage ``hft_config`` names: drawn (for ``model``, default the
@@ -261,6 +294,18 @@ class HFTTrainerMixin:
         if self._hft_mask is None:
             self._hft_mask = select(self._hft_target(model), self.hft_config)
         return self._hft_mask
+
+    def _hft_check_sharded(self, given, model) -> None:
+        if self._hft_engine is None:
+            return
+        sharded.check_trainer(
+            self._hft_engine,
+            given=given,
+            hft_model=_is_hft_model(model),
+            redraw_every_epoch=self.hft_callback.redraw_every_epoch,
+        )
+        if model is not None:  # (model_init: checked when the mask is drawn below)
+            sharded.check_mask(self._hft_drawn_mask(model), self._hft_engine)
 
     def _hft_target(self, model=None):
         """The model the mask is drawn for: an HFTModel's wrapped model, else the model."""
@@ -278,7 +323,9 @@ class HFTTrainerMixin:
         return opt.mask if opt is not None else self._hft_mask
 
     def create_optimizer(self, model=None):
-        if self.hft_config is None:
+        if self.hft_config is None or self._hft_engine is not None:
+            # off, or under DeepSpeed ZeRO / FSDP2: the Trainer's plain optimizer over the
+            # parameters that require grad (the mask's whole matrices; sharded.py)
             return super().create_optimizer(model)
         if self.optimizer is not None:
             if unwrap_optimizer(self.optimizer) is None:
@@ -319,6 +366,8 @@ class HFTTrainerMixin:
                 "start the next with get_hft_model(model.merge_and_unload(), "
                 "model.hft_config.next_stage())"
             )
+        if self._hft_engine is not None:
+            raise sharded.redraw_refusal(self._hft_engine, "next_stage()")
         # from the stage training is at: epoch redraws or a resume may have moved it on
         self.hft_config = self.hft_mask.config.next_stage()
         self._hft_mask = select(self._hft_target(), self.hft_config)
@@ -332,6 +381,12 @@ class HFTTrainerMixin:
     def train(self, *args, **kwargs):
         if self.hft_config is None:
             return super().train(*args, **kwargs)
+        resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        if self._hft_engine is not None and resume:
+            adopted = sharded.adopt_checkpoint_mask(
+                self, resume, self._hft_target(), self._hft_engine
+            )
+            self._hft_mask = adopted or self._hft_mask
         try:
             return super().train(*args, **kwargs)
         finally:
@@ -344,7 +399,14 @@ class HFTTrainerMixin:
         opt = self.hft_optimizer
         if opt is not None:
             logs.update(hft_logs(opt))
+        elif self.hft_config is not None and self._hft_engine is not None:
+            logs.update(sharded.mask_logs(self.hft_mask))
         return super().log(logs, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.hft_config is not None and self._hft_engine is not None:
+            sharded.save_mask_in_checkpoint(self, trial, self.hft_mask)
 
     # ---- saving -------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import os
 import sys
 import types
@@ -155,7 +156,8 @@ class HFTTRLMixin(HFTTrainerMixin):
     def __init__(self, *args, hft_config: HFTConfig | None = _UNSET, **kwargs):
         _refuse_hft_model(kwargs.get("model", args[0] if args else None))
         self._hft_reference = None
-        building = _reference_shared_with(self) if self.hft_share_reference else _nothing()
+        share = self.hft_share_reference and not self._hft_sharded_args(args, kwargs)
+        building = _reference_shared_with(self) if share else _nothing()
         with building:
             super().__init__(*args, hft_config=hft_config, **kwargs)
         given_ref = getattr(self, "ref_model", None)  # passed by name or by position
@@ -166,6 +168,16 @@ class HFTTRLMixin(HFTTrainerMixin):
             # HFTOptimizer in optimizers=): nothing it trains may be shared.
             self._unshare_reference(self._hft_mask)
             self.hft_callback.before_redraw.append(self._unshare_reference)
+
+    def _hft_sharded_args(self, args, kwargs) -> bool:
+        """Under DeepSpeed ZeRO / FSDP2 the reference is not shared with the policy: the
+        engine partitions each model's parameters on its own, so TRL builds its own copy."""
+        from .sharded import args_engine
+
+        bound = inspect.signature(super(HFTTrainerMixin, self).__init__).bind_partial(
+            *args, **kwargs
+        )
+        return args_engine(bound.arguments.get("args")) is not None
 
     def _share_reference(self, policy: nn.Module) -> nn.Module:
         """Called when TRL asks for the reference: mask the policy, share its frozen half."""

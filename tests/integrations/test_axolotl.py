@@ -153,3 +153,13 @@ def test_an_optimizer_factory_cannot_be_wrapped(tmp_path):
     with pytest.raises(HFTError, match="HFT wraps torch optimizer classes") as info:
         hft_axolotl.optimizer_cls_and_kwargs(trainer, mask)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [{"deepspeed": "zero3.json"}, {"fsdp_config": {"fsdp_version": 2}}, {"fsdp": ["full_shard"]}],
+)
+def test_sharding_engines_are_refused_with_the_alternative(cfg):
+    message = _one_line_error({"hft": True, **cfg})
+    assert "the plugin installs HFTOptimizer" in message
+    assert "runs through HFTTrainer or the TRL trainers (docs/distributed.md)" in message

@@ -1,0 +1,286 @@
+"""HFTTrainer / HFTSFTTrainer under DeepSpeed ZeRO-2/3 or the Trainer's FSDP2, on CPU (gloo).
+
+    torchrun --nproc_per_node 2 trainer_sharded.py OUT --engine zero3 [--trainer sft]
+        [--steps 4] [--save-steps 2] [--resume CKPT] [--stage 0] [--refusals] [--full]
+
+ZeRO uses the shipped ``integrations/deepspeed/zero{2,3}.json``. On a GPU-less machine two
+things are set up first, as a test needs and a GPU run does not: accelerate's state with
+the gloo backend (else accelerate counts one process while DeepSpeed counts two), and,
+for FSDP2, accelerate's distributed type forced to MULTI_GPU (accelerate never takes its
+FSDP path for CPU processes). Rank 0 writes OUT/result.json: every rank's frozen check,
+state bytes, the gathered final weights' file, and the refusals seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+ROOT = Path(__file__).resolve().parents[3]
+T0 = time.time()
+
+
+def parse():
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--engine", choices=["zero2", "zero3", "fsdp2"], required=True)
+    p.add_argument("--trainer", choices=["hft", "sft", "dpo"], default="hft")
+    p.add_argument("--family", default="llama")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--save-steps", type=int, default=0)
+    p.add_argument("--resume", default=None)
+    p.add_argument("--stage", type=int, default=0)
+    p.add_argument("--refusals", action="store_true")
+    p.add_argument("--full", action="store_true", help="plain Trainer (full fine-tuning)")
+    p.add_argument("--local_rank", type=int, default=-1)
+    return p.parse_args()
+
+
+def setup_cpu_state(engine: str) -> None:
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    if engine.startswith("zero"):
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend="gloo")
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    else:
+        state = PartialState(backend="gloo")
+        state._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+
+
+def training_args(a, out: Path, **extra):
+    from trl import DPOConfig, SFTConfig
+
+    from hft_plugins.integrations.trl import HFTSFTConfig  # noqa: F401  (SFT path imports)
+
+    engine = {}
+    if a.engine.startswith("zero"):
+        engine["deepspeed"] = str(ROOT / "integrations" / "deepspeed" / f"{a.engine}.json")
+    else:
+        engine["fsdp"] = "full_shard"
+        engine["fsdp_config"] = {
+            "fsdp_version": 2,
+            "reshard_after_forward": True,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "state_dict_type": "SHARDED_STATE_DICT",
+            "cpu_ram_efficient_loading": False,
+        }
+    kwargs = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        max_steps=a.steps,
+        learning_rate=1e-3,
+        weight_decay=0.1,
+        logging_steps=1,
+        save_strategy="steps" if a.save_steps else "no",
+        save_steps=a.save_steps or 500,
+        report_to="none",
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+        accelerator_config={"use_configured_state": True},
+        **engine,
+        **extra,
+    )
+    if a.trainer == "sft":
+        return SFTConfig(**kwargs, bf16=False, packing=False)
+    if a.trainer == "dpo":
+        return DPOConfig(**kwargs, bf16=False)
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**kwargs)
+
+
+def build_model(family: str):
+    from transformers import AutoModelForCausalLM
+
+    from hft_plugins.tiny import tiny_config
+
+    if family == "llama":
+        cfg = tiny_config(
+            "llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, head_dim=16
+        )
+    else:
+        cfg = tiny_config(family, n_embd=64, n_layer=2)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg)  # ZeRO-3: built inside zero.Init
+
+
+def dataset():
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 90, (32, 16), generator=g)
+    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+
+
+def gather(model) -> dict[str, torch.Tensor]:
+    """name -> the full tensor on every rank (ZeRO-3 partitions, FSDP2 DTensors gathered)."""
+    out = {}
+    for name, param in model.named_parameters():
+        if hasattr(param, "ds_id"):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([param]):
+                out[name] = param.detach().clone()
+        elif hasattr(param, "full_tensor"):
+            out[name] = param.full_tensor().detach().clone()
+        else:
+            out[name] = param.detach().clone()
+    return out
+
+
+def make_trainer(a, args, model, config):
+    from transformers import Trainer
+
+    kw = dict(model=model, args=args, train_dataset=dataset())
+    if a.full:
+        return Trainer(**kw)
+    if a.trainer == "dpo":  # the reference TRL builds from the policy's path (not shared)
+        from datasets import Dataset
+
+        from hft_plugins.integrations.trl import HFTDPOTrainer
+        from hft_plugins.tiny import tiny_tokenizer
+
+        rows = [("Say yes:", " yes", " no"), ("Count:", " 1 2 3", " 3 2 1")] * 8
+        data = Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in rows])
+        return HFTDPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=data,
+            processing_class=tiny_tokenizer(),
+            hft_config=config,
+        )
+    if a.trainer == "sft":
+        from hft_plugins.integrations.trl import HFTSFTTrainer
+        from hft_plugins.tiny import tiny_tokenizer
+
+        return HFTSFTTrainer(**kw, hft_config=config, processing_class=tiny_tokenizer())
+    from hft_plugins.integrations.transformers import HFTTrainer
+
+    return HFTTrainer(**kw, hft_config=config)
+
+
+def refusals(a, out: Path) -> dict[str, str]:
+    """Each engine limitation: the one-line HFTError, raised at construction."""
+    from hft_plugins import HFTConfig, HFTError
+    from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer
+
+    seen = {}
+
+    def attempt(key, build):
+        try:
+            build()
+            seen[key] = "no error"
+        except HFTError as exc:
+            seen[key] = str(exc)
+
+    args = training_args(a, out / "refused")
+    attempt(
+        "fused",
+        lambda: HFTTrainer(
+            model=build_model("gpt2"), args=args, train_dataset=dataset(), hft_config=HFTConfig()
+        ),
+    )
+    attempt(
+        "redraw_every_epoch",
+        lambda: HFTTrainer(
+            model=build_model("llama"),
+            args=args,
+            train_dataset=dataset(),
+            hft_config=HFTConfig(),
+            callbacks=[HFTCallback(redraw_every_epoch=True)],
+        ),
+    )
+    return seen
+
+
+def main() -> None:
+    a = parse()
+    setup_cpu_state(a.engine)
+    import hft_plugins
+    from hft_plugins import HFTConfig, HFTError
+    from hft_plugins.integrations.sharded import engine_state_bytes
+
+    out = Path(a.out)
+    rank = dist.get_rank()
+    result = {"hft_plugins": hft_plugins.__file__, "stage_events": []}
+
+    class StageRecorder:
+        @hft_plugins.hookimpl
+        def stage_begin(self, model, mask, stage):
+            result["stage_events"].append(["stage_begin", stage])
+
+        @hft_plugins.hookimpl
+        def stage_end(self, model, mask, stage):
+            result["stage_events"].append(["stage_end", stage])
+
+    hft_plugins.registry.manager().register(StageRecorder())
+    if a.refusals:
+        result["refusals"] = refusals(a, out)
+    args = training_args(a, out)
+    model = build_model(a.family)
+    if a.trainer == "dpo":
+        from transformers import AutoModelForCausalLM
+
+        base = out / "base"  # ZeRO-2 / FSDP2 only: under ZeRO-3 the build is collective
+        if rank == 0:
+            model.save_pretrained(base)
+        dist.barrier()
+        model = AutoModelForCausalLM.from_pretrained(base)
+    first = next(model.parameters())
+    result["partitioned_at_build"] = hasattr(first, "ds_id") and first.numel() == 0
+    before = gather(model)
+    trainer = make_trainer(a, args, model, HFTConfig(stage=a.stage))
+    result["engine"] = getattr(trainer, "_hft_engine", None)
+    result["distributed_type"] = str(trainer.accelerator.distributed_type)
+    t = time.time()
+    trainer.train(resume_from_checkpoint=a.resume)
+    result["train_seconds"] = round(time.time() - t, 2)
+    if a.refusals:
+        try:
+            trainer.next_stage()
+            result["refusals"]["next_stage"] = "no error"
+        except HFTError as exc:
+            result["refusals"]["next_stage"] = str(exc)
+    mask = None if a.full else trainer.hft_mask
+    trained = set(before) if mask is None else set(mask.params())
+    after = gather(trainer.model)
+    mine = {
+        "frozen_identical": all(
+            torch.equal(before[n], after[n]) for n in before if n not in trained
+        ),
+        "trainable_moved": sorted(n for n in trained if not torch.equal(before[n], after[n])),
+        "state_bytes": engine_state_bytes(trainer.optimizer),
+        "wrapped": type(trainer.model_wrapped).__name__,
+    }
+    ranks = [None] * dist.get_world_size()
+    dist.all_gather_object(ranks, mine)
+    result["ranks"] = ranks
+    result["mask"] = None if mask is None else mask.to_json()
+    result["numel"] = sum(t.numel() for t in before.values())
+    result["frozen"] = sorted(set(before) - trained)
+    result["losses"] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(after, out / "final_weights.pt")
+        torch.save(before, out / "start_weights.pt")
+        result["checkpoints"] = {
+            str(p.relative_to(out)): sorted(x.name for x in p.iterdir())
+            for p in sorted(out.glob("checkpoint-*"))
+        }
+        result["wall_seconds"] = round(time.time() - T0, 2)
+        (out / "result.json").write_text(json.dumps(result, indent=1))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
