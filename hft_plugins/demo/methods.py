@@ -68,18 +68,36 @@ def trainable_fraction(method: str, model) -> float:
     return sum(p.numel() for p in blocks[0].parameters()) / total  # badam: one block at a time
 
 
-def run_stage(method, model, rows, *, steps, lr, seed, stage, batch_size=32, progress=None):
-    """Fine-tune ``model`` on ``rows`` for one stage with ``method``; returns the model."""
+def run_stage(
+    method,
+    model,
+    rows,
+    *,
+    steps,
+    lr,
+    seed,
+    stage,
+    batch_size=32,
+    progress=None,
+    train=None,
+    ratio=0.5,
+):
+    """Fine-tune ``model`` on ``rows`` for one stage with ``method``; returns the model.
+
+    ``train`` replaces ``engine.train_steps`` (same signature) for rows of another format;
+    ``ratio`` is the HFT methods' trained fraction.
+    """
+    train = train or engine.train_steps
     data_seed = seed * 1000 + stage
     torch.manual_seed(data_seed)
     if method == "fft":
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-        engine.train_steps(model, opt, rows, steps, batch_size, data_seed, progress)
+        train(model, opt, rows, steps, batch_size, data_seed, progress)
         return model
     if method.startswith("hft-"):
-        cfg = HFTConfig(strategy=method.removeprefix("hft-"), seed=seed, stage=stage)
+        cfg = HFTConfig(strategy=method.removeprefix("hft-"), ratio=ratio, seed=seed, stage=stage)
         opt = HFTOptimizer(model, select(model, cfg), torch.optim.AdamW, lr=lr, weight_decay=0.0)
-        engine.train_steps(model, opt, rows, steps, batch_size, data_seed, progress)
+        train(model, opt, rows, steps, batch_size, data_seed, progress)
         opt.end_stage()
         for p in model.parameters():
             p.requires_grad_(True)
@@ -96,6 +114,7 @@ def run_stage(method, model, rows, *, steps, lr, seed, stage, batch_size=32, pro
             stage=stage,
             batch_size=batch_size,
             progress=progress,
+            train=train,
         )
         mask = select(model, HFTConfig(strategy="category", seed=seed, stage=stage))
         return half_reset(before, model, mask)
@@ -107,7 +126,7 @@ def run_stage(method, model, rows, *, steps, lr, seed, stage, batch_size=32, pro
         )
         params = [p for p in peft_model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        engine.train_steps(peft_model, opt, rows, steps, batch_size, data_seed, progress)
+        train(peft_model, opt, rows, steps, batch_size, data_seed, progress)
         model = peft_model.merge_and_unload()
         for p in model.parameters():
             p.requires_grad_(True)
@@ -126,7 +145,7 @@ def run_stage(method, model, rows, *, steps, lr, seed, stage, batch_size=32, pro
                 switch_mode="random",
                 verbose=0,
             )
-            engine.train_steps(model, opt, rows, steps, batch_size, data_seed, progress)
+            train(model, opt, rows, steps, batch_size, data_seed, progress)
         for p in model.parameters():
             p.requires_grad_(True)
             p.grad = None
