@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from hft_bench.evidence.experiment import run_benchmark, setup, write_report
+
 from hft_plugins import HFTError
 
 from .conftest import SIZES, TINY, WORDNET
@@ -42,3 +42,13 @@ def test_bad_inputs_one_line(su, tmp_path):
         run_benchmark(tmp_path, methods=["fft"], domains=["poems"], **kw)
     with pytest.raises(HFTError, match="unknown part"):
         run_benchmark(tmp_path, methods=["fft"], parts=["everything"], **kw)
+
+
+def test_demo_prints_a_reading(su, tmp_path):
+    from hft_bench.evidence import run_demo
+
+    lines = []
+    res = run_demo(tmp_path, lrs=(1e-3, 1e-2), steps=2, seeds=(0, 1), su=su, log=lines.append)
+    assert lines == [res["paragraph"]] and res["paragraph"].startswith("Demo reading (2 seeds")
+    assert "matched learning" in res["paragraph"]
+    assert (tmp_path / "demo-frontier.png").stat().st_size > 1000

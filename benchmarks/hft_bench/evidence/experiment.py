@@ -21,7 +21,7 @@ from .metrics import evaluate, make_evalset
 from .runs import check_methods, run_grid
 
 SEQUENCE = ("nouns_new", "verbs", "hypernym")
-PARTS = ("frontier", "second", "ratio", "stages")
+PARTS = ("frontier", "stages", "ratio", "second")
 
 
 def _log(msg: str) -> None:
@@ -84,10 +84,11 @@ def run_benchmark(
     domains=("nouns_new",),
     second_domain="hypernym",
     second_seeds=None,
+    second_steps=None,
     ratios=(0.25, 0.75),
     stage_methods=("fft", "hft-category", "hft-layer", "hft-matrix", "fft-replay"),
     stage_lr=None,
-    parts=("frontier", "second", "ratio", "stages"),
+    parts=PARTS,
     log=_log,
     su: Setup | None = None,
 ) -> dict:
@@ -112,14 +113,6 @@ def run_benchmark(
     )
     if "frontier" in parts:
         grid(configs([[d] for d in domains], methods, lrs, steps, seeds), "frontier")
-    if "second" in parts and second_domain:
-        s2 = second_seeds or seeds
-        grid(configs([[second_domain]], methods, lrs, steps[-1:], s2), "second")
-    if "ratio" in parts:
-        cells = []
-        for r in ratios:
-            cells += configs([domains[:1]], ["hft-category"], lrs, steps[-1:], seeds, ratio=r)
-        grid(cells, "ratio")
     if "stages" in parts:
         lr = stage_lr
         if lr is None:
@@ -127,6 +120,14 @@ def run_benchmark(
             pts = summarize_points(add_deltas(recs, su.base_scores)) if recs else []
             lr = best_lr(pts, "fft", steps[0]) or lrs[len(lrs) // 2]
         grid(configs([list(SEQUENCE)], list(stage_methods), [lr], steps[:1], seeds), "stages")
+    if "ratio" in parts:
+        cells = []
+        for r in ratios:
+            cells += configs([domains[:1]], ["hft-category"], lrs, steps[:1], seeds, ratio=r)
+        grid(cells, "ratio")
+    if "second" in parts and second_domain:
+        s2 = second_seeds or seeds
+        grid(configs([[second_domain]], methods, lrs, [second_steps or steps[-1]], s2), "second")
     text = write_report(out, su.base_scores, su.info)
     wall = time.perf_counter() - t0
     log(f"benchmark wall time {wall:.0f}s ({wall / 60:.1f} min); report: {out / 'report.md'}")

@@ -112,6 +112,7 @@ def run_sequence(
     check_methods([method])
     model = build_model(settings)
     model.load_state_dict(base_state)
+    evalset = {**evalset, "tasks": {d: evalset["tasks"][d] for d in dict.fromkeys(domains)}}
     records = []
     for stage, domain in enumerate(domains):
         t0 = time.perf_counter()
