@@ -49,3 +49,27 @@ def test_every_method_runs_and_grid_resumes(corpus, tmp_path):
     logs = []
     again = run_grid(cfgs, state, settings, corpus, evalset, out, logs.append)
     assert first == again and not logs
+
+
+def test_checkpoint_equals_a_shorter_run(corpus, tmp_path):
+    import math
+
+    import pytest
+
+    from hft_plugins import HFTError
+
+    model, _ = load_or_train(corpus, TINY, tmp_path, lambda m: None)
+    settings = {**BASE_SETTINGS, **TINY}
+    evalset = make_evalset(corpus, ("nouns_new",), task_items=3)
+    kw = dict(domains=["nouns_new"], lr=1e-2, seed=0)
+    for method in ("fft", "hft-layer", "fft-replay"):
+        long = run_sequence(model.state_dict(), settings, corpus, evalset, method=method,
+                            steps=3, eval_at=[1, 2], **kw)  # fmt: skip
+        assert [r["steps"] for r in long] == [1, 2, 3] and {r["run_steps"] for r in long} == {3}
+        short = run_sequence(model.state_dict(), settings, corpus, evalset, method=method,
+                             steps=2, **kw)[0]  # fmt: skip
+        for key in ("knowledge_nll", "heldout_nll", "task_nll/nouns_new"):
+            assert math.isclose(long[1][key], short[key], rel_tol=1e-6), (method, key)
+    with pytest.raises(HFTError, match="badam"):
+        run_sequence(model.state_dict(), settings, corpus, evalset, method="badam", steps=3,
+                     eval_at=[1], **kw)  # fmt: skip

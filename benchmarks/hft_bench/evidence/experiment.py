@@ -62,16 +62,25 @@ def parse_list(text: str, kind, what: str) -> list:
     return out
 
 
-def configs(domains, methods, lrs, steps, seeds, ratio=0.5):
-    """Grid cells, seed outermost so that an interrupted run has whole seeds."""
-    return [
-        dict(domains=list(d), method=m, lr=lr, steps=s, seed=seed, ratio=ratio)
-        for seed in seeds
-        for d in domains
-        for s in steps
-        for lr in lrs
-        for m in methods
-    ]
+def configs(domains, methods, lrs, steps, seeds, ratio=0.5, share=True):
+    """Grid cells, seed outermost so that an interrupted run has whole seeds.
+
+    With ``share`` (single-domain grids) a method other than BAdam runs once to the
+    largest step count and is evaluated on the way at the smaller ones (``eval_at``);
+    BAdam runs once per step count.
+    """
+    steps = sorted(steps)
+    out = []
+    for seed in seeds:
+        for d in domains:
+            for lr in lrs:
+                for m in methods:
+                    cell = dict(domains=list(d), method=m, lr=lr, seed=seed, ratio=ratio)
+                    if share and len(d) == 1 and m != "badam" and len(steps) > 1:
+                        out.append(dict(cell, steps=steps[-1], eval_at=steps[:-1]))
+                    else:
+                        out += [dict(cell, steps=s) for s in steps]
+    return out
 
 
 def run_benchmark(

@@ -100,24 +100,66 @@ def make_train(replay_items=None, replay: float = 0.0):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
+            if progress is not None:
+                progress.update(1, model)
         return losses
 
     return train
 
 
+class _Checkpoints:
+    """``progress`` for ``make_train``'s loop: evaluates the model at the listed step counts."""
+
+    def __init__(self, at, evalset, t0):
+        self.at, self.evalset, self.t0, self.n, self.scores = set(at), evalset, t0, 0, {}
+
+    def update(self, k, model):
+        self.n += k
+        if self.n in self.at:
+            t = time.perf_counter()
+            self.scores[self.n] = (t - self.t0, evaluate(model, self.evalset))
+            self.t0 += time.perf_counter() - t  # training time excludes evaluations
+
+
 def run_sequence(
-    base_state, settings, corpus, evalset, *, domains, method, lr, steps, seed, ratio=0.5
+    base_state,
+    settings,
+    corpus,
+    evalset,
+    *,
+    domains,
+    method,
+    lr,
+    steps,
+    seed,
+    ratio=0.5,
+    eval_at=(),
 ) -> list[dict]:
-    """Fine-tune a copy of the base on ``domains`` in turn; metrics after each stage."""
+    """Fine-tune a copy of the base on ``domains`` in turn; metrics after each stage.
+
+    ``eval_at`` (one domain only) also evaluates at those earlier step counts. With a
+    constant lr and a batch order fixed by the seed, the model after n of the run's
+    steps is the model a run of n steps ends with, so one run serves several step
+    counts; BAdam is the exception (its block switching depends on the total steps) and
+    is refused here.
+    """
     check_methods([method])
+    eval_at = sorted(set(eval_at))
+    if eval_at and (len(domains) != 1 or method == "badam"):
+        raise HFTError("eval_at needs a single domain and a method other than badam")
+    if any(not 0 < n < steps for n in eval_at):
+        raise HFTError(f"eval_at {eval_at} must lie strictly between 0 and steps={steps}")
     model = build_model(settings)
     model.load_state_dict(base_state)
     evalset = {**evalset, "tasks": {d: evalset["tasks"][d] for d in dict.fromkeys(domains)}}
     records = []
+    common = dict(method=method, lr=lr, seed=seed, ratio=ratio, domains=list(domains),
+                  run_steps=steps, eval_at=eval_at)  # fmt: skip
     for stage, domain in enumerate(domains):
         t0 = time.perf_counter()
         replay = method == "fft-replay"
         train = make_train(corpus.splits["base"], REPLAY if replay else 0.0)
+        marks = _Checkpoints(eval_at, evalset, t0)
         diverged = False
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -133,26 +175,26 @@ def run_sequence(
                     batch_size=BATCH,
                     train=train,
                     ratio=ratio,
+                    progress=marks,
                 )
             except HFTError as exc:
                 if "training loss became" not in str(exc):
                     raise
                 diverged = True
-        train_s = time.perf_counter() - t0
+        for n, (train_s, scores) in sorted(marks.scores.items()):
+            records.append(dict(common, steps=n, stage=stage, domain=domain, diverged=False,
+                                train_s=round(train_s, 2), eval_s=0.0, **scores))  # fmt: skip
+        train_s = time.perf_counter() - marks.t0
         scores = {} if diverged else evaluate(model, evalset)
         records.append(
             dict(
-                method=method,
-                lr=lr,
+                common,
                 steps=steps,
-                seed=seed,
-                ratio=ratio,
-                domains=list(domains),
                 stage=stage,
                 domain=domain,
                 diverged=diverged,
                 train_s=round(train_s, 2),
-                eval_s=round(time.perf_counter() - t0 - train_s, 2),
+                eval_s=round(time.perf_counter() - marks.t0 - train_s, 2),
                 **scores,
             )
         )
@@ -162,9 +204,11 @@ def run_sequence(
 
 
 def run_key(cfg: dict) -> str:
-    return json.dumps(
-        {k: cfg[k] for k in ("domains", "method", "lr", "steps", "seed", "ratio")}, sort_keys=True
-    )
+    """Identity of a run (config or record): a record's ``run_steps`` is its config's steps."""
+    key = {k: cfg[k] for k in ("domains", "method", "lr", "seed", "ratio")}
+    key["steps"] = cfg.get("run_steps", cfg["steps"])
+    key["eval_at"] = sorted(cfg.get("eval_at", ()))
+    return json.dumps(key, sort_keys=True)
 
 
 def run_grid(
