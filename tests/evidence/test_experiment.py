@@ -17,9 +17,10 @@ def su(tmp_path_factory):
 def test_tiny_grid_end_to_end(su, tmp_path):
     res = run_benchmark(tmp_path, seeds=[0, 1], lrs=[1e-3, 1e-2], steps=[1, 2],
                         methods=["fft", "hft-category"], ratios=[0.25], su=su,
+                        stage_methods=["fft", "hft-layer"],
                         log=lambda m: None)  # fmt: skip
     text = res["report"]
-    for section in ("## Frontier: nouns_new", "## Second domain: hypernym", "## HFT ratio",
+    for section in ("## Frontier: nouns_new", "## Second domain: hypernym", "## HFT ratio", "3x =",
                     "## Number of stages", "matched learning", "Same lr"):  # fmt: skip
         assert section in text, section
     for png in ("frontier-nouns_new.png", "frontier-hypernym.png", "frontier-ratio.png",

@@ -30,10 +30,12 @@ def main(argv=None) -> int:
     ap.add_argument("--second-seeds", type=int, default=None, help="seeds for the second domain")
     ap.add_argument("--second-steps", type=int, default=None, help="steps for the second domain")
     ap.add_argument("--ratios", default="0.25,0.75", help="extra hft-category ratios")
+    ap.add_argument("--payoff-seeds", type=int, default=None,
+                    help="seeds for the highlr and stages parts (default: --seeds)")  # fmt: skip
     ap.add_argument("--stage-lr", type=float, default=None, help="lr of the 3-stage sequence "
                     "(default: FFT's best-learning lr at the smallest step count)")  # fmt: skip
-    ap.add_argument("--parts", default="frontier,stages,ratio,second",
-                    help="which parts to run, in this order: frontier,stages,ratio,second")  # fmt: skip
+    ap.add_argument("--parts", default="frontier,highlr,stages,ratio,second",
+                    help="which parts to run, in this order: frontier,highlr,stages,ratio,second")  # fmt: skip
     ap.add_argument("--base", action="store_true", help="only build/load the base; print scores")
     ap.add_argument("--demo", action="store_true", help="run the short demo into --out")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from --out")
@@ -70,6 +72,7 @@ def main(argv=None) -> int:
                 second_steps=args.second_steps,
                 ratios=parse_list(args.ratios, float, "ratios"),
                 stage_lr=args.stage_lr,
+                payoff_seeds=list(range(args.payoff_seeds)) if args.payoff_seeds else None,
                 parts=parse_list(args.parts, str, "parts"),
             )
             print(result["report"])

@@ -21,7 +21,7 @@ from .metrics import evaluate, make_evalset
 from .runs import check_methods, run_grid
 
 SEQUENCE = ("nouns_new", "verbs", "hypernym")
-PARTS = ("frontier", "stages", "ratio", "second")
+PARTS = ("frontier", "highlr", "stages", "ratio", "second")
 
 
 def _log(msg: str) -> None:
@@ -97,6 +97,7 @@ def run_benchmark(
     ratios=(0.25, 0.75),
     stage_methods=("fft", "hft-category", "hft-layer", "hft-matrix", "fft-replay"),
     stage_lr=None,
+    payoff_seeds=None,
     parts=PARTS,
     log=_log,
     su: Setup | None = None,
@@ -122,13 +123,23 @@ def run_benchmark(
     )
     if "frontier" in parts:
         grid(configs([[d] for d in domains], methods, lrs, steps, seeds), "frontier")
+    ps = payoff_seeds or seeds
+    front_pts = lambda: summarize_points(  # noqa: E731
+        add_deltas(_load(out / "frontier.json"), su.base_scores)
+    )
+    if "highlr" in parts:
+        best = best_lr(front_pts(), "fft", steps[-1])
+        if best is None:
+            raise HFTError("the highlr part needs the frontier's FFT runs (run part frontier)")
+        extra = [best * m for m in (3, 10) if all(abs(x / (best * m) - 1) > 0.15 for x in lrs)]
+        hft = [m for m in methods if m == "fft" or m.startswith("hft-")]
+        if extra:
+            grid(configs([domains[:1]], hft, extra, steps, ps), "highlr")
     if "stages" in parts:
         lr = stage_lr
         if lr is None:
-            recs = _load(out / "frontier.json")
-            pts = summarize_points(add_deltas(recs, su.base_scores)) if recs else []
-            lr = best_lr(pts, "fft", steps[0]) or lrs[len(lrs) // 2]
-        grid(configs([list(SEQUENCE)], list(stage_methods), [lr], steps[:1], seeds), "stages")
+            lr = best_lr(front_pts(), "fft", steps[0]) or lrs[len(lrs) // 2]
+        grid(configs([list(SEQUENCE)], list(stage_methods), [lr], steps[:1], ps), "stages")
     if "ratio" in parts:
         cells = []
         for r in ratios:
@@ -156,8 +167,9 @@ def write_report(out: Path, base_scores: dict, info: dict) -> str:
     front = _load(out / "frontier.json")
     for domain in sorted({r["domains"][0] for r in front if len(r["domains"]) == 1}):
         text, summ = report.frontier_section(front, base_scores, domain)
+        high = _load(out / "highlr.json")
         sections += [f"## Frontier: {domain}", "", text, "### LR 3x and 10x FFT's best", "",
-                     report.high_lr_section(front, base_scores, domain)]  # fmt: skip
+                     report.high_lr_section(front, high, base_scores, domain)]  # fmt: skip
         summary[f"frontier/{domain}"] = summ
         recs = [r for r in add_deltas(front, base_scores) if r["domains"] == [domain]]
         plot.frontier_png(recs, out / f"frontier-{domain}.png", f"Base knowledge vs {domain}")

@@ -90,8 +90,11 @@ def evaluate(model, evalset: dict) -> dict[str, float]:
     return out
 
 
-def make_evalset(corpus, tasks=(), k: int = 4, task_items: int = 150) -> dict:
-    """The fixed evaluation items: base knowledge, held-out, probe and each task's items."""
+def make_evalset(corpus, tasks=(), k: int = 4, task_items: int = 100) -> dict:
+    """The fixed evaluation items: base knowledge, held-out, probe and each task's items.
+
+    A task's items are the first ``task_items`` of its split, which are among the items
+    it is trained on (``runs.TRAIN_ITEMS``): learning is the fit to the new data."""
     s = corpus.splits
     return {
         "base_eval": s["base_eval"],

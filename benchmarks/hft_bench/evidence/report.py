@@ -103,15 +103,17 @@ def frontier_section(records, base_scores, domain: str, reference: str = "fft") 
     return "\n".join(lines) + "\n", summary
 
 
-def high_lr_section(records, base_scores, domain: str, reference: str = "fft") -> str:
-    """Learning and forgetting at 3x and 10x the reference's best-learning lr (if gridded)."""
+def high_lr_section(records, extra, base_scores, domain: str, reference: str = "fft") -> str:
+    """Learning and forgetting at 3x and 10x the reference's best-learning lr on the grid
+    (``records``); ``extra`` holds the runs at those lrs when they were not on the grid."""
     recs = [r for r in add_deltas(records, base_scores) if r["domains"] == [domain]]
     if not recs:
         return ""
-    pts = summarize_points(recs)
     steps = max(r["steps"] for r in recs)
-    best = best_lr(pts, reference, steps)
-    lines = [f"FFT's best-learning lr at {steps} steps on `{domain}`: {best:g}.", "",
+    best = best_lr(summarize_points(recs), reference, steps)
+    recs += [r for r in add_deltas(extra, base_scores) if r["domains"] == [domain]]
+    pts = summarize_points(recs)
+    lines = [f"FFT's best-learning lr on the grid at {steps} steps on `{domain}`: {best:g}.", "",
              "| lr | method | learning | forgetting | learning − FFT | forgetting − FFT |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     lrs = sorted({r["lr"] for r in recs})

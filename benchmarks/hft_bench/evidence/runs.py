@@ -60,6 +60,7 @@ METHODS = (
 )
 REPLAY = 0.01
 BATCH = 16
+TRAIN_ITEMS = 300  # each fine-tuning domain trains on its first 300 items
 
 
 def check_methods(names) -> tuple[str, ...]:
@@ -167,7 +168,7 @@ def run_sequence(
                 model = _methods.run_stage(
                     "fft" if replay else method,
                     model,
-                    corpus.splits[domain],
+                    corpus.splits[domain][:TRAIN_ITEMS],
                     steps=steps,
                     lr=lr,
                     seed=seed,
