@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="evidence-out", help="folder for records, report, PNGs")
     ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
     ap.add_argument("--lrs", default="3e-4,1e-3,3e-3,1e-2", help="comma-separated lrs")
-    ap.add_argument("--steps", default="30,90", help="comma-separated step counts per stage")
+    ap.add_argument("--steps", default="10,30", help="comma-separated step counts per stage")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     ap.add_argument("--domains", default="nouns_new", help="frontier domain(s)")
     ap.add_argument("--second-domain", default="hypernym", help="second domain (largest steps)")
@@ -31,7 +31,11 @@ def main(argv=None) -> int:
     ap.add_argument("--second-steps", type=int, default=None, help="steps for the second domain")
     ap.add_argument("--ratios", default="0.25,0.75", help="extra hft-category ratios")
     ap.add_argument("--payoff-seeds", type=int, default=None,
-                    help="seeds for the highlr and stages parts (default: --seeds)")  # fmt: skip
+                    help="seeds for the highlr, stages and ratio parts (default: --seeds)")  # fmt: skip
+    ap.add_argument("--stage-methods", default="fft,hft-category,hft-layer,hft-matrix,fft-replay",
+                    help="methods of the 3-stage sequence")  # fmt: skip
+    ap.add_argument("--highlr-methods", default=None,
+                    help="methods run at 3x/10x FFT's best lr (default: fft and the HFTs)")  # fmt: skip
     ap.add_argument("--stage-lr", type=float, default=None, help="lr of the 3-stage sequence "
                     "(default: FFT's best-learning lr at the smallest step count)")  # fmt: skip
     ap.add_argument("--parts", default="frontier,highlr,stages,ratio,second",
@@ -72,6 +76,10 @@ def main(argv=None) -> int:
                 second_steps=args.second_steps,
                 ratios=parse_list(args.ratios, float, "ratios"),
                 stage_lr=args.stage_lr,
+                stage_methods=parse_list(args.stage_methods, str, "stage-methods"),
+                highlr_methods=parse_list(args.highlr_methods, str, "highlr-methods")
+                if args.highlr_methods
+                else None,
                 payoff_seeds=list(range(args.payoff_seeds)) if args.payoff_seeds else None,
                 parts=parse_list(args.parts, str, "parts"),
             )

@@ -20,7 +20,7 @@ def run_demo(
     domain: str = "nouns_new",
     lr: float = 1e-3,
     lrs=DEMO_LRS,
-    steps: int = 40,
+    steps: int = 30,
     seeds=(0, 1),
     strategy: str = "category",
     log=print,
@@ -36,6 +36,7 @@ def run_demo(
     su = su or setup(log=log)
     hft = f"hft-{strategy}"
     cells = configs([[domain]], ["fft", hft], lrs, [steps], list(seeds))
+    (out / "demo.json").unlink(missing_ok=True)  # always fresh: the base may have changed
     recs = run_grid(cells, su.state, su.settings, su.corpus, su.evalset, out / "demo.json",
                     log=lambda m: None)  # fmt: skip
     recs = add_deltas([r for r in recs if r["domains"] == [domain] and r["steps"] == steps],

@@ -97,6 +97,7 @@ def run_benchmark(
     ratios=(0.25, 0.75),
     stage_methods=("fft", "hft-category", "hft-layer", "hft-matrix", "fft-replay"),
     stage_lr=None,
+    highlr_methods=None,
     payoff_seeds=None,
     parts=PARTS,
     log=_log,
@@ -132,7 +133,7 @@ def run_benchmark(
         if best is None:
             raise HFTError("the highlr part needs the frontier's FFT runs (run part frontier)")
         extra = [best * m for m in (3, 10) if all(abs(x / (best * m) - 1) > 0.15 for x in lrs)]
-        hft = [m for m in methods if m == "fft" or m.startswith("hft-")]
+        hft = highlr_methods or [m for m in methods if m == "fft" or m.startswith("hft-")]
         if extra:
             grid(configs([domains[:1]], hft, extra, steps, ps), "highlr")
     if "stages" in parts:
@@ -143,7 +144,7 @@ def run_benchmark(
     if "ratio" in parts:
         cells = []
         for r in ratios:
-            cells += configs([domains[:1]], ["hft-category"], lrs, steps[:1], seeds, ratio=r)
+            cells += configs([domains[:1]], ["hft-category"], lrs, steps[:1], ps, ratio=r)
         grid(cells, "ratio")
     if "second" in parts and second_domain:
         s2 = second_seeds or seeds
