@@ -144,7 +144,7 @@ def run_benchmark(
     if "ratio" in parts:
         cells = []
         for r in ratios:
-            cells += configs([domains[:1]], ["hft-category"], lrs, steps[:1], ps, ratio=r)
+            cells += configs([domains[:1]], ["hft-category"], lrs, steps, ps, ratio=r)
         grid(cells, "ratio")
     if "second" in parts and second_domain:
         s2 = second_seeds or seeds
@@ -189,8 +189,8 @@ def write_report(out: Path, base_scores: dict, info: dict) -> str:
         sections += ["## HFT ratio (hft-category)", "",
                      report.ratio_section(mixed, base_scores, domain)]  # fmt: skip
         recs = [r for r in add_deltas(mixed, base_scores) if r["domains"] == [domain]]
-        steps = max(r["steps"] for r in ratio)
-        recs = [r for r in recs if r["steps"] == steps]
+        seeds = {r["seed"] for r in ratio}
+        recs = [r for r in recs if r["seed"] in seeds]
         plot.frontier_png(recs, out / "frontier-ratio.png", f"hft-category ratio vs FFT, {domain}",
                           key=lambda r: r["method"] if r["method"] == "fft" else f"ratio {r['ratio']}")  # fmt: skip
     stages = _load(out / "stages.json")

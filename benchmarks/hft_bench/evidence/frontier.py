@@ -112,7 +112,10 @@ def summarize_points(records) -> list[dict]:
     return rows
 
 
-def matched(records, method: str, reference: str = "fft", levels=None, fractions=(0.25, 0.5, 0.75)):
+FRACTIONS = (0.5, 0.75, 0.9)
+
+
+def matched(records, method: str, reference: str = "fft", levels=None, fractions=FRACTIONS):
     """Forgetting of ``method`` minus ``reference`` at matched learning levels, per seed.
 
     ``levels`` default to ``fractions`` of the reference's largest mean learning over its

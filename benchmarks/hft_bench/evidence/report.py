@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .frontier import add_deltas, best_lr, matched, paired, summarize_points
+from .frontier import FRACTIONS, add_deltas, best_lr, matched, paired, summarize_points
 
 
 def fmt(s: dict, digits: int = 3) -> str:
@@ -40,7 +40,8 @@ def frontier_section(records, base_scores, domain: str, reference: str = "fft") 
               "method's envelope over the whole grid, lr × steps, read at the learning level; "
               "then mean ± 95% CI over seeds where both envelopes reach it; negative = forgets "
               "less than FFT).", "",
-              "| method | at 25% of FFT's max learning | at 50% | at 75% |", "|---|---|---|---|"]  # fmt: skip
+              "| method | " + " | ".join(f"at {f:.0%} of FFT's max learning" for f in FRACTIONS) + " |",
+              "|---|---|---|---|"]  # fmt: skip
     for m in methods:
         if m == reference:
             continue
@@ -135,17 +136,18 @@ def high_lr_section(records, extra, base_scores, domain: str, reference: str = "
 
 
 def ratio_section(records, base_scores, domain: str) -> str:
-    """hft-category at each ratio vs FFT at matched learning (same grid cells)."""
+    """hft-category at each ratio vs FFT at matched learning, on the seeds and step counts
+    the extra ratios ran (the ratio-0.5 and FFT runs come from the frontier)."""
     recs = [r for r in add_deltas(records, base_scores) if r["domains"] == [domain]]
-    if not recs:
+    extra = [r for r in recs if r["method"] == "hft-category" and r["ratio"] != 0.5]
+    if not extra:
         return ""
-    steps = max(r["steps"] for r in recs if r["method"] == "hft-category" and r["ratio"] != 0.5) \
-        if any(r["ratio"] != 0.5 for r in recs) else None  # fmt: skip
-    if steps is None:
-        return ""
-    recs = [r for r in recs if r["steps"] == steps]
-    lines = [f"Grid: the same lrs, {steps} steps. Forgetting − FFT at matched learning:", "",
-             "| ratio | at 25% | at 50% | at 75% of FFT's max learning |", "|---|---|---|---|"]  # fmt: skip
+    seeds, steps = sorted({r["seed"] for r in extra}), sorted({r["steps"] for r in extra})
+    recs = [r for r in recs if r["seed"] in seeds and r["steps"] in steps]
+    lines = [f"Grid: the frontier's lrs x steps {steps}, seeds {seeds}. Forgetting − FFT at "
+             "matched learning (levels: fractions of FFT's max mean learning on these runs):", "",
+             "| ratio | " + " | ".join(f"at {f:.0%} of FFT's max learning" for f in FRACTIONS) + " |",
+             "|---|---|---|---|"]  # fmt: skip
     for ratio in sorted({r["ratio"] for r in recs if r["method"] == "hft-category"}):
         sub = [{**r, "method": f"hft-category@{ratio}"} for r in recs
                if r["method"] == "hft-category" and r["ratio"] == ratio]  # fmt: skip
