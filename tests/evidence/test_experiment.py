@@ -49,7 +49,7 @@ def test_demo_prints_a_reading(su, tmp_path):
     from hft_bench.evidence import run_demo
 
     lines = []
-    res = run_demo(tmp_path, lrs=(1e-3, 1e-2), steps=2, seeds=(0, 1), su=su, log=lines.append)
+    res = run_demo(tmp_path, lrs=(1e-3, 1e-2), steps=(1, 2), seeds=(0, 1), su=su, log=lines.append)
     assert lines == [res["paragraph"]] and res["paragraph"].startswith("Demo reading (2 seeds")
     assert "matched learning" in res["paragraph"]
     assert (tmp_path / "demo-frontier.png").stat().st_size > 1000
