@@ -79,15 +79,15 @@ def run_stage(
     stage,
     batch_size=32,
     progress=None,
-    train=None,
+    train_steps=None,
     ratio=0.5,
 ):
     """Fine-tune ``model`` on ``rows`` for one stage with ``method``; returns the model.
 
-    ``train`` replaces ``engine.train_steps`` (same signature) for rows of another format;
+    ``train_steps`` replaces ``engine.train_steps`` (same signature) for rows of another format;
     ``ratio`` is the HFT methods' trained fraction.
     """
-    train = train or engine.train_steps
+    train = train_steps or engine.train_steps
     data_seed = seed * 1000 + stage
     torch.manual_seed(data_seed)
     if method == "fft":
@@ -114,7 +114,7 @@ def run_stage(
             stage=stage,
             batch_size=batch_size,
             progress=progress,
-            train=train,
+            train_steps=train,
         )
         mask = select(model, HFTConfig(strategy="category", seed=seed, stage=stage))
         return half_reset(before, model, mask)

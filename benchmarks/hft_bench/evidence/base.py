@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from hft_plugins import HFTError
-from hft_plugins.atomic import atomic_files, atomic_write_text
 
+from .compat import atomic_files, atomic_write_text
 from .corpus import CHARS, Corpus
 
 DATA_DIR = Path(__file__).resolve().parent / "data"

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from hft_plugins import HFTError
-from hft_plugins.atomic import atomic_write_text
 
 from . import plot, report
 from .base import BASE_SETTINGS, load_or_train, n_params
+from .compat import atomic_write_text
 from .corpus import DOMAINS, build_corpus
 from .frontier import add_deltas, best_lr, summarize_points
 from .metrics import evaluate, make_evalset

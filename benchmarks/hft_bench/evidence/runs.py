@@ -23,27 +23,27 @@ from pathlib import Path
 import torch
 
 from hft_plugins import HFTError
-from hft_plugins.atomic import atomic_write_text
 
 from .base import build_model, make_batch
+from .compat import atomic_write_text
 from .metrics import evaluate
 
 
 def _find_methods():
-    """The forgetting benchmark's methods module whose ``run_stage`` takes a ``train`` loop.
+    """The forgetting benchmark's methods module whose ``run_stage`` takes a ``train_steps`` loop.
 
     The harness is moving from ``hft_plugins.demo`` to ``hft_bench``; either may be the
-    one installed, and only the version with the ``train`` hook can run these batches.
+    one installed, and only the version with the ``train_steps`` hook can run these batches.
     """
     for name in ("hft_bench.methods", "hft_plugins.demo.methods"):
         try:
             module = importlib.import_module(name)
         except ImportError:
             continue
-        if "train" in inspect.signature(module.run_stage).parameters:
+        if "train_steps" in inspect.signature(module.run_stage).parameters:
             return module
     raise HFTError(
-        "no methods.run_stage with a `train` hook (hft_bench.methods, hft_plugins.demo.methods)"
+        "no methods.run_stage with a `train_steps` hook (hft_bench.methods, hft_plugins.demo.methods)"
     )
 
 
@@ -174,7 +174,7 @@ def run_sequence(
                     seed=seed,
                     stage=stage,
                     batch_size=BATCH,
-                    train=train,
+                    train_steps=train,
                     ratio=ratio,
                     progress=marks,
                 )
