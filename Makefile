@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-bench setup-axolotl test test-fast lint format demo census
+.PHONY: setup setup-bench setup-axolotl wordnet test test-fast lint format demo census
 
 setup: $(VENV)/.installed
 
@@ -46,7 +46,16 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-demo: setup setup-bench
+# the WordNet demo's real text: Debian's wordnet-base (installed here when missing and root)
+WORDNET_DIR ?= /usr/share/wordnet
+wordnet:
+	@test -f $(WORDNET_DIR)/data.noun || { test "$$(id -u)" = 0 && \
+		{ apt-get install -y -q wordnet-base >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null && apt-get install -y -q wordnet-base >/dev/null; }; }; } || \
+		{ echo "make: WordNet is missing: run 'apt-get install wordnet-base' as root (Debian/Ubuntu)" >&2; exit 2; }
+	@test -f $(WORDNET_DIR)/data.noun || { echo "make: no $(WORDNET_DIR)/data.noun after installing wordnet-base" >&2; exit 2; }
+
+demo: setup setup-bench wordnet
 	$(VENV)/bin/hft demo --out hft-demo
 
 # docs/architectures.md (+ .json): every causal/seq2seq LM type of transformers, built tiny and checked

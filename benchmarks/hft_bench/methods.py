@@ -58,19 +58,37 @@ def trainable_fraction(method: str, model) -> float:
     return sum(p.numel() for p in blocks[0].parameters()) / total  # badam: one block at a time
 
 
-def run_stage(method, model, rows, *, steps, lr, seed, stage, batch_size=32, progress=None):
-    """Fine-tune ``model`` on ``rows`` for one stage with ``method``; returns the model."""
+def run_stage(
+    method,
+    model,
+    rows,
+    *,
+    steps,
+    lr,
+    seed,
+    stage,
+    batch_size=32,
+    progress=None,
+    train_steps=None,
+    ratio=0.5,
+):
+    """Fine-tune ``model`` on ``rows`` for one stage with ``method``; returns the model.
+
+    ``train_steps`` replaces ``engine.train_steps`` (same signature) for rows of another format;
+    ``ratio`` is the HFT methods' trained fraction.
+    """
     data_seed = seed * 1000 + stage
     torch.manual_seed(data_seed)
+    loop = train_steps or engine.train_steps
 
     def train(run_model, optimizer):
-        engine.train_steps(run_model, optimizer, rows, steps, batch_size, data_seed, progress)
+        loop(run_model, optimizer, rows, steps, batch_size, data_seed, progress)
 
     if method == "fft":
         train(model, training.fft(model, lr=lr, weight_decay=0.0).optimizer)
         return model
     if method.startswith("hft-"):
-        cfg = HFTConfig(strategy=method.removeprefix("hft-"), seed=seed, stage=stage)
+        cfg = HFTConfig(strategy=method.removeprefix("hft-"), ratio=ratio, seed=seed, stage=stage)
         opt = training.hft(model, select(model, cfg), lr=lr, weight_decay=0.0).optimizer
         train(model, opt)
         opt.end_stage()

@@ -17,7 +17,9 @@ def _parser():
 
 def test_demo_fast_writes_complete_results(quick_base, tmp_path, capsys):
     out = tmp_path / "demo"
-    args = _parser().parse_args(["demo", "--steps", "3", "--seed", "1", "--out", str(out)])
+    args = _parser().parse_args(
+        ["demo", "--setting", "tasks", "--steps", "3", "--seed", "1", "--out", str(out)]
+    )
     assert args.run(args) == 0
     result = json.loads((out / "results.json").read_text())
     assert (out / "demo.png").stat().st_size > 0
@@ -161,7 +163,7 @@ def test_unwritable_output_dir_is_one_line_error(tmp_path):
     ],
 )
 def test_demo_bad_input_is_one_line_error(argv, message, tmp_path):
-    args = _parser().parse_args(["demo", "--out", str(tmp_path), *argv])
+    args = _parser().parse_args(["demo", "--setting", "tasks", "--out", str(tmp_path), *argv])
     with pytest.raises(HFTError, match=message):
         args.run(args)
 
@@ -198,3 +200,23 @@ def test_the_harness_adds_its_commands_through_the_plugin_hook(monkeypatch, caps
     finally:
         monkeypatch.delenv("HFT_DISABLE_PLUGINS")
         registry.reset()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--task", "copy"], "--task applies to --setting tasks, not wordnet"),
+        (
+            ["--setting", "tasks", "--seeds", "0,1"],
+            "--seeds applies to --setting wordnet, not tasks",
+        ),
+        (["--domain", "poems"], "unknown domain 'poems'"),
+        (["--strategy", "bogus"], "unknown strategy 'bogus'"),
+    ],
+)
+def test_demo_settings_refuse_flags_of_the_other_and_bad_names(argv, message, tmp_path):
+    """The WordNet demo (the default) and the tasks demo read different flags: one line each."""
+    args = _parser().parse_args(["demo", "--out", str(tmp_path), *argv])
+    with pytest.raises(HFTError, match=message) as err:
+        args.run(args)
+    assert "\n" not in str(err.value)

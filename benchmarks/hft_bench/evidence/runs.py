@@ -1,0 +1,215 @@
+"""Fine-tuning runs from the base: one stage or a sequence of stages, then the metrics.
+
+The methods are those of the forgetting benchmark (``methods.run_stage``: FFT, HFT
+category/layer/matrix, real PEFT LoRA, real BAdam), run with this benchmark's batches
+through ``run_stage``'s ``train`` hook, plus ``fft-replay``: FFT where each training
+example is, with probability 1%, a base item (gloss given headword) instead of a task
+item. All use AdamW (no weight decay, constant lr) with a fresh optimizer per stage;
+the batch order depends only on the seed and stage, so methods see the same batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from hft_plugins import HFTError
+from hft_plugins.core.atomic import atomic_write_text
+
+from .. import methods as _methods
+from .base import build_model, make_batch
+from .metrics import evaluate
+
+METHODS = (
+    "fft",
+    "hft-category",
+    "hft-layer",
+    "hft-matrix",
+    "lora",
+    "badam",
+    "fft-replay",
+)
+REPLAY = 0.01
+BATCH = 16
+TRAIN_ITEMS = 300  # each fine-tuning domain trains on its first 300 items
+
+
+def check_methods(names) -> tuple[str, ...]:
+    names = tuple(names)
+    if not names:
+        raise HFTError("the method list is empty; known: " + ", ".join(METHODS))
+    for n in names:
+        if n not in METHODS:
+            raise HFTError(f"unknown method {n!r}; known: {', '.join(METHODS)}")
+    return names
+
+
+def make_train(replay_items=None, replay: float = 0.0):
+    """A ``train_steps`` for ``run_stage`` on (prompt, completion) items, completion loss."""
+
+    def train(model, optimizer, rows, steps, batch_size, seed, progress=None):
+        rng = random.Random(seed)
+        mix = random.Random(seed + 7_777_777)
+        order: list[int] = []
+        losses = []
+        model.train()
+        for _ in range(steps):
+            if len(order) < batch_size:
+                fresh = list(range(len(rows)))
+                rng.shuffle(fresh)
+                order += fresh
+            picked, order = order[:batch_size], order[batch_size:]
+            items = [rows[i] for i in picked]
+            if replay:
+                items = [
+                    replay_items[mix.randrange(len(replay_items))] if mix.random() < replay else it
+                    for it in items
+                ]
+            loss = model(**make_batch(items)).loss
+            if not torch.isfinite(loss):
+                raise HFTError(f"training loss became {loss.item()} (lr too high?)")
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if progress is not None:
+                progress.update(1, model)
+        return losses
+
+    return train
+
+
+class _Checkpoints:
+    """``progress`` for ``make_train``'s loop: evaluates the model at the listed step counts."""
+
+    def __init__(self, at, evalset, t0):
+        self.at, self.evalset, self.t0, self.n, self.scores = set(at), evalset, t0, 0, {}
+
+    def update(self, k, model):
+        self.n += k
+        if self.n in self.at:
+            t = time.perf_counter()
+            self.scores[self.n] = (t - self.t0, evaluate(model, self.evalset))
+            self.t0 += time.perf_counter() - t  # training time excludes evaluations
+
+
+def run_sequence(
+    base_state,
+    settings,
+    corpus,
+    evalset,
+    *,
+    domains,
+    method,
+    lr,
+    steps,
+    seed,
+    ratio=0.5,
+    eval_at=(),
+) -> list[dict]:
+    """Fine-tune a copy of the base on ``domains`` in turn; metrics after each stage.
+
+    ``eval_at`` (one domain only) also evaluates at those earlier step counts. With a
+    constant lr and a batch order fixed by the seed, the model after n of the run's
+    steps is the model a run of n steps ends with, so one run serves several step
+    counts; BAdam is the exception (its block switching depends on the total steps) and
+    is refused here.
+    """
+    check_methods([method])
+    eval_at = sorted(set(eval_at))
+    if eval_at and (len(domains) != 1 or method == "badam"):
+        raise HFTError("eval_at needs a single domain and a method other than badam")
+    if any(not 0 < n < steps for n in eval_at):
+        raise HFTError(f"eval_at {eval_at} must lie strictly between 0 and steps={steps}")
+    model = build_model(settings)
+    model.load_state_dict(base_state)
+    evalset = {**evalset, "tasks": {d: evalset["tasks"][d] for d in dict.fromkeys(domains)}}
+    records = []
+    common = dict(method=method, lr=lr, seed=seed, ratio=ratio, domains=list(domains),
+                  run_steps=steps, eval_at=eval_at)  # fmt: skip
+    for stage, domain in enumerate(domains):
+        t0 = time.perf_counter()
+        replay = method == "fft-replay"
+        train = make_train(corpus.splits["base"], REPLAY if replay else 0.0)
+        marks = _Checkpoints(eval_at, evalset, t0)
+        diverged = False
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            try:
+                model = _methods.run_stage(
+                    "fft" if replay else method,
+                    model,
+                    corpus.splits[domain][:TRAIN_ITEMS],
+                    steps=steps,
+                    lr=lr,
+                    seed=seed,
+                    stage=stage,
+                    batch_size=BATCH,
+                    train_steps=train,
+                    ratio=ratio,
+                    progress=marks,
+                )
+            except HFTError as exc:
+                if "training loss became" not in str(exc):
+                    raise
+                diverged = True
+        for n, (train_s, scores) in sorted(marks.scores.items()):
+            records.append(dict(common, steps=n, stage=stage, domain=domain, diverged=False,
+                                train_s=round(train_s, 2), eval_s=0.0, **scores))  # fmt: skip
+        train_s = time.perf_counter() - marks.t0
+        scores = {} if diverged else evaluate(model, evalset)
+        records.append(
+            dict(
+                common,
+                steps=steps,
+                stage=stage,
+                domain=domain,
+                diverged=diverged,
+                train_s=round(train_s, 2),
+                eval_s=round(time.perf_counter() - marks.t0 - train_s, 2),
+                **scores,
+            )
+        )
+        if diverged:
+            break
+    return records
+
+
+def run_key(cfg: dict) -> str:
+    """Identity of a run (config or record): a record's ``run_steps`` is its config's steps."""
+    key = {k: cfg[k] for k in ("domains", "method", "lr", "seed", "ratio")}
+    key["steps"] = cfg.get("run_steps", cfg["steps"])
+    key["eval_at"] = sorted(cfg.get("eval_at", ()))
+    return json.dumps(key, sort_keys=True)
+
+
+def run_grid(
+    configs, base_state, settings, corpus, evalset, out_path: Path, log=print, label=""
+) -> list[dict]:
+    """Run every config (skipping those already in ``out_path``), saving after each."""
+    out_path = Path(out_path)
+    done: list[dict] = []
+    if out_path.exists():
+        done = json.loads(out_path.read_text())["records"]
+    have = {run_key(r) for r in done}
+    todo = [c for c in configs if run_key(c) not in have]
+    t0 = time.perf_counter()
+    for i, cfg in enumerate(todo):
+        recs = run_sequence(base_state, settings, corpus, evalset, **cfg)
+        done += recs
+        atomic_write_text(out_path, json.dumps({"records": done}, indent=0) + "\n")
+        el = time.perf_counter() - t0
+        last = recs[-1]
+        log(
+            f"{label} {i + 1}/{len(todo)} {cfg['method']} lr={cfg['lr']:g} steps={cfg['steps']} "
+            f"seed={cfg['seed']} ratio={cfg['ratio']} -> knowledge {last.get('knowledge_nll', 0):.3f}"
+            f" train {last['train_s']:.1f}s eval {last['eval_s']:.1f}s [{el:.0f}s]"
+        )
+    return done
