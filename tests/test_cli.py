@@ -131,11 +131,11 @@ def test_reset_refuses_to_clobber_and_mismatched_shapes(saved_models, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["half", "other"]
 
 
-def test_plugins_lists_strategies_and_layouts():
-    result = run_hft("plugins")
-    assert result.returncode == 0
-    assert "category                 [builtin]" in result.stdout
-    assert "gpt_neox                 [builtin] model types: gpt_neox" in result.stdout
+def test_plugins_lists_strategies_and_layouts(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "category                 [builtin]" in out
+    assert "gpt_neox                 [builtin] model types: gpt_neox" in out
 
 
 @pytest.mark.parametrize(
@@ -147,7 +147,7 @@ def test_plugins_lists_strategies_and_layouts():
         (["inspect", "tiny:foo"], "unknown tiny family 'foo'; known: llama"),
     ],
 )
-def test_bad_cli_input_one_line(args, message):
-    result = run_hft(*args)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and message in result.stderr
+def test_bad_cli_input_one_line(args, message, capsys):
+    assert main(args) == 2  # in process: the console script returns main()'s code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

@@ -9,7 +9,7 @@ How it uses axolotl 0.19.0's hooks (which ones are really called, and when):
 
 - ``register(cfg)`` sees the raw YAML before axolotl validates it: conflicting
   options (adapters, ``unfrozen_parameters``, LISA, per-group learning rates,
-  DeepSpeed/FSDP) fail here with one line, before any data or model loads.
+  DeepSpeed ZeRO-0/1, FSDP1) fail here with one line, before any data or model loads.
 - ``post_model_load(cfg, model)`` runs for every model the loader builds. The
   first one in a run is the policy: the mask is drawn and applied to it. DPO's
   reference model is loaded afterwards through the same loader and hooks; it is
@@ -21,12 +21,21 @@ How it uses axolotl 0.19.0's hooks (which ones are really called, and when):
   trainer builds its optimizer from ``optimizer_cls_and_kwargs`` at train time,
   so resumed optimizer state loads into our optimizer as usual.
 
+Under DeepSpeed ZeRO-2/3 (``deepspeed:``) or FSDP2 (``fsdp_version: 2``) no
+HFTOptimizer is built (integrations/sharded.py): the mask is drawn once on the loaded
+policy (ZeRO-3: partitioned at load, drawn from ``ds_shape``) and applied as
+``requires_grad``, a mask with slices of fused tensors is refused in one line there,
+and axolotl's own optimizer is built by the engine over what requires grad. The
+checkpoints are the engine's, with ``hft_mask.json`` beside; a resumed run trains the
+half in the checkpoint's ``hft_mask.json``; one stage per run.
+
 Only this module imports axolotl, and only when ``HFTPlugin`` is first looked
 up; :func:`check_config` and :class:`HFTArgs` work without axolotl installed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +45,7 @@ from ..core.config import HFTConfig
 from ..core.errors import HFTError
 from ..core.mask import Mask, select
 from ..core.optim import HFTOptimizer
+from . import sharded
 from ._common import (
     MASK_NAME,
     axolotl_args_model,
@@ -47,15 +57,6 @@ from ._common import (
 
 LOG = logging.getLogger("axolotl.hft_plugins")  # under axolotl's logger, so its log config shows it
 
-# The sharded path (the engine's optimizer over the trainable whole matrices,
-# integrations/sharded.py) runs through HFTTrainer and the TRL trainers; this plugin still
-# installs HFTOptimizer, so it refuses the engines (docs/distributed.md says what runs where).
-_SHARDED = (
-    "the plugin installs HFTOptimizer, which {engine} cannot run ({why}); HFT under "
-    "DeepSpeed ZeRO-2/3 or FSDP2 runs through HFTTrainer or the TRL trainers "
-    "(docs/distributed.md), or drop the option to train with DDP"
-)
-
 # Options whose job HFT does differently; each would silently undo or bypass the mask.
 _CONFLICTS = {
     "adapter": "an adapter trains new weights while HFT trains half of the existing ones",
@@ -64,16 +65,6 @@ _CONFLICTS = {
     "embedding_lr": "HFT builds the optimizer itself, so per-group learning rates are ignored",
     "embedding_lr_scale": "HFT builds the optimizer itself, so per-group learning rates are ignored",
     "lr_groups": "HFT builds the optimizer itself, so per-group learning rates are ignored",
-    "deepspeed": _SHARDED.format(
-        engine="DeepSpeed ZeRO",
-        why="ZeRO flattens its slices away and its checkpoints lose its state",
-    ),
-    "fsdp": _SHARDED.format(
-        engine="FSDP", why="FSDP1 loses requires_grad per tensor and FSDP2 cannot checkpoint it"
-    ),
-    "fsdp_config": _SHARDED.format(
-        engine="FSDP", why="FSDP1 loses requires_grad per tensor and FSDP2 cannot checkpoint it"
-    ),
 }
 _LISA = "LISA switches the trainable layers during training; HFT fixes one half per stage"
 
@@ -121,6 +112,35 @@ def resolve_config(cfg: Mapping[str, Any], model=None) -> HFTConfig | None:
     )
 
 
+def config_engine(cfg: Mapping[str, Any]) -> str | None:
+    """The sharding engine an axolotl config asks for: "DeepSpeed ZeRO-2/3", "FSDP2" or None.
+
+    ``deepspeed:`` is a JSON path (read relative to the working directory, as axolotl
+    does) or the JSON itself; FSDP's version is ``fsdp_version`` or
+    ``fsdp_config.fsdp_version`` (axolotl's default: 1). ZeRO-0/1 and FSDP1 are refused
+    here, in one line; a ``deepspeed:`` file that cannot be read is left to the trainer
+    (:func:`sharded.trainer_engine`), which decides in the end.
+    """
+    ds = cfg.get("deepspeed")
+    if ds not in (None, False, "", {}):
+        if isinstance(ds, Mapping):
+            config = ds
+        else:
+            try:
+                config = json.loads(Path(str(ds)).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return "DeepSpeed"
+        zero = config.get("zero_optimization") or {}
+        return sharded.zero_engine(int(zero.get("stage", 0) or 0))
+    fsdp_config = cfg.get("fsdp_config") or {}
+    if cfg.get("fsdp") or fsdp_config:
+        version = cfg.get("fsdp_version")
+        if version is None and isinstance(fsdp_config, Mapping):
+            version = fsdp_config.get("fsdp_version", fsdp_config.get("version"))
+        return sharded.fsdp_engine(int(version or 1))
+    return None
+
+
 def check_config(cfg: Mapping[str, Any]) -> HFTConfig | None:
     """Reject options that conflict with ``hft: true``; return its HFTConfig (None when off).
 
@@ -139,6 +159,7 @@ def check_config(cfg: Mapping[str, Any]) -> HFTConfig | None:
     for key in sorted(k for k in cfg if isinstance(k, str) and k.startswith("lisa_")):
         if cfg[key] is not None:
             raise HFTError(f"hft: true cannot be combined with {key}: {cfg[key]!r} ({_LISA})")
+    config_engine(cfg)  # ZeRO-0/1 and FSDP1 stop here
     return resolve_config(cfg)
 
 
@@ -178,6 +199,37 @@ def optimizer_cls_and_kwargs(trainer, mask: Mask) -> tuple[type, dict[str, Any]]
     return HFTOptimizerFactory, {"hft_mask": mask, "optimizer_cls": optimizer_cls, **kwargs}
 
 
+def _checkpoint_mask(cfg: Mapping[str, Any], model) -> Mask | None:
+    """Under an engine, the half saved in ``resume_from_checkpoint``'s ``hft_mask.json``.
+
+    The engine's optimizer state in the checkpoint covers that half, so it must be the
+    one that requires grad when the engine is built (it may be another stage or seed
+    than the YAML's). None when the run does not resume or the checkpoint has no mask.
+    """
+    resume = cfg.get("resume_from_checkpoint")
+    if not resume or not (Path(str(resume)) / MASK_NAME).is_file():
+        return None
+    saved = Mask.load(Path(str(resume)) / MASK_NAME)
+    saved.check(model)
+    LOG.info(f"HFT: resuming {resume} with its saved half (stage {saved.config.stage})")
+    return saved
+
+
+def _mask_in_checkpoints(mask: Mask):
+    """A callback writing ``hft_mask.json`` into each checkpoint the trainer writes (the
+    engine's checkpoints carry no HFTOptimizer state, so the half is recorded beside)."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class HFTMaskInCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if args.should_save and folder.is_dir():
+                mask.save(folder / MASK_NAME)
+
+    return HFTMaskInCheckpoints()
+
+
 def _build_plugin_class():
     from axolotl.integrations.base import BasePlugin
 
@@ -192,6 +244,7 @@ def _build_plugin_class():
             self.config: HFTConfig | None = None
             self.policy = None
             self.mask: Mask | None = None
+            self.engine: str | None = None  # DeepSpeed ZeRO-2/3, FSDP2: no HFTOptimizer
 
         def get_input_args(self) -> str:
             return f"{__name__}.HFTArgs"
@@ -210,9 +263,16 @@ def _build_plugin_class():
                 return
             # the stage decided on the raw YAML in register(); else decide it now
             config = self.config if self.config is not None else resolve_config(cfg, model)
-            mask = select(model, config)
+            self.engine = config_engine(cfg)
+            mask = None
+            if self.engine is not None:  # a resumed run trains its checkpoint's half
+                mask = _checkpoint_mask(cfg, model)
+            if mask is None:
+                mask = select(model, config)  # ZeRO-3 partitioned at load: from ds_shape
+            if self.engine is not None:
+                sharded.check_mask(mask, self.engine)
             mask.apply(model)
-            if not config.train_embeddings and cfg.gradient_checkpointing:
+            if not mask.config.train_embeddings and cfg.gradient_checkpointing:
                 model.enable_input_require_grads()  # else checkpointed blocks get no grad
             self.policy, self.mask = model, mask
             LOG.info(f"HFT: mask applied to the policy model\n{mask.summary()}")
@@ -224,10 +284,25 @@ def _build_plugin_class():
                 raise HFTError("the trainer's model is not the one the HFT plugin masked")
             if getattr(trainer, "ref_model", None) is self.policy:
                 raise HFTError("the HFT-masked policy model is also the reference model")
-            trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs(trainer, self.mask)
-            from .transformers import HFTStageCallback
+            from .transformers import HFTCallback, HFTStageCallback
 
-            trainer.add_callback(HFTStageCallback())  # stage_end when training ends
+            # the trainer's view decides: on CPU processes an FSDP request may run as DDP
+            self.engine = sharded.trainer_engine(trainer)
+            if self.engine is None:
+                trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs(trainer, self.mask)
+                trainer.add_callback(HFTStageCallback())  # stage_end when training ends
+            else:
+                engine, mask = self.engine, self.mask
+                sharded.check_mask(mask, engine)
+                sharded.check_trainer(engine, given=None, hft_model=False, redraw_every_epoch=False)
+                if trainer.optimizer_cls_and_kwargs is not None:  # an axolotl custom optimizer
+                    optimizer_cls, kwargs = trainer.optimizer_cls_and_kwargs
+                    optim = str(getattr(trainer.args.optim, "value", trainer.args.optim))
+                    check_optimizer_class(optimizer_cls, kwargs, f"optimizer: {optim}")
+                callback = HFTCallback()  # stage_begin/stage_end once, the start line
+                callback.sharded = lambda: (engine, mask)
+                trainer.add_callback(callback)
+                trainer.add_callback(_mask_in_checkpoints(mask))
             if trainer.is_world_process_zero():
                 Path(trainer.args.output_dir).mkdir(parents=True, exist_ok=True)
                 self.mask.save(Path(trainer.args.output_dir) / MASK_NAME)

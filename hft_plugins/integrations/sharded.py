@@ -35,12 +35,14 @@ __all__ = [
     "args_engine",
     "check_trainer",
     "engine_state_bytes",
+    "fsdp_engine",
     "check_mask",
     "mask_logs",
     "redraw_refusal",
     "save_mask_in_checkpoint",
     "start_line",
     "trainer_engine",
+    "zero_engine",
 ]
 
 
@@ -73,6 +75,16 @@ def args_engine(args) -> str | None:
         config = getattr(args, "fsdp_config", None) or {}
         return _fsdp(int(config.get("fsdp_version", config.get("version", 1)) or 1))
     return None
+
+
+def zero_engine(stage: int) -> str:
+    """ "DeepSpeed ZeRO-2" / "-3" for a ZeRO stage; ZeRO-0/1 refused in one line."""
+    return _zero(stage)
+
+
+def fsdp_engine(version: int) -> str:
+    """ "FSDP2" for ``fsdp_version: 2``; FSDP1 refused in one line."""
+    return _fsdp(version)
 
 
 def _zero(stage: int) -> str:
