@@ -18,9 +18,11 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 # hft-plugins goes in with --no-deps (axolotl pins the frameworks), so its own core
-# dependencies that axolotl does not bring are named here
-if ! imports "import axolotl, pluggy, safetensors"; then
-  "$venv/bin/pip" install -c constraints.txt torch==2.13.0 axolotl==0.19.0 pluggy safetensors
+# dependencies that axolotl does not bring are named here; deepspeed for the ZeRO-2/3 runs
+# (tests/integrations/test_axolotl_sharded.py; its ops build with g++ when first used)
+if ! imports "import axolotl, pluggy, safetensors, deepspeed"; then
+  "$venv/bin/pip" install -c constraints.txt torch==2.13.0 axolotl==0.19.0 pluggy safetensors \
+    deepspeed==0.19.8
 fi
 if ! imports "$ours"; then
   "$venv/bin/pip" install --no-deps -e "$repo"

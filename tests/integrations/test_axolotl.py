@@ -70,8 +70,6 @@ def test_yaml_keys_become_the_hft_config():
         ({"embedding_lr": 1e-5}, "embedding_lr"),
         ({"embedding_lr_scale": 0.5}, "embedding_lr_scale"),
         ({"lr_groups": [{"name": "o", "modules": ["o_proj"], "lr": 1e-5}]}, "lr_groups"),
-        ({"deepspeed": "zero2.json"}, "deepspeed"),
-        ({"fsdp_config": {"fsdp_version": 2}}, "fsdp_config"),
     ],
 )
 def test_conflicting_options_are_rejected(cfg, named):
@@ -153,13 +151,3 @@ def test_an_optimizer_factory_cannot_be_wrapped(tmp_path):
     with pytest.raises(HFTError, match="HFT wraps torch optimizer classes") as info:
         hft_axolotl.optimizer_cls_and_kwargs(trainer, mask)
     assert "\n" not in str(info.value)
-
-
-@pytest.mark.parametrize(
-    "cfg",
-    [{"deepspeed": "zero3.json"}, {"fsdp_config": {"fsdp_version": 2}}, {"fsdp": ["full_shard"]}],
-)
-def test_sharding_engines_are_refused_with_the_alternative(cfg):
-    message = _one_line_error({"hft": True, **cfg})
-    assert "the plugin installs HFTOptimizer" in message
-    assert "runs through HFTTrainer or the TRL trainers (docs/distributed.md)" in message
