@@ -44,7 +44,9 @@ class _Alias(importlib.abc.Loader):
             stacklevel=2,
         )
         if "+" not in self.new:
-            return importlib.import_module(self.new)
+            module = importlib.import_module(self.new)
+            self.spec = module.__spec__  # the import system overwrites it; exec_module restores
+            return module
         # a module that was split: its names, looked up in the new modules in turn
         parts = [importlib.import_module(name.strip()) for name in self.new.split("+")]
         module = types.ModuleType(spec.name)
@@ -60,7 +62,9 @@ class _Alias(importlib.abc.Loader):
         return module
 
     def exec_module(self, module):
-        pass  # the module at its new path is already executed
+        # the module at its new path is already executed; it keeps its own spec
+        if getattr(self, "spec", None) is not None:
+            module.__spec__ = self.spec
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder):
