@@ -39,7 +39,7 @@ def add_demo_parser(subparsers):
         description="wordnet (the default): from the shipped base pretrained on WordNet "
         "glosses, fine-tune a new domain with full fine-tuning and with HFT over a short grid "
         "of learning rates and step counts; print forgetting at matched learning and draw the "
-        "frontier (about 2 minutes; needs Debian's wordnet-base). tasks: the harsh setting, a "
+        "frontier (70-90 s on 2 CPU cores; needs Debian's wordnet-base). tasks: the harsh setting, a "
         "tiny model trained from scratch on synthetic tasks, fine-tuned through TRL's "
         "SFTTrainer once with FFT and once with HFT.",
     )

@@ -130,7 +130,7 @@ class HFTCallback(HFTStageCallback):
         if wrapped is None and _multi_process():
             raise HFTError(
                 "a redraw with several processes needs the wrapped model: use HFTTrainer "
-                "(or HFTTrainerMixin), or call hft_plugins.distributed.redraw yourself"
+                "(or HFTTrainerMixin), or call hft_plugins.core.distributed.redraw yourself"
             )
         check_redraw_supported(optimizer, wrapped)
         for hook in self.before_redraw:
