@@ -18,6 +18,19 @@ PAD, EOS = VOCAB["<pad>"], VOCAB["<eos>"]
 IGNORE = -100
 
 
+def pad_batch(seqs: list[list[int]], labels: list[list[int]], pad: int, ignore: int) -> dict:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (``ignore`` past the end)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad)
+    lab = torch.full((len(seqs), width), ignore)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (s, y) in enumerate(zip(seqs, labels, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        lab[i, : len(y)] = torch.tensor(y)
+        att[i, : len(s)] = 1
+    return {"input_ids": ids, "attention_mask": att, "labels": lab}
+
+
 def batch(pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
     """Right-padded input ids, attention mask and completion-only labels."""
     seqs, labels = [], []
@@ -25,15 +38,7 @@ def batch(pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
         p, c = encode(prompt), encode(completion) + [EOS]
         seqs.append(p + c)
         labels.append([IGNORE] * len(p) + c)
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), PAD)
-    lab = torch.full((len(seqs), width), IGNORE)
-    att = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (s, y) in enumerate(zip(seqs, labels, strict=True)):
-        ids[i, : len(s)] = torch.tensor(s)
-        lab[i, : len(y)] = torch.tensor(y)
-        att[i, : len(s)] = 1
-    return {"input_ids": ids, "attention_mask": att, "labels": lab}
+    return pad_batch(seqs, labels, PAD, IGNORE)
 
 
 def _completion_logprobs(model, pairs, chunk: int = 256):

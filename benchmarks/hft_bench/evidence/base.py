@@ -22,6 +22,7 @@ import torch
 from hft_plugins import HFTError
 from hft_plugins.core.atomic import atomic_files, atomic_write_text
 
+from ..engine import pad_batch
 from .corpus import CHARS, Corpus
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -68,15 +69,7 @@ def make_batch(items, loss_on: str = "completion") -> dict[str, torch.Tensor]:
         p, c = [BOS] + encode(prompt), encode(completion) + [EOS]
         seqs.append(p + c)
         labels.append(([IGNORE] + p[1:] if loss_on == "all" else [IGNORE] * len(p)) + c)
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), PAD)
-    lab = torch.full((len(seqs), width), IGNORE)
-    att = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (s, y) in enumerate(zip(seqs, labels, strict=True)):
-        ids[i, : len(s)] = torch.tensor(s)
-        lab[i, : len(y)] = torch.tensor(y)
-        att[i, : len(s)] = 1
-    return {"input_ids": ids, "attention_mask": att, "labels": lab}
+    return pad_batch(seqs, labels, PAD, IGNORE)
 
 
 def build_model(settings: dict, seed: int | None = None):
