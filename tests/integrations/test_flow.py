@@ -29,6 +29,18 @@ from tests.integrations.test_trl import CPU, dpo_data, sft_data
 DRAW, BEGIN, END = "draw", "stage_begin", "stage_end"
 
 
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def assert_frozen_half_kept(before, model, mask) -> None:
+    """Every tensor outside the mask's trained set is bit-identical after training."""
+    trained = set(mask.params())
+    after = dict(model.named_parameters())
+    frozen = [n for n in before if n not in trained]
+    assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
+
+
 class Recorder:
     def __init__(self, events):
         self.events = events
@@ -132,9 +144,11 @@ def test_hf_trainer_draws_once_and_ends_its_stage(events, tmp_path):
         model=tiny_model(), args=_args(tmp_path), train_dataset=lm_dataset(), hft_config=HFTConfig()
     )
     assert events == [(DRAW, 0)]
+    before = snapshot(trainer.model)
     trainer.train()
     assert events == one_stage(0)
     assert trainer.hft_optimizer.mask is trainer._hft_mask  # the one Mask, handed on
+    assert_frozen_half_kept(before, trainer.model, trainer._hft_mask)
     trainer.next_stage()
     trainer.train()
     assert events == one_stage(0) + one_stage(1)
@@ -173,9 +187,11 @@ def test_sft_then_dpo(events, tmp_path):
     )
     assert dpo._hft_reference is not None  # the reference shares the frozen half...
     assert events == one_stage(0) + [(DRAW, 1)]  # ...of the one draw
+    before = snapshot(dpo.model)
     dpo.train()
     assert events == one_stage(0) + one_stage(1)
     assert dpo.hft_optimizer.mask is dpo._hft_mask
+    assert_frozen_half_kept(before, dpo.model, dpo._hft_mask)
 
 
 def test_dpo_alone_draws_once(events, tmp_path):
@@ -186,8 +202,10 @@ def test_dpo_alone_draws_once(events, tmp_path):
         processing_class=tiny_tokenizer(),
         hft_config=HFTConfig(stage=1),
     )
+    before = snapshot(dpo.model)
     dpo.train()
     assert events == one_stage(1)
+    assert_frozen_half_kept(before, dpo.model, dpo._hft_mask)
 
 
 def test_peft_style_model_draws_once(events, tmp_path):
