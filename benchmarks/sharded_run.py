@@ -52,21 +52,10 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, LlamaConfig, Trainer, TrainingArguments
 
     from hft_plugins import HFTConfig
-    from hft_plugins.integrations.sharded import engine_state_bytes
+    from hft_plugins.integrations.sharded import engine_arguments, engine_state_bytes, full_tensors
     from hft_plugins.integrations.transformers import HFTTrainer
 
-    engine = {}
-    if a.engine.startswith("zero"):
-        engine["deepspeed"] = str(ROOT / "integrations" / "deepspeed" / f"{a.engine}.json")
-    else:
-        engine["fsdp"] = "full_shard"
-        engine["fsdp_config"] = {
-            "fsdp_version": 2,
-            "reshard_after_forward": True,
-            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "state_dict_type": "SHARDED_STATE_DICT",
-            "cpu_ram_efficient_loading": False,
-        }
+    engine = engine_arguments(a.engine, ROOT)
     args = TrainingArguments(
         output_dir=str(Path(a.json).parent / f"run_{a.engine}_{a.mode}"),
         per_device_train_batch_size=2,
@@ -102,13 +91,13 @@ def main() -> None:
     else:
         trainer = Trainer(**kw)
         trained = {n for n, _ in model.named_parameters()}
-    frozen_before = {n: t.cpu() for n, t in gather(model, skip=trained).items()}
+    frozen_before = {n: t.cpu() for n, t in full_tensors(model, skip=trained).items()}
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t = time.time()
     trainer.train()
     train_seconds = time.time() - t
-    after = gather(trainer.model, skip=trained)
+    after = full_tensors(trainer.model, skip=trained)
     frozen_ok = all(
         torch.equal(before.to(after[n].dtype), after[n].cpu())
         for n, before in frozen_before.items()
@@ -146,24 +135,6 @@ def main() -> None:
 
 def _numel(param) -> int:
     return int(getattr(param, "ds_numel", 0) or param.numel())
-
-
-def gather(model, skip) -> dict[str, torch.Tensor]:
-    """The full tensors not in ``skip``, on every rank (ZeRO-3 and FSDP2 gathered)."""
-    out = {}
-    for name, param in model.named_parameters():
-        if name in skip:
-            continue
-        if hasattr(param, "ds_id"):
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters([param]):
-                out[name] = param.detach().clone()
-        elif hasattr(param, "full_tensor"):
-            out[name] = param.full_tensor().detach().clone()
-        else:
-            out[name] = param.detach().clone()
-    return out
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def record(result_path: Path, base_dir: Path) -> None:
     from safetensors.torch import load_file
 
     import hft_plugins
-    from hft_plugins.integrations.sharded import engine_state_bytes, trainer_engine
+    from hft_plugins.integrations.sharded import engine_state_bytes, full_tensors, trainer_engine
 
     events = []
 
@@ -61,25 +61,11 @@ def record(result_path: Path, base_dir: Path) -> None:
     plugin.select = recorded_select
     train = transformers.Trainer.train
 
-    def gathered(model):
-        out = {}
-        for name, param in model.named_parameters():
-            if hasattr(param, "ds_id"):
-                import deepspeed
-
-                with deepspeed.zero.GatheredParameters([param]):
-                    out[name] = param.detach().clone()
-            elif hasattr(param, "full_tensor"):
-                out[name] = param.full_tensor().detach().clone()
-            else:
-                out[name] = param.detach().clone()
-        return out
-
     def recorded_train(self, *args, **kwargs):
         output = train(self, *args, **kwargs)
         base = load_file(base_dir / "model.safetensors")
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        after = gathered(self.model)
+        after = full_tensors(self.model)
         mine = {
             "frozen_identical": all(
                 torch.equal(base[n], after[n].to(base[n].dtype))

@@ -58,20 +58,10 @@ def setup_cpu_state(engine: str) -> None:
 def training_args(a, out: Path, **extra):
     from trl import DPOConfig, SFTConfig
 
+    from hft_plugins.integrations.sharded import engine_arguments
     from hft_plugins.integrations.trl import HFTSFTConfig  # noqa: F401  (SFT path imports)
 
-    engine = {}
-    if a.engine.startswith("zero"):
-        engine["deepspeed"] = str(ROOT / "integrations" / "deepspeed" / f"{a.engine}.json")
-    else:
-        engine["fsdp"] = "full_shard"
-        engine["fsdp_config"] = {
-            "fsdp_version": 2,
-            "reshard_after_forward": True,
-            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "state_dict_type": "SHARDED_STATE_DICT",
-            "cpu_ram_efficient_loading": False,
-        }
+    engine = engine_arguments(a.engine, ROOT)
     kwargs = dict(
         output_dir=str(out),
         per_device_train_batch_size=2,
@@ -119,22 +109,6 @@ def dataset():
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 90, (32, 16), generator=g)
     return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
-
-
-def gather(model) -> dict[str, torch.Tensor]:
-    """name -> the full tensor on every rank (ZeRO-3 partitions, FSDP2 DTensors gathered)."""
-    out = {}
-    for name, param in model.named_parameters():
-        if hasattr(param, "ds_id"):
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters([param]):
-                out[name] = param.detach().clone()
-        elif hasattr(param, "full_tensor"):
-            out[name] = param.full_tensor().detach().clone()
-        else:
-            out[name] = param.detach().clone()
-    return out
 
 
 def make_trainer(a, args, model, config):
@@ -207,7 +181,7 @@ def main() -> None:
     setup_cpu_state(a.engine)
     import hft_plugins
     from hft_plugins import HFTConfig, HFTError
-    from hft_plugins.integrations.sharded import engine_state_bytes
+    from hft_plugins.integrations.sharded import engine_state_bytes, full_tensors
 
     out = Path(a.out)
     rank = dist.get_rank()
@@ -237,7 +211,7 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(base)
     first = next(model.parameters())
     result["partitioned_at_build"] = hasattr(first, "ds_id") and first.numel() == 0
-    before = gather(model)
+    before = full_tensors(model)
     trainer = make_trainer(a, args, model, HFTConfig(stage=a.stage))
     result["engine"] = getattr(trainer, "_hft_engine", None)
     result["distributed_type"] = str(trainer.accelerator.distributed_type)
@@ -252,7 +226,7 @@ def main() -> None:
             result["refusals"]["next_stage"] = str(exc)
     mask = None if a.full else trainer.hft_mask
     trained = set(before) if mask is None else set(mask.params())
-    after = gather(trainer.model)
+    after = full_tensors(trainer.model)
     mine = {
         "frozen_identical": all(
             torch.equal(before[n], after[n]) for n in before if n not in trained
