@@ -3,34 +3,55 @@ PYTHON ?= python3
 VENV ?= .venv
 AXOLOTL_VENV ?= .venv-axolotl
 PY := $(VENV)/bin/python
+# The tested set: every package of each virtualenv at an exact version (scripts/lock.py).
+# Empty (MAIN_LOCK= AXOLOTL_LOCK=) installs the newest releases, as `make test-latest` does.
+MAIN_LOCK ?= locks/main.txt
+AXOLOTL_LOCK ?= locks/axolotl.txt
+LOCKED = -c constraints.txt $(if $(MAIN_LOCK),-c $(MAIN_LOCK))
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-bench setup-axolotl wordnet test test-fast lint format demo census
+.PHONY: setup setup-bench setup-axolotl wordnet test test-fast test-latest lock lint format demo census
 
 setup: $(VENV)/.installed
 
-# torch comes from the constraints file (the CPU wheel on these machines), then the package.
-$(VENV)/.installed: pyproject.toml constraints.txt
+# torch comes from the constraints file (the CPU wheel on these machines), then the package,
+# every version from the lock.
+$(VENV)/.installed: pyproject.toml constraints.txt $(MAIN_LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[trl,dev]"
+	$(PY) -m pip install --quiet $(LOCKED) --upgrade pip
+	$(PY) -m pip install --quiet $(LOCKED) torch==2.13.0
+	$(PY) -m pip install --quiet $(LOCKED) -e ".[trl,dev]"
 	touch $@
 
 # the evidence harness (hft demo, hft bench): its own distribution, in benchmarks/
 setup-bench: $(VENV)/.installed-bench
 
 $(VENV)/.installed-bench: $(VENV)/.installed benchmarks/pyproject.toml
-	$(PY) -m pip install --quiet -c constraints.txt -e benchmarks
+	$(PY) -m pip install --quiet $(LOCKED) -e benchmarks
 	touch $@
 
-# axolotl pins other transformers/trl/peft versions: it gets its own virtualenv
-setup-axolotl:
-	HFT_AXOLOTL_VENV=$(AXOLOTL_VENV) PYTHON=$(PYTHON) bash scripts/setup-axolotl-venv.sh
+# axolotl pins other transformers/trl/peft versions: it gets its own virtualenv and lock
+setup-axolotl: $(AXOLOTL_VENV)/.installed
+
+$(AXOLOTL_VENV)/.installed: scripts/setup-axolotl-venv.sh pyproject.toml constraints.txt $(AXOLOTL_LOCK)
+	HFT_AXOLOTL_VENV=$(AXOLOTL_VENV) HFT_AXOLOTL_LOCK=$(AXOLOTL_LOCK) PYTHON=$(PYTHON) \
+		bash scripts/setup-axolotl-venv.sh
+	touch $@
 
 test: setup setup-bench setup-axolotl
 	HFT_AXOLOTL_VENV=$(CURDIR)/$(AXOLOTL_VENV) $(PY) -m pytest -q
+
+# the suite and the census on the newest releases, in throwaway virtualenvs (.venv-latest*):
+# what changed against the locks, and the census's new types and statuses against
+# docs/architectures.json; only a `failed` census row fails it
+test-latest:
+	$(PYTHON) scripts/lock.py latest
+
+# refresh the locks: the newest releases, the whole suite on them, the locks replaced only
+# when it passes
+lock:
+	$(PYTHON) scripts/lock.py lock
 
 # the inner loop: core, registry, built-ins and CLI, no framework runs (under two minutes)
 test-fast: setup

@@ -19,7 +19,9 @@ check the invariants. Each type ends as exactly one of
 Each type runs in a forked child (2 at a time by default) with a time limit.
 ``python scripts/census.py`` writes ``docs/architectures.md`` and
 ``docs/architectures.json``; ``--types llama gpt2`` runs a few; ``--blocks FILE``
-writes every built type's block parameters (names and shapes).
+writes every built type's block parameters (names and shapes); ``--diff JSON`` lists
+what changed against an earlier census (``make test-latest`` runs it against the newest
+transformers). It exits 1 when a type failed.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ _SET = (
         "intermediate_size ffn_dim d_ff n_inner encoder_ffn_dim decoder_ffn_dim ffn_hidden_size "
         "dim_ff dff intermediate_size_mlp shared_expert_intermediate_size "
         "shared_experts_intermediate_size moe_shared_expert_intermediate_size "
-        "shared_intermediate_size",
+        "shared_intermediate_size first_dense_intermediate_size",
     ),
     (MOE_FFN, "moe_intermediate_size expert_ffn_hidden_size"),
     (4, "num_filters"),
@@ -807,6 +809,28 @@ def report_text(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def diff_lines(records: list[dict], baseline: dict) -> list[str]:
+    """What changed against an earlier census (its docs/architectures.json): new types with
+    their status, types gone, and changed statuses, one line each."""
+    old = {r["type"]: r for r in baseline["types"]}
+    new = {r["type"]: r for r in records}
+    lines = []
+    for name in sorted(set(old) | set(new)):
+        before, after = old.get(name), new.get(name)
+        if before is None:
+            lines.append(
+                f"new type {name}: {after['status']} {after.get('message') or ''}".rstrip()
+            )
+        elif after is None:
+            lines.append(f"type gone {name} (was {before['status']})")
+        elif before["status"] != after["status"]:
+            lines.append(
+                f"changed {name}: {before['status']} -> {after['status']} "
+                f"{after.get('message') or ''}".rstrip()
+            )
+    return lines
+
+
 def blocks_text(record: dict) -> str:
     head = f"## {record['type']} (model_type {record.get('model_type', '?')}, {record['class']})"
     out = [head]
@@ -897,8 +921,16 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "docs" / "architectures.md"))
     parser.add_argument("--report", help="also write one line a type here")
     parser.add_argument("--blocks", help="also write every built type's block parameters here")
+    parser.add_argument(
+        "--diff",
+        metavar="JSON",
+        help="also report new types and changed statuses against an earlier census's JSON",
+    )
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
+    baseline = json.loads(Path(args.diff).read_text()) if args.diff else None
+    if baseline is not None and args.types:  # only the types asked for
+        baseline["types"] = [r for r in baseline["types"] if r["type"] in args.types]
     start = time.monotonic()
 
     def progress(record):
@@ -920,7 +952,14 @@ def main(argv=None) -> int:
         built = [r for r in records if r.get("block_classes")]
         Path(args.blocks).write_text("\n\n".join(blocks_text(r) for r in built) + "\n")
     print(json.dumps(summary(records)), f"{seconds:.0f} s", file=sys.stderr)
-    return 0
+    if baseline is not None:
+        changed = diff_lines(records, baseline)
+        print(f"census against {args.diff}: {len(changed)} change(s)")
+        print("\n".join(f"  {line}" for line in changed) if changed else "  (none)")
+    failed = [r["type"] for r in records if r["status"] == "failed"]
+    if failed:
+        print(f"census: {len(failed)} type(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

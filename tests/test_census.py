@@ -45,12 +45,14 @@ def _show(rows) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.census
 def test_census_no_type_failed(records):
     failed = [r for r in records if r["status"] == "failed"]
     assert not failed, f"{len(failed)} types failed:\n{_show(failed)}"
 
 
 @pytest.mark.slow
+@pytest.mark.census
 def test_census_supports_95_percent_of_built_decoders(records):
     built = [r for r in records if r["kind"] == "decoder" and r["status"] != "not built"]
     other = [r for r in built if r["status"] != "supported"]
@@ -60,6 +62,7 @@ def test_census_supports_95_percent_of_built_decoders(records):
 
 
 @pytest.mark.slow
+@pytest.mark.census
 def test_census_supports_every_built_moe_family(records):
     moe = [r for r in records if r.get("moe") and r["status"] != "not built"]
     other = [r for r in moe if r["status"] != "supported"]
@@ -219,6 +222,26 @@ def test_census_calls_a_model_that_does_not_run_not_built(monkeypatch):
     monkeypatch.setattr(census, "build", broken)
     record = census.census_one("llama", "decoder", "LlamaForCausalLM")
     assert record["status"] == "not built" and record["message"] == "ImportError: needs timm"
+
+
+def test_census_diff_lists_new_gone_and_changed_types():
+    baseline = {
+        "types": [
+            {"type": "llama", "status": "supported"},
+            {"type": "ergo", "status": "refused"},
+            {"type": "old", "status": "supported"},
+        ]
+    }
+    records = [
+        {"type": "llama", "status": "supported"},
+        {"type": "ergo", "status": "supported", "message": ""},
+        {"type": "newer", "status": "refused", "message": "HFTError: no transformer blocks"},
+    ]
+    assert census.diff_lines(records, baseline) == [
+        "changed ergo: refused -> supported",
+        "new type newer: refused HFTError: no transformer blocks",
+        "type gone old (was supported)",
+    ]
 
 
 # ---- the tiny configs -------------------------------------------------------------
