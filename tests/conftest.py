@@ -1,7 +1,11 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A Hub cache of the tests' own (set before huggingface_hub reads it): repos that tests put
+# there (tests.helpers.hub_snapshot) load by id, offline, as from a real cache.
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="hft-tests-hub-")

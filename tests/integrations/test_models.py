@@ -1,0 +1,152 @@
+"""Naming a model: directories, config.json, Hub ids (offline, from a cache) and GGUF files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hft_plugins import HFTError
+from hft_plugins.integrations import models
+from hft_plugins.tiny import save_tiny
+from tests.helpers import hub_snapshot, require_real_model
+
+REVISION = "1234567890abcdef1234567890abcdef12345678"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    save_tiny(path, "llama")
+    return path
+
+
+@pytest.fixture(scope="module")
+def hub_repo(tiny_dir):
+    """The tiny model as the Hub repo hft-tests/tiny-llama, in the tests' own cache, with an
+    hft_mask.json beside its weights."""
+    from hft_plugins import select
+    from hft_plugins.tiny import tiny_model
+
+    snapshot = hub_snapshot("hft-tests/tiny-llama", tiny_dir, REVISION)
+    select(tiny_model("llama")).save(snapshot / "hft_mask.json")
+    return "hft-tests/tiny-llama"
+
+
+def test_resolve_tells_directories_configs_gguf_files_and_hub_ids(tiny_dir, tmp_path):
+    assert models.resolve(str(tiny_dir)).source == str(tiny_dir)
+    assert models.resolve(str(tiny_dir / "config.json")).source == str(tiny_dir)
+    gguf = tmp_path / "m.Q4_1.gguf"
+    gguf.write_bytes(b"GGUF")
+    ref = models.resolve(str(gguf))
+    assert (ref.source, ref.gguf_file) == (str(tmp_path), "m.Q4_1.gguf")
+    ref = models.resolve("org/name", revision="v1", token="t")
+    assert (ref.source, ref.gguf_file, ref.revision, ref.token, ref.local) == (
+        "org/name",
+        None,
+        "v1",
+        "t",
+        False,
+    )
+    ref = models.resolve("org/name/quant/m.gguf")
+    assert (ref.source, ref.gguf_file) == ("org/name", "quant/m.gguf")
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("./no-such-dir", "no model directory, config.json or .gguf file at ./no-such-dir"),
+        ("/abs/missing.gguf", "no model directory, config.json or .gguf file at /abs/missing.gguf"),
+        ("a/b/c", "'a/b/c' is neither a local path nor a Hub id (org/name)"),
+        ("org//name", "'org//name' is neither a local path nor a Hub id (org/name)"),
+    ],
+)
+def test_resolve_refuses_what_names_no_model(name, message):
+    with pytest.raises(HFTError) as info:
+        models.resolve(name)
+    assert str(info.value) == message
+
+
+def test_resolve_refuses_a_file_that_is_no_model(tmp_path):
+    other = tmp_path / "weights.bin"
+    other.write_bytes(b"")
+    with pytest.raises(HFTError, match="is a file, but not a config.json or a .gguf file"):
+        models.resolve(str(other))
+
+
+def test_hub_id_loads_offline_from_the_cache(hub_repo, tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    config = models.load_config(hub_repo)
+    assert config.model_type == "llama"
+    model = models.load_model(hub_repo, revision=REVISION)
+    local = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    assert model.state_dict().keys() == local.state_dict().keys()
+    assert all(torch.equal(a, local.state_dict()[k]) for k, a in model.state_dict().items())
+    assert models.load_tokenizer(hub_repo).eos_token is not None
+
+
+def test_unknown_hub_repo_or_revision_is_one_line(hub_repo):
+    with pytest.raises(HFTError) as info:
+        models.load_config("hft-tests/no-such-repo")
+    assert str(info.value).startswith("cannot load the config of hft-tests/no-such-repo: ")
+    assert "\n" not in str(info.value)
+    with pytest.raises(HFTError, match=r"of hft-tests/tiny-llama \(revision v9\): "):
+        models.load_model(hub_repo, revision="v9")
+
+
+def test_model_file_finds_a_file_beside_the_weights(hub_repo, tiny_dir):
+    model = models.load_model(hub_repo)
+    found = models.model_file(model, "hft_mask.json")
+    assert found is not None and found.name == "hft_mask.json" and REVISION in str(found)
+    assert models.model_file(model, "no-such-file.json") is None
+    assert models.model_file(str(tiny_dir), "config.json") == tiny_dir / "config.json"
+    assert models.model_file(str(tiny_dir), "hft_mask.json") is None
+
+
+def test_a_model_without_a_gguf_mark_is_left_alone(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    assert models.plain_weights(model) is model
+    assert model.name_or_path == str(tiny_dir)
+
+
+def test_packed_gguf_weights_are_refused(tiny_dir):
+    from transformers import AutoModelForCausalLM
+    from transformers.utils.quantization_config import GgufConfig
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    model.hf_quantizer = type("Quantizer", (), {"quantization_config": GgufConfig("m.gguf")})()
+    model.model.layers[0].mlp.up_proj.weight = torch.nn.Parameter(
+        torch.zeros(2, dtype=torch.uint8), requires_grad=False
+    )
+    with pytest.raises(HFTError) as info:
+        models.plain_weights(model)
+    assert str(info.value) == (
+        "this model keeps its GGUF weights quantized (torch.uint8 tensors); HFT trains float "
+        "weights: load it with quantization_config=GgufConfig(dequantize=True)"
+    )
+
+
+@pytest.mark.slow
+def test_a_gguf_model_loads_as_a_plain_model_that_trains_and_saves(tmp_path, caplog):
+    from transformers import AutoModelForCausalLM
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    gguf = require_real_model()
+    with caplog.at_level("WARNING", logger="hft_plugins.integrations.models"):
+        model = models.load_model(str(gguf), dtype=torch.float32)
+    said = [r.getMessage() for r in caplog.records if r.name == "hft_plugins.integrations.models"]
+    assert said == [
+        f"HFT: {gguf.name} was dequantized to torch.float32 on load; training those weights "
+        "and saving them as a normal checkpoint"
+    ]
+    assert model.name_or_path == str(gguf)
+    assert not model.is_quantized and getattr(model, "hf_quantizer", None) is None
+    assert not hasattr(model.config, "quantization_config")
+    validate_quantization_for_training(model)  # the Trainer's check: raises for a GGUF model
+    model.save_pretrained(tmp_path)
+    assert "gguf" not in (tmp_path / "config.json").read_text()
+    again = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+    assert models.model_file(model, "hft_mask.json") is None  # looked for beside the file
