@@ -515,6 +515,33 @@ CASES: dict[str, Case] = {
         "gpt_neox_japanese",
         attention("attention.query_key_value", "attention.dense"),
     ),
+    # q/k norms normalise a scaled q or k away, and the norm after attention a scaled v: which
+    # of q, k and v the attention interface receives when one unit is zeroed pins the split
+    "ergo": Case(
+        lambda: tf.ErgoConfig(
+            vocab_size=V,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            first_dense_intermediate_size=64,
+            moe_intermediate_size=16,
+            shared_intermediate_size=32,
+            num_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=4,
+            global_attention_every_n_layers=2,
+            **IDS,
+        ),  # fmt: skip
+        "ergo",
+        [
+            dict(
+                roles=dict(
+                    q="self_attn.qkv_proj[q]", k="self_attn.qkv_proj[k]", v="self_attn.qkv_proj[v]"
+                )
+            ),
+        ],
+    ),
     "openai-gpt": Case(
         lambda: tf.OpenAIGPTConfig(vocab_size=V, n_embd=32, n_layer=4, n_head=4, n_positions=64),
         "openai-gpt",

@@ -162,6 +162,12 @@ def _dbrx_qkv(module, out_features):
     return (module.num_heads * module.head_dim, kv, kv)
 
 
+def _ergo_qkv(module, out_features):
+    """ErgoAttention views the output as [heads + 2 kv heads, head_dim]: q heads, k, v."""
+    heads, kv = module.config.num_attention_heads, module.config.num_key_value_heads
+    return (heads * module.head_dim, kv * module.head_dim, kv * module.head_dim)
+
+
 def _whole(name: str):
     """One logical matrix that the role sorter mistakes for a fused one by its name."""
 
@@ -223,6 +229,15 @@ FAMILY_LAYOUTS: tuple[Layout, ...] = (
         ("dbrx",),
         attention=("norm_attn_norm.attn.Wqkv", "norm_attn_norm.attn.out_proj"),
         fused={"norm_attn_norm.attn.Wqkv": Fused(_consecutive("norm_attn_norm.attn", _dbrx_qkv))},
+    ),
+    # Ergo: q | k | v by heads; its residual gates mix a branch into the residual stream
+    # per hidden dimension (scales, though their names say attention and feedforward)
+    Layout(
+        "ergo",
+        ("ergo",),
+        attention=("self_attn.qkv_proj", "self_attn.o_proj"),
+        fused={"self_attn.qkv_proj": Fused(_consecutive("self_attn", _ergo_qkv))},
+        categories={"attention_residual_gate": "scale", "feedforward_residual_gate": "scale"},
     ),
     Layout(
         "openai-gpt",
