@@ -19,7 +19,8 @@ decides.
 The stage rule (:func:`resolve_stage`), used by every trainer and the Axolotl
 plugin: a stage that is not given follows the model's previous HFT stage (the
 mask recorded on the model object by an HFT trainer's ``train()``, else
-``hft_mask.json`` in the model's directory): previous stage + 1. A model with no
+``hft_mask.json`` beside the model's weights, in its directory or its Hub repo):
+previous stage + 1. A model with no
 previous stage starts at 0 in SFT and the plain Trainer; every other trainer
 (DPO, GRPO, KTO, ...) needs the stage given. A stage given explicitly that draws
 exactly the previous stage's half (same strategy, seed and stage) is refused.
@@ -35,7 +36,6 @@ import os
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -218,29 +218,17 @@ def record_trained_mask(model, mask: Mask) -> None:
     setattr(model, RECORD_ATTR, mask)
 
 
-def model_directory(model) -> Path | None:
-    """The local directory a model (or a model path) was loaded from, if any."""
-    if isinstance(model, str | os.PathLike):
-        path = model
-    else:
-        config = getattr(model, "config", None)
-        path = getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None)
-    if not path or not isinstance(path, str | os.PathLike):
-        return None
-    path = Path(path)
-    return path if path.is_dir() else None
-
-
 def previous_stage(model) -> PreviousStage | None:
-    """The model's previous HFT stage: recorded on the object, else ``hft_mask.json`` beside it."""
+    """The model's previous HFT stage: recorded on the object, else ``hft_mask.json`` beside
+    its weights, in its directory or its Hub repo (:func:`models.model_file`)."""
+    from .models import model_file
+
     if not isinstance(model, str | os.PathLike):
         recorded = model.__dict__.get(RECORD_ATTR) if hasattr(model, "__dict__") else None
         if isinstance(recorded, Mask):
             return PreviousStage(recorded, "recorded on the model by its last HFT training")
-    directory = model_directory(model)
-    if directory is not None and (directory / MASK_NAME).is_file():
-        return PreviousStage(Mask.load(directory / MASK_NAME), str(directory / MASK_NAME))
-    return None
+    found = model_file(model, MASK_NAME)
+    return PreviousStage(Mask.load(found), str(found)) if found is not None else None
 
 
 def resolve_stage(
