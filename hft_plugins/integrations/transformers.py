@@ -31,6 +31,7 @@ from ..core.mask import Mask, select
 from ..core.optim import HFTOptimizer
 from ..registry import notify
 from . import sharded
+from .models import plain_weights
 from ._common import (
     HFT_TAG,
     MASK_NAME,
@@ -229,6 +230,9 @@ class HFTTrainerMixin:
                 "HFT cannot be combined with peft_config: HFT trains half of the base weights, "
                 "a PEFT adapter freezes them all; pass one of the two"
             )
+        if isinstance(bound.get("model"), torch.nn.Module):
+            # A GGUF-loaded model carries a quantized mark the Trainer refuses: cleared, said once
+            plain_weights(bound["model"])
         if given is not None and given.mask.config != self.hft_config:
             raise HFTError(
                 f"hft_config (stage {self.hft_config.stage}, seed {self.hft_config.seed}) differs "
