@@ -31,8 +31,10 @@ each adapter and must not pull in another adapter's framework.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -343,6 +345,40 @@ def build_hft_optimizer(
     optimizer = HFTOptimizer(model, mask, optimizer_cls, **kwargs)
     register_bnb_embedding_overrides(model, optimizer_cls, kwargs)
     return optimizer
+
+
+def shared_reference(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model`` that shares every frozen tensor and buffer with it.
+
+    Only the parameters with ``requires_grad`` (the trainable half, whole fused tensors
+    included) are copied, so the reference costs exactly their bytes.
+    """
+    memo = {id(p): p for p in model.parameters() if not p.requires_grad}
+    memo.update({id(b): b for b in model.buffers()})
+    for module in model.modules():
+        recorded = module.__dict__.get(RECORD_ATTR)
+        if recorded is not None:
+            memo[id(recorded)] = recorded
+    reference = copy.deepcopy(model, memo)
+    for module in reference.modules():
+        # A forward patched onto the instance as a closure (TRL's fused LM head from an
+        # earlier trainer) would still run the policy; the class's forward runs the copy.
+        if isinstance(module.__dict__.get("forward"), types.FunctionType):
+            del module.__dict__["forward"]
+    for param in reference.parameters():
+        param.requires_grad_(False)
+    return reference.eval()
+
+
+def unshare(reference: nn.Module, tensors: list[nn.Parameter]) -> None:
+    """Replace, everywhere in ``reference``, each of ``tensors`` by a private frozen copy."""
+    copies = {id(t): None for t in tensors}
+    for module in reference.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and id(param) in copies:
+                if copies[id(param)] is None:
+                    copies[id(param)] = nn.Parameter(param.detach().clone(), requires_grad=False)
+                module._parameters[name] = copies[id(param)]
 
 
 def hft_card_section(mask: Mask) -> str:

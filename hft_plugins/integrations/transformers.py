@@ -31,7 +31,6 @@ from ..core.mask import Mask, select
 from ..core.optim import HFTOptimizer
 from ..registry import notify
 from . import sharded
-from .models import plain_weights
 from ._common import (
     HFT_TAG,
     MASK_NAME,
@@ -43,6 +42,7 @@ from ._common import (
     reject_peft,
     unwrap_optimizer,
 )
+from .models import plain_weights
 
 __all__ = [
     "HFTCallback",
