@@ -446,3 +446,22 @@ def test_auto_refuses_a_save_without_a_loadable_base_in_one_line(tmp_path):
     )
     with pytest.raises(HFTError, match="not built directly"):
         AutoHFTModelForCausalLM()
+
+
+@pytest.mark.slow
+def test_auto_loads_a_gguf_base(tmp_path):
+    """A save of a GGUF-loaded model names the .gguf file as its base; Auto loads it again."""
+    from hft_plugins.integrations import models
+    from tests.helpers import require_real_model
+
+    gguf = require_real_model()
+    tuned = get_hft_model(models.load_model(str(gguf)), HFTConfig(seed=1))
+    with torch.no_grad():
+        for name, view in tuned.hft_mask.params().items():
+            if view is None:
+                tuned.base_model.get_parameter(name).add_(0.01)
+    tuned.save_pretrained(tmp_path / "hft")
+    saved = json.loads((tmp_path / "hft" / "hft_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(gguf)
+    auto = AutoHFTModelForCausalLM.from_pretrained(tmp_path / "hft")
+    _same_tensors(auto, tuned)
