@@ -101,8 +101,9 @@ def resolve_config(cfg: Mapping[str, Any], model=None) -> HFTConfig | None:
     """:func:`hft_config` with the stage decided by the stage rule.
 
     The previous stage is read from ``model`` when given (the loaded policy), else from
-    ``hft_mask.json`` in ``base_model``'s directory. SFT starts at stage 0; an ``rl:`` or
-    reward-model run needs ``hft_stage`` unless the base model has a previous stage.
+    ``hft_mask.json`` beside ``base_model``'s weights (its directory or Hub repo). SFT
+    starts at stage 0; an ``rl:`` or reward-model run needs ``hft_stage`` unless the base
+    model has a previous stage.
     """
     config = hft_config(cfg)
     if config is None:
