@@ -20,7 +20,7 @@ from .core.errors import HFTError
 from .core.mask import select
 from .registry.manager import BUILTIN
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 def _add_selection_args(parser: argparse.ArgumentParser) -> None:
@@ -47,24 +47,16 @@ def _config(args) -> HFTConfig:
     )
 
 
-def _load_config(path: str):
-    """A transformers config from a model directory, a config.json, or ``tiny:FAMILY``."""
-    from transformers import AutoConfig
-
-    if path.startswith("tiny:"):
+def _load_config(args):
+    """A transformers config of ``args.model`` (a directory, a config.json, a Hub id, a .gguf
+    file: integrations/models.py), or of ``tiny:FAMILY``."""
+    if args.model.startswith("tiny:"):
         from .tiny import tiny_config
 
-        return tiny_config(path.removeprefix("tiny:"))
-    target = Path(path)
-    if target.is_dir():
-        target = target / "config.json"
-    if not target.is_file():
-        raise HFTError(f"no config.json at {path}")
-    try:
-        return AutoConfig.from_pretrained(str(target))
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HFTError(f"cannot read model config {target}: {first}") from None
+        return tiny_config(args.model.removeprefix("tiny:"))
+    from .integrations import models
+
+    return models.load_config(args.model, revision=args.revision, token=args.token)
 
 
 def _meta_model(config):
@@ -81,23 +73,41 @@ def _meta_model(config):
         return AutoModel.from_config(config)  # neither (e.g. BERT): the bare model
 
 
-def _load_model(path: str, what: str):
-    from transformers import AutoModelForCausalLM
+def _load_model(name: str, revision: str | None, token: str | None):
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    from .integrations import models
 
-    if not (Path(path) / "config.json").is_file():
-        raise HFTError(f"{what} model directory {path} has no config.json")
-    try:
-        return AutoModelForCausalLM.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HFTError(f"cannot load {what} model from {path}: {first}") from None
+    hf_logging.disable_progress_bar()
+    return models.load_model(name, revision=revision, token=token)
+
+
+def _copy_non_weight_files(name: str, revision: str | None, token: str | None, staging: Path):
+    """The tuned model's tokenizer and other files beside its weights, into ``staging``: from
+    its directory or Hub snapshot; a GGUF file's tokenizer from its header."""
+    from .integrations import models
+
+    ref = models.resolve(name, revision=revision, token=token)
+    if ref.gguf_file:
+        models.load_tokenizer(ref).save_pretrained(staging)
+        return
+    folder = Path(ref.source)
+    if not ref.local:
+        from huggingface_hub import snapshot_download
+
+        patterns = [f"*{suffix}" for suffix in WEIGHT_SUFFIXES]
+        folder = Path(snapshot_download(ref.source, ignore_patterns=patterns, **ref.hub_kwargs()))
+    for item in folder.iterdir():
+        if (
+            item.is_file()
+            and not item.name.endswith(WEIGHT_SUFFIXES)
+            and not (staging / item.name).exists()
+        ):
+            shutil.copy2(item, staging / item.name)
 
 
 def cmd_inspect(args) -> int:
-    model = _meta_model(_load_config(args.model))
+    model = _meta_model(_load_config(args))
     print(select(model, _config(args)).summary())
     return 0
 
@@ -108,19 +118,13 @@ def cmd_reset(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise HFTError(f"output directory {out} exists; pass --overwrite to replace it")
-    base = _load_model(args.base, "base")
-    tuned = _load_model(args.tuned, "tuned")
+    base = _load_model(args.base, args.base_revision, args.token)
+    tuned = _load_model(args.tuned, args.tuned_revision, args.token)
     mask = select(tuned, _config(args))
     half_reset(base, tuned, mask)
     with atomic_directory(out) as staging:  # a crash never leaves a half-written output
         tuned.save_pretrained(staging)
-        for item in Path(args.tuned).iterdir():  # tokenizer and other non-weight files
-            if (
-                item.is_file()
-                and not item.name.endswith(WEIGHT_SUFFIXES)
-                and not (staging / item.name).exists()
-            ):
-                shutil.copy2(item, staging / item.name)
+        _copy_non_weight_files(args.tuned, args.tuned_revision, args.token, staging)
         mask.save(staging / "hft_reset_mask.json")
     done, total = mask.fractions()["blocks"]
     print(f"half-reset {done:,} of {total:,} block parameters to {args.base}; wrote {out}")
@@ -152,13 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     inspect = sub.add_parser("inspect", help="print which half a strategy trains, per block")
-    inspect.add_argument("model", help="model directory, config.json, or tiny:FAMILY")
+    inspect.add_argument(
+        "model", help="model directory, config.json, Hub id, .gguf file, or tiny:FAMILY"
+    )
+    inspect.add_argument("--revision", help="Hub revision (branch, tag or commit) of the model")
+    inspect.add_argument("--token", help="Hub token (default: the one huggingface_hub finds)")
     _add_selection_args(inspect)
     inspect.set_defaults(run=cmd_inspect)
 
     reset = sub.add_parser("reset", help="write the paper's half-reset model")
-    reset.add_argument("--base", required=True, help="the base model directory")
-    reset.add_argument("--tuned", required=True, help="the fine-tuned model directory")
+    model = "directory, config.json, Hub id or .gguf file"
+    reset.add_argument("--base", required=True, help=f"the base model: {model}")
+    reset.add_argument("--tuned", required=True, help=f"the fine-tuned model: {model}")
+    reset.add_argument("--base-revision", help="Hub revision of --base")
+    reset.add_argument("--tuned-revision", help="Hub revision of --tuned")
+    reset.add_argument("--token", help="Hub token (default: the one huggingface_hub finds)")
     reset.add_argument("--out", required=True, help="where to write the half-reset model")
     reset.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _add_selection_args(reset)

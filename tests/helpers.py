@@ -48,3 +48,22 @@ def require_real_model():
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def mark_as_gguf(model, gguf_file: str = "model.Q4_1.gguf"):
+    """Mark ``model`` as transformers marks one loaded from a GGUF file (dequantized float
+    weights, yet ``hf_quantizer``, ``is_quantized`` and ``config.quantization_config`` set),
+    which the Trainer refuses to fine-tune: a GGUF-loaded model in tests that need no file."""
+    from types import SimpleNamespace
+
+    try:
+        from transformers.utils.quantization_config import GgufConfig
+    except ImportError:  # the axolotl virtualenv's older transformers: the same two fields
+        config = SimpleNamespace(quant_method=SimpleNamespace(value="gguf"), gguf_file=gguf_file)
+    else:
+        config = GgufConfig(gguf_file)
+    quantizer = {"quantization_config": config, "is_trainable": False, "is_qat_trainable": False}
+    model.hf_quantizer = type("GgufQuantizer", (), quantizer)()  # as GgufQuantizer says
+    model.is_quantized = True
+    model.config.quantization_config = config
+    return model

@@ -9,8 +9,10 @@ import torch
 from hft_plugins import HFTConfig, Mask, select
 from hft_plugins.cli import main
 from hft_plugins.tiny import tiny_model
+from tests.helpers import hub_snapshot, require_real_model
 
 ROOT = Path(__file__).resolve().parents[1]
+REVISION = "abcdef0123456789abcdef0123456789abcdef01"
 LLAMA_70B = dict(
     model_type="llama",
     architectures=["LlamaForCausalLM"],
@@ -143,7 +145,14 @@ def test_plugins_lists_strategies_and_layouts(capsys):
     [
         (["inspect", "tiny:llama", "--ratio", "1.5"], "ratio must be in (0, 1), got 1.5"),
         (["inspect", "tiny:llama", "--strategy", "zzz"], "unknown strategy 'zzz'; available:"),
-        (["inspect", "/no/such/dir"], "no config.json at /no/such/dir"),
+        (
+            ["inspect", "/no/such/dir"],
+            "no model directory, config.json or .gguf file at /no/such/dir",
+        ),
+        (
+            ["inspect", "hft-tests/not-cached"],
+            "cannot load the config of hft-tests/not-cached: ",
+        ),
         (["inspect", "tiny:foo"], "unknown tiny family 'foo'; known: llama"),
     ],
 )
@@ -151,3 +160,52 @@ def test_bad_cli_input_one_line(args, message, capsys):
     assert main(args) == 2  # in process: the console script returns main()'s code
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+@pytest.fixture(scope="module")
+def hub_models(saved_models):
+    """The saved base and tuned models as Hub repos in the tests' own cache (offline)."""
+    hub_snapshot("hft-tests/cli-base", saved_models / "base", REVISION)
+    hub_snapshot("hft-tests/cli-tuned", saved_models / "tuned", REVISION)
+    return "hft-tests/cli-base", "hft-tests/cli-tuned"
+
+
+def test_inspect_takes_a_hub_id_with_its_revision(hub_models, saved_models, capsys):
+    base, _ = hub_models
+    assert main(["inspect", str(saved_models / "base"), "--seed", "2"]) == 0
+    local = capsys.readouterr().out
+    assert main(["inspect", base, "--revision", REVISION, "--seed", "2"]) == 0
+    assert capsys.readouterr().out == local
+    assert main(["inspect", base, "--revision", "v9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "hft: error: cannot load the config of hft-tests/cli-base (revision v9): "
+    )
+    assert err.count("\n") == 1
+
+
+def test_reset_takes_hub_ids(hub_models, saved_models, tmp_path):
+    base, tuned = hub_models
+    local = ["--base", str(saved_models / "base"), "--tuned", str(saved_models / "tuned")]
+    assert main(["reset", *local, "--out", str(tmp_path / "local")]) == 0
+    hub = ["--base", base, "--tuned", tuned, "--tuned-revision", REVISION]
+    assert main(["reset", *hub, "--out", str(tmp_path / "hub")]) == 0
+    from safetensors.torch import load_file
+
+    want = load_file(tmp_path / "local" / "model.safetensors")
+    got = load_file(tmp_path / "hub" / "model.safetensors")
+    assert want.keys() == got.keys() and all(torch.equal(v, got[k]) for k, v in want.items())
+    assert (tmp_path / "hub" / "tokenizer.json").read_text() == "{}"  # from the snapshot
+
+
+@pytest.mark.slow
+def test_inspect_and_reset_take_a_gguf_file(tmp_path, capsys):
+    gguf = require_real_model()
+    assert main(["inspect", str(gguf)]) == 0
+    out = capsys.readouterr().out
+    assert "layout=llama blocks=30" in out and "block fraction 0.500000" in out
+    out_dir = tmp_path / "half"
+    assert main(["reset", "--base", str(gguf), "--tuned", str(gguf), "--out", str(out_dir)]) == 0
+    assert "gguf" not in (out_dir / "config.json").read_text()  # a normal checkpoint
+    assert (out_dir / "tokenizer.json").is_file()  # the tokenizer from the GGUF header
+    assert not list(out_dir.glob("*.gguf"))

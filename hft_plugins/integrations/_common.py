@@ -19,7 +19,8 @@ decides.
 The stage rule (:func:`resolve_stage`), used by every trainer and the Axolotl
 plugin: a stage that is not given follows the model's previous HFT stage (the
 mask recorded on the model object by an HFT trainer's ``train()``, else
-``hft_mask.json`` in the model's directory): previous stage + 1. A model with no
+``hft_mask.json`` beside the model's weights, in its directory or its Hub repo):
+previous stage + 1. A model with no
 previous stage starts at 0 in SFT and the plain Trainer; every other trainer
 (DPO, GRPO, KTO, ...) needs the stage given. A stage given explicitly that draws
 exactly the previous stage's half (same strategy, seed and stage) is refused.
@@ -30,12 +31,13 @@ each adapter and must not pull in another adapter's framework.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -218,29 +220,17 @@ def record_trained_mask(model, mask: Mask) -> None:
     setattr(model, RECORD_ATTR, mask)
 
 
-def model_directory(model) -> Path | None:
-    """The local directory a model (or a model path) was loaded from, if any."""
-    if isinstance(model, str | os.PathLike):
-        path = model
-    else:
-        config = getattr(model, "config", None)
-        path = getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None)
-    if not path or not isinstance(path, str | os.PathLike):
-        return None
-    path = Path(path)
-    return path if path.is_dir() else None
-
-
 def previous_stage(model) -> PreviousStage | None:
-    """The model's previous HFT stage: recorded on the object, else ``hft_mask.json`` beside it."""
+    """The model's previous HFT stage: recorded on the object, else ``hft_mask.json`` beside
+    its weights, in its directory or its Hub repo (:func:`models.model_file`)."""
+    from .models import model_file
+
     if not isinstance(model, str | os.PathLike):
         recorded = model.__dict__.get(RECORD_ATTR) if hasattr(model, "__dict__") else None
         if isinstance(recorded, Mask):
             return PreviousStage(recorded, "recorded on the model by its last HFT training")
-    directory = model_directory(model)
-    if directory is not None and (directory / MASK_NAME).is_file():
-        return PreviousStage(Mask.load(directory / MASK_NAME), str(directory / MASK_NAME))
-    return None
+    found = model_file(model, MASK_NAME)
+    return PreviousStage(Mask.load(found), str(found)) if found is not None else None
 
 
 def resolve_stage(
@@ -355,6 +345,40 @@ def build_hft_optimizer(
     optimizer = HFTOptimizer(model, mask, optimizer_cls, **kwargs)
     register_bnb_embedding_overrides(model, optimizer_cls, kwargs)
     return optimizer
+
+
+def shared_reference(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model`` that shares every frozen tensor and buffer with it.
+
+    Only the parameters with ``requires_grad`` (the trainable half, whole fused tensors
+    included) are copied, so the reference costs exactly their bytes.
+    """
+    memo = {id(p): p for p in model.parameters() if not p.requires_grad}
+    memo.update({id(b): b for b in model.buffers()})
+    for module in model.modules():
+        recorded = module.__dict__.get(RECORD_ATTR)
+        if recorded is not None:
+            memo[id(recorded)] = recorded
+    reference = copy.deepcopy(model, memo)
+    for module in reference.modules():
+        # A forward patched onto the instance as a closure (TRL's fused LM head from an
+        # earlier trainer) would still run the policy; the class's forward runs the copy.
+        if isinstance(module.__dict__.get("forward"), types.FunctionType):
+            del module.__dict__["forward"]
+    for param in reference.parameters():
+        param.requires_grad_(False)
+    return reference.eval()
+
+
+def unshare(reference: nn.Module, tensors: list[nn.Parameter]) -> None:
+    """Replace, everywhere in ``reference``, each of ``tensors`` by a private frozen copy."""
+    copies = {id(t): None for t in tensors}
+    for module in reference.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and id(param) in copies:
+                if copies[id(param)] is None:
+                    copies[id(param)] = nn.Parameter(param.detach().clone(), requires_grad=False)
+                module._parameters[name] = copies[id(param)]
 
 
 def hft_card_section(mask: Mask) -> str:

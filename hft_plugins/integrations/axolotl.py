@@ -11,7 +11,8 @@ How it uses axolotl 0.19.0's hooks (which ones are really called, and when):
   options (adapters, ``unfrozen_parameters``, LISA, per-group learning rates,
   DeepSpeed ZeRO-0/1, FSDP1) fail here with one line, before any data or model loads.
 - ``post_model_load(cfg, model)`` runs for every model the loader builds. The
-  first one in a run is the policy: the mask is drawn and applied to it. DPO's
+  first one in a run is the policy: a GGUF-loaded policy is made a plain float
+  model (``models.plain_weights``), and the mask is drawn and applied to it. DPO's
   reference model is loaded afterwards through the same loader and hooks; it is
   recognised as the second model and left untouched.
 - ``post_trainer_create(cfg, trainer)`` checks that the trainer trains the
@@ -19,7 +20,9 @@ How it uses axolotl 0.19.0's hooks (which ones are really called, and when):
   :class:`HFTOptimizerFactory` as the trainer's optimizer factory: the plugin
   ``create_optimizer`` hook is declared by axolotl but never called, while the
   trainer builds its optimizer from ``optimizer_cls_and_kwargs`` at train time,
-  so resumed optimizer state loads into our optimizer as usual.
+  so resumed optimizer state loads into our optimizer as usual. The trainer's
+  reference model (DPO, KTO, ...) is replaced by one that shares the policy's frozen
+  half (``shared_reference``, as the TRL trainers do); the loaded copy is dropped.
 
 Under DeepSpeed ZeRO-2/3 (``deepspeed:``) or FSDP2 (``fsdp_version: 2``) no
 HFTOptimizer is built (integrations/sharded.py): the mask is drawn once on the loaded
@@ -53,7 +56,9 @@ from ._common import (
     check_optimizer_class,
     config_from_settings,
     resolve_stage,
+    shared_reference,
 )
+from .models import plain_weights
 
 LOG = logging.getLogger("axolotl.hft_plugins")  # under axolotl's logger, so its log config shows it
 
@@ -96,8 +101,9 @@ def resolve_config(cfg: Mapping[str, Any], model=None) -> HFTConfig | None:
     """:func:`hft_config` with the stage decided by the stage rule.
 
     The previous stage is read from ``model`` when given (the loaded policy), else from
-    ``hft_mask.json`` in ``base_model``'s directory. SFT starts at stage 0; an ``rl:`` or
-    reward-model run needs ``hft_stage`` unless the base model has a previous stage.
+    ``hft_mask.json`` beside ``base_model``'s weights (its directory or Hub repo). SFT
+    starts at stage 0; an ``rl:`` or reward-model run needs ``hft_stage`` unless the base
+    model has a previous stage.
     """
     config = hft_config(cfg)
     if config is None:
@@ -230,6 +236,12 @@ def _mask_in_checkpoints(mask: Mask):
     return HFTMaskInCheckpoints()
 
 
+def parameter_bytes(*models) -> int:
+    """The bytes of the parameters of ``models``, a tensor shared between them counted once."""
+    seen = {id(p): p for model in models for p in model.parameters()}
+    return sum(p.numel() * p.element_size() for p in seen.values())
+
+
 def _build_plugin_class():
     from axolotl.integrations.base import BasePlugin
 
@@ -258,9 +270,11 @@ def _build_plugin_class():
                 return
             if self.policy is not None:
                 # The policy always loads first (axolotl.train.setup_model_and_trainer);
-                # a second model in the same run is the DPO/KTO reference: no mask.
+                # a second model in the same run is the DPO/KTO reference: no mask (it is
+                # replaced by one sharing the policy's frozen half in post_trainer_create).
                 LOG.info("HFT: leaving the reference model untouched")
                 return
+            plain_weights(model)  # a GGUF-loaded model: its quantized mark cleared, said once
             # the stage decided on the raw YAML in register(); else decide it now
             config = self.config if self.config is not None else resolve_config(cfg, model)
             self.engine = config_engine(cfg)
@@ -291,6 +305,7 @@ def _build_plugin_class():
             if self.engine is None:
                 trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs(trainer, self.mask)
                 trainer.add_callback(HFTStageCallback())  # stage_end when training ends
+                self._share_reference(cfg, trainer)
             else:
                 engine, mask = self.engine, self.mask
                 sharded.check_mask(mask, engine)
@@ -306,6 +321,32 @@ def _build_plugin_class():
             if trainer.is_world_process_zero():
                 Path(trainer.args.output_dir).mkdir(parents=True, exist_ok=True)
                 self.mask.save(Path(trainer.args.output_dir) / MASK_NAME)
+
+        def _share_reference(self, cfg, trainer):
+            """Give the trainer a reference that shares the policy's frozen half (as the TRL
+            trainers do) in place of the full copy axolotl loaded. Not when resuming (the
+            checkpoint's half may train a shared tensor) or with ``sync_ref_model`` (the
+            reference follows the policy)."""
+            loaded = getattr(trainer, "ref_model", None)
+            if loaded is None:
+                return
+            why = "resume_from_checkpoint" if cfg.get("resume_from_checkpoint") else None
+            if getattr(trainer.args, "sync_ref_model", False):
+                why = "sync_ref_model"
+            if why is not None:
+                LOG.info(f"HFT: with {why} the reference model keeps its own copy of the weights")
+                return
+            reference = shared_reference(self.policy)
+            separate = parameter_bytes(self.policy, loaded)
+            # prepared as TRL prepares its reference; accelerate lets go of the loaded one
+            accelerator = trainer.accelerator
+            accelerator._models = [m for m in accelerator._models if m is not loaded]
+            trainer.ref_model = accelerator.prepare_model(reference, evaluation_mode=True)
+            LOG.info(
+                "HFT: the reference model shares the policy's frozen half: policy and reference "
+                f"hold {parameter_bytes(self.policy, reference):,} bytes of parameters "
+                f"({separate:,} with a reference of its own)"
+            )
 
         def post_train_unload(self, cfg):
             self._reset()

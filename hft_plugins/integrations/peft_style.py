@@ -30,8 +30,9 @@ from ..core.errors import HFTError
 from ..core.mask import Mask, Slices, range_view, select
 from ..core.optim import release
 from ._common import MASK_NAME, check_hft_config, hft_model_card, reject_peft
+from .models import load_model, plain_weights
 
-__all__ = ["HFTModel", "get_hft_model"]
+__all__ = ["AutoHFTModelForCausalLM", "HFTModel", "get_hft_model"]
 
 WEIGHTS_NAME = "hft_model.safetensors"
 CONFIG_NAME = "hft_config.json"
@@ -47,6 +48,7 @@ def get_hft_model(model: nn.Module, config: HFTConfig | None = None) -> HFTModel
     if isinstance(model, HFTModel):
         raise HFTError("the model is already an HFTModel; unwrap it with merge_and_unload() first")
     reject_peft(model)
+    plain_weights(model)  # a GGUF-loaded model: trained and saved as a plain one (said once)
     return HFTModel(model, select(model, config))
 
 
@@ -92,18 +94,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _looks_local(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name)
-
-
-def _load_base(name: str) -> nn.Module:
-    """A base model given by path or Hub id, loaded as PEFT users load theirs."""
-    if _looks_local(name) and not os.path.isdir(os.path.expanduser(name)):
-        raise HFTError(f"base model {name}: not a directory")
-    from transformers import AutoModelForCausalLM
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(os.path.expanduser(name))
-    except (OSError, ValueError) as exc:
-        raise HFTError(f"cannot load the base model {name!r}: {_first_line(exc)}") from None
 
 
 def _save_directory(model_id, subfolder, **hub) -> Path:
@@ -361,8 +351,8 @@ class HFTModel(nn.Module):
     ) -> HFTModel:
         """``model`` with the saved half put back: the tuned model, exactly.
 
-        PEFT's arguments: ``model`` is a module or a path / Hub id (loaded with
-        ``AutoModelForCausalLM``); ``model_id`` a save directory or a Hub repo;
+        PEFT's arguments: ``model`` is a module, or a directory, Hub id or GGUF file
+        (loaded by ``models.load_model``); ``model_id`` a save directory or a Hub repo;
         ``is_trainable=False`` (the default) freezes every parameter and sets eval mode,
         ``True`` trains the saved half again.
         """
@@ -376,8 +366,9 @@ class HFTModel(nn.Module):
                 f"config= (stage {config.stage}, seed {config.seed}) differs from the saved mask "
                 f"(stage {mask.config.stage}, seed {mask.config.seed}); leave it out"
             )
-        if isinstance(model, str | os.PathLike):
-            model = _load_base(os.fspath(model))
+        if isinstance(model, str | os.PathLike):  # a directory, Hub id or GGUF file
+            model = load_model(model, token=token)  # (revision is the save's)
+        plain_weights(model)
         mask.check(model)
         reject_peft(model)
         hft = cls(model, mask, is_trainable=bool(is_trainable))
@@ -450,6 +441,60 @@ class HFTModel(nn.Module):
             with torch.no_grad():
                 for key, view in pieces.items():
                     view.copy_(tuned[key])
+
+
+class AutoHFTModelForCausalLM:
+    """PEFT's ``AutoPeftModelForCausalLM`` for HFT saves: ``from_pretrained(hft_dir)`` loads the
+    base model the save names (``base_model_name_or_path``: a directory, Hub id or GGUF file)
+    and puts the saved half on top; the same model as
+    ``HFTModel.from_pretrained(base_model, hft_dir)``."""
+
+    def __init__(self, *args, **kwargs):
+        raise HFTError(
+            "AutoHFTModelForCausalLM is not built directly: use "
+            "AutoHFTModelForCausalLM.from_pretrained(hft_dir)"
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str | os.PathLike,
+        adapter_name: str = "default",
+        is_trainable: bool = False,
+        config: HFTConfig | None = None,
+        *,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        token: bool | str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> HFTModel:
+        """The tuned model of the HFT save ``model_id`` (a directory or a Hub repo; ``revision``
+        is the save's). The base loads at its default revision, with ``token``."""
+        hub = {"revision": revision, "token": token, "cache_dir": cache_dir}
+        directory = _save_directory(model_id, subfolder, **hub)
+        base = _saved_base_name(directory)
+        try:
+            model = load_model(base, token=token)
+        except HFTError as exc:
+            raise HFTError(f"the base model of the HFT save in {directory}: {exc}") from None
+        return HFTModel.from_pretrained(
+            model, directory, adapter_name, is_trainable, config, token=token
+        )
+
+
+def _saved_base_name(directory: Path) -> str:
+    """``base_model_name_or_path`` of the HFT save in ``directory``, or a one-line refusal."""
+    path = directory / CONFIG_NAME
+    try:
+        base = json.loads(path.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise HFTError(f"no HFT save in {directory}: cannot read {CONFIG_NAME} ({exc})") from None
+    if not base:
+        raise HFTError(
+            f"the HFT save in {directory} names no base model (it was built in code): "
+            f"load it with HFTModel.from_pretrained(base_model, {str(directory)!r})"
+        )
+    return base
 
 
 def _check_adapter_names(adapter_names) -> None:

@@ -42,6 +42,7 @@ from ._common import (
     reject_peft,
     unwrap_optimizer,
 )
+from .models import plain_weights
 
 __all__ = [
     "HFTCallback",
@@ -229,6 +230,9 @@ class HFTTrainerMixin:
                 "HFT cannot be combined with peft_config: HFT trains half of the base weights, "
                 "a PEFT adapter freezes them all; pass one of the two"
             )
+        if isinstance(bound.get("model"), torch.nn.Module):
+            # A GGUF-loaded model carries a quantized mark the Trainer refuses: cleared, said once
+            plain_weights(bound["model"])
         if given is not None and given.mask.config != self.hft_config:
             raise HFTError(
                 f"hft_config (stage {self.hft_config.stage}, seed {self.hft_config.seed}) differs "

@@ -25,7 +25,6 @@ stays the model training started from.
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import os
 import sys
@@ -52,7 +51,7 @@ from ..core.compare import check_same_shapes, shapes
 from ..core.config import HFTConfig
 from ..core.errors import HFTError
 from ..core.mask import Mask
-from ._common import RECORD_ATTR, HFTArguments, config_from_settings
+from ._common import HFTArguments, config_from_settings, shared_reference, unshare
 from .transformers import _UNSET, HFTTrainerMixin, _is_hft_model
 
 try:  # TRL 1.16; older releases have no stable distillation trainer
@@ -297,40 +296,6 @@ def hft_trainer(
             "hft_share_reference": share_reference,
         },
     )
-
-
-def shared_reference(model: nn.Module) -> nn.Module:
-    """A frozen copy of ``model`` that shares every frozen tensor and buffer with it.
-
-    Only the parameters with ``requires_grad`` (the trainable half, whole fused tensors
-    included) are copied, so the reference costs exactly their bytes.
-    """
-    memo = {id(p): p for p in model.parameters() if not p.requires_grad}
-    memo.update({id(b): b for b in model.buffers()})
-    for module in model.modules():
-        recorded = module.__dict__.get(RECORD_ATTR)
-        if recorded is not None:
-            memo[id(recorded)] = recorded
-    reference = copy.deepcopy(model, memo)
-    for module in reference.modules():
-        # A forward patched onto the instance as a closure (TRL's fused LM head from an
-        # earlier trainer) would still run the policy; the class's forward runs the copy.
-        if isinstance(module.__dict__.get("forward"), types.FunctionType):
-            del module.__dict__["forward"]
-    for param in reference.parameters():
-        param.requires_grad_(False)
-    return reference.eval()
-
-
-def unshare(reference: nn.Module, tensors: list[nn.Parameter]) -> None:
-    """Replace, everywhere in ``reference``, each of ``tensors`` by a private frozen copy."""
-    copies = {id(t): None for t in tensors}
-    for module in reference.modules():
-        for name, param in list(module._parameters.items()):
-            if param is not None and id(param) in copies:
-                if copies[id(param)] is None:
-                    copies[id(param)] = nn.Parameter(param.detach().clone(), requires_grad=False)
-                module._parameters[name] = copies[id(param)]
 
 
 def _check_same_shapes(model: nn.Module, ref: nn.Module) -> None:

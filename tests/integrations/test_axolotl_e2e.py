@@ -12,6 +12,7 @@ The virtualenv is $HFT_AXOLOTL_VENV, else .venv-axolotl at the repository root
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,13 @@ def _frozen_and_trainable(value: torch.Tensor, slices) -> tuple[list, list]:
     return frozen, trainable
 
 
+def _frozen_tensors(model_dir: Path, mask: Mask) -> list[torch.Tensor]:
+    """The whole tensors of a saved model that ``mask`` leaves frozen (not the sliced ones:
+    a fused tensor with a trainable slice is trained, and so copied, as a whole)."""
+    plan = mask.params()
+    return [t for n, t in load_file(model_dir / "model.safetensors").items() if n not in plan]
+
+
 def assert_half_trained(model_dir: Path, out_dir: Path, config: HFTConfig, steps: int) -> Mask:
     """The saved output of an HFT run: the mask asked for, half moved, optimizer state of that half."""
     from transformers import AutoModelForCausalLM
@@ -150,6 +158,16 @@ def test_dpo_stage_trains_a_new_half_of_the_policy_only(workdir, sft_output):
     log = (dpo_output / "debug.log").read_text()
     assert log.count("HFT: mask applied to the policy model") == 1
     assert "HFT: leaving the reference model untouched" in log
+    # the reference shares the policy's frozen half, as the TRL trainers' does
+    shared = re.search(
+        r"HFT: the reference model shares the policy's frozen half: policy and reference hold "
+        r"([\d,]+) bytes of parameters \(([\d,]+) with a reference of its own\)",
+        log,
+    )
+    assert shared, log[-3000:]
+    together, separate = (int(n.replace(",", "")) for n in shared.groups())
+    frozen_bytes = sum(t.numel() * t.element_size() for t in _frozen_tensors(sft_output, mask))
+    assert separate - together == frozen_bytes > 0
 
 
 def test_dpo_on_a_fresh_model_without_hft_stage_stops_with_one_line(workdir):
@@ -217,3 +235,31 @@ def test_conflicting_option_stops_axolotl_with_one_line(workdir):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+def test_a_gguf_loaded_policy_is_trained_as_a_plain_model(workdir):
+    """post_model_load clears the quantized mark transformers leaves on a GGUF-loaded model
+    (one line), so the trainer takes it, and applies the mask."""
+    script = """
+import logging
+from transformers import AutoModelForCausalLM
+from axolotl.utils.dict import DictDefault
+from hft_plugins.integrations.axolotl import HFTPlugin
+from tests.helpers import mark_as_gguf
+
+logging.basicConfig(level=logging.INFO)
+model = mark_as_gguf(AutoModelForCausalLM.from_pretrained("tiny-llama"))
+cfg = DictDefault({"hft": True, "base_model": "./tiny-llama"})
+plugin = HFTPlugin()
+plugin.register(cfg)
+plugin.post_model_load(cfg, model)
+assert not model.is_quantized and getattr(model, "hf_quantizer", None) is None
+assert not hasattr(model.config, "quantization_config")
+assert plugin.mask is not None and not all(p.requires_grad for p in model.parameters())
+print("plain and masked")
+"""
+    done = _run([str(VENV / "bin" / "python"), "-c", script], workdir)
+    _check(done)
+    assert "plain and masked" in done.stdout
+    said = "HFT: model.Q4_1.gguf was dequantized to torch.float32 on load"
+    assert (done.stdout + done.stderr).count(said) == 1

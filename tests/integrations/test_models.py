@@ -150,3 +150,56 @@ def test_a_gguf_model_loads_as_a_plain_model_that_trains_and_saves(tmp_path, cap
     again = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
     assert models.model_file(model, "hft_mask.json") is None  # looked for beside the file
+
+
+@pytest.mark.slow
+def test_the_real_gguf_model_trains_its_half_through_hftsfttrainer(tmp_path, caplog):
+    """SmolLM2-135M-Instruct loaded from its Q4_1 GGUF file as transformers users load it
+    (``gguf_file=``; the Trainer refuses that model): 2 SFT steps with HFT, the frozen half
+    bit-identical, every trainable tensor moved, a normal checkpoint saved."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig
+
+    from hft_plugins import HFTConfig
+    from hft_plugins.integrations.trl import HFTSFTTrainer
+    from tests.integrations._common import assert_half_trained, snapshot
+
+    torch.manual_seed(0)
+    gguf = require_real_model()
+    with caplog.at_level("WARNING", logger="hft_plugins.integrations.models"):
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        pairs = [("Capital of France?", "Paris."), ("2+2?", "4."), ("Sky colour?", "Blue.")]
+        rows = [
+            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in pairs + pairs
+        ]
+        before = snapshot(model)
+        trainer = HFTSFTTrainer(
+            model=model,
+            args=SFTConfig(
+                output_dir=str(tmp_path),
+                max_steps=2,
+                per_device_train_batch_size=2,
+                learning_rate=1e-4,
+                max_length=64,
+                use_cpu=True,
+                bf16=False,
+                report_to=[],
+                save_strategy="no",
+            ),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            hft_config=HFTConfig(),
+        )
+        trainer.train()
+    said = [r for r in caplog.records if r.name == "hft_plugins.integrations.models"]
+    assert len(said) == 1 and "was dequantized to torch.float32" in said[0].getMessage()
+    assert trainer.state.global_step == 2
+    assert_half_trained(trainer.hft_mask, before, model)
+    trainer.save_model(str(tmp_path / "out"))
+    assert "gguf" not in (tmp_path / "out" / "config.json").read_text()
+    assert (tmp_path / "out" / "hft_mask.json").is_file()

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
-from hft_plugins.integrations.peft_style import HFTModel, get_hft_model
+from hft_plugins.integrations.peft_style import AutoHFTModelForCausalLM, HFTModel, get_hft_model
 from hft_plugins.tiny import tiny_model
 from tests.integrations._common import snapshot
 
@@ -244,7 +244,9 @@ def test_from_pretrained_refuses_what_it_cannot_honour(tmp_path):
         HFTModel.from_pretrained(tiny_model(), tmp_path / "hft", adapter_name="other")
     with pytest.raises(HFTError, match=r"config= \(stage 1, seed 0\) differs from the saved mask"):
         HFTModel.from_pretrained(tiny_model(), tmp_path / "hft", config=HFTConfig(stage=1))
-    with pytest.raises(HFTError, match="base model .*/nowhere: not a directory"):
+    with pytest.raises(
+        HFTError, match="no model directory, config.json or .gguf file at .*/nowhere"
+    ):
         HFTModel.from_pretrained(str(tmp_path / "nowhere"), tmp_path / "hft")
 
 
@@ -374,3 +376,92 @@ def test_from_pretrained_of_a_hub_repo(tmp_path, monkeypatch):
     with pytest.raises(HFTError, match="no HFT save in me/absent: not a local directory") as err:
         HFTModel.from_pretrained(tiny_model(), "me/absent")
     assert "\n" not in str(err.value)
+
+
+def test_get_hft_model_takes_a_gguf_loaded_model(tmp_path):
+    """Its quantized mark is cleared (else save_pretrained and the Trainer refuse it): the
+    save and the round trip are those of a plain model."""
+    from tests.helpers import mark_as_gguf
+
+    model = get_hft_model(mark_as_gguf(tiny_model()), HFTConfig(seed=2))
+    assert not model.is_quantized and not hasattr(model.config, "quantization_config")
+    train_a_bit(model)
+    model.save_pretrained(tmp_path / "hft")
+    restored = HFTModel.from_pretrained(mark_as_gguf(tiny_model()), tmp_path / "hft")
+    assert not restored.is_quantized
+    for name, param in model.base_model.named_parameters():
+        assert torch.equal(restored.base_model.get_parameter(name), param), name
+
+
+def _same_tensors(a, b):
+    named = dict(b.base_model.named_parameters())
+    assert named.keys() == dict(a.base_model.named_parameters()).keys()
+    for name, param in a.base_model.named_parameters():
+        assert torch.equal(param, named[name]), name
+
+
+def test_auto_loads_the_base_model_the_save_names(tmp_path):
+    """PEFT's AutoPeftModelForCausalLM pattern: the base from base_model_name_or_path (a
+    directory or a Hub id, offline from the cache), the saved half on top."""
+    from transformers import AutoModelForCausalLM
+
+    from hft_plugins.integrations import models
+    from hft_plugins.tiny import save_tiny
+    from tests.helpers import hub_snapshot
+
+    save_tiny(tmp_path / "base")
+    hub_snapshot("hft-tests/auto-base", tmp_path / "base")
+    for name, base in [
+        ("local", AutoModelForCausalLM.from_pretrained(tmp_path / "base")),
+        ("hub", models.load_model("hft-tests/auto-base")),
+    ]:
+        tuned = get_hft_model(base, HFTConfig(seed=5))
+        train_a_bit(tuned)
+        tuned.save_pretrained(tmp_path / name)
+        auto = AutoHFTModelForCausalLM.from_pretrained(tmp_path / name)
+        assert isinstance(auto, HFTModel) and not auto.training
+        assert auto.base_model.name_or_path == base.name_or_path
+        _same_tensors(auto, HFTModel.from_pretrained(base.name_or_path, tmp_path / name))
+        _same_tensors(auto, tuned)
+    trainable = AutoHFTModelForCausalLM.from_pretrained(tmp_path / "hub", is_trainable=True)
+    assert trainable.get_nb_trainable_parameters()[0] == trainable.hft_mask.trainable_numel
+
+
+def test_auto_refuses_a_save_without_a_loadable_base_in_one_line(tmp_path):
+    get_hft_model(tiny_model()).save_pretrained(tmp_path / "in-code")
+    with pytest.raises(HFTError) as err:
+        AutoHFTModelForCausalLM.from_pretrained(tmp_path / "in-code")
+    assert str(err.value) == (
+        f"the HFT save in {tmp_path / 'in-code'} names no base model (it was built in code): "
+        f"load it with HFTModel.from_pretrained(base_model, '{tmp_path / 'in-code'}')"
+    )
+    config = json.loads((tmp_path / "in-code" / "hft_config.json").read_text())
+    config["base_model_name_or_path"] = "/no/such/base"
+    (tmp_path / "in-code" / "hft_config.json").write_text(json.dumps(config))
+    with pytest.raises(HFTError) as err:
+        AutoHFTModelForCausalLM.from_pretrained(tmp_path / "in-code")
+    assert str(err.value) == (
+        f"the base model of the HFT save in {tmp_path / 'in-code'}: no model directory, "
+        "config.json or .gguf file at /no/such/base"
+    )
+    with pytest.raises(HFTError, match="not built directly"):
+        AutoHFTModelForCausalLM()
+
+
+@pytest.mark.slow
+def test_auto_loads_a_gguf_base(tmp_path):
+    """A save of a GGUF-loaded model names the .gguf file as its base; Auto loads it again."""
+    from hft_plugins.integrations import models
+    from tests.helpers import require_real_model
+
+    gguf = require_real_model()
+    tuned = get_hft_model(models.load_model(str(gguf)), HFTConfig(seed=1))
+    with torch.no_grad():
+        for name, view in tuned.hft_mask.params().items():
+            if view is None:
+                tuned.base_model.get_parameter(name).add_(0.01)
+    tuned.save_pretrained(tmp_path / "hft")
+    saved = json.loads((tmp_path / "hft" / "hft_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(gguf)
+    auto = AutoHFTModelForCausalLM.from_pretrained(tmp_path / "hft")
+    _same_tensors(auto, tuned)

@@ -22,6 +22,7 @@ from hft_plugins.integrations.trl import (
     get_hft_config,
 )
 from hft_plugins.tiny import tiny_model, tiny_tokenizer
+from tests.helpers import hub_snapshot
 from tests.integrations._common import assert_half_trained, lm_dataset, snapshot
 
 CPU = dict(
@@ -215,6 +216,22 @@ def test_resolve_stage_reads_the_directory_of_a_path(tmp_path):
     )
     assert config.stage == 1
     assert previous_stage(str(tmp_path / "nowhere")) is None
+
+
+def test_the_previous_stage_of_a_hub_model_is_read_from_its_repo(tmp_path):
+    """hft_mask.json beside a Hub model's weights (from the cache, offline) counts as well."""
+    from hft_plugins.integrations import models
+
+    hub_snapshot("hft-tests/stage-2", saved_tuned_model(tmp_path / "out", stage=2))
+    assert previous_stage("hft-tests/stage-2").mask.config.stage == 2
+    assert (
+        dpo(tmp_path, "hft-tests/stage-2", hft_config=HFTConfig(stage=None)).hft_config.stage == 3
+    )
+    loaded = models.load_model("hft-tests/stage-2")
+    assert dpo(tmp_path, loaded, hft_config=HFTConfig(stage=None)).hft_config.stage == 3
+    cfg = {"hft": True, "rl": "dpo", "base_model": "hft-tests/stage-2"}
+    assert check_config(cfg) == HFTConfig(stage=3)
+    assert previous_stage("hft-tests/not-cached") is None
 
 
 # ---- Axolotl: the same rule on the YAML, before anything loads ---------------------------

@@ -7,6 +7,7 @@ from transformers import Trainer, TrainingArguments
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
 from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer, unwrap_optimizer
 from hft_plugins.tiny import tiny_model
+from tests.helpers import mark_as_gguf
 from tests.integrations._common import assert_half_trained, lm_dataset, snapshot
 
 
@@ -348,3 +349,27 @@ def test_an_hft_model_saves_a_gathered_state_dict_and_skips_an_empty_one(tmp_pat
     trainer._save(str(tmp_path / "empty"), state_dict={})
     assert not (tmp_path / "empty" / "hft_model.safetensors").exists()
     assert (tmp_path / "empty" / "training_args.bin").is_file()
+
+
+def test_a_gguf_loaded_model_trains_and_saves_a_normal_checkpoint(tmp_path):
+    """The Trainer refuses a GGUF-loaded model ("purely quantized"); HFTTrainer trains its
+    dequantized weights and saves a checkpoint with no GGUF mark. A GGUF whose weights stay
+    packed is refused in one line."""
+    model = mark_as_gguf(tiny_model("llama"))
+    before = snapshot(model)
+    trainer = HFTTrainer(
+        model=model,
+        args=args(tmp_path, max_steps=2),
+        train_dataset=lm_dataset(),
+        hft_config=HFTConfig(),
+    )
+    trainer.train()
+    assert_half_trained(trainer.hft_mask, before, model)
+    trainer.save_model(str(tmp_path / "out"))
+    assert "quantization_config" not in (tmp_path / "out" / "config.json").read_text()
+    packed = mark_as_gguf(tiny_model("llama"))
+    packed.model.layers[0].mlp.up_proj.weight = torch.nn.Parameter(
+        torch.zeros(2, dtype=torch.uint8), requires_grad=False
+    )
+    with pytest.raises(HFTError, match="keeps its GGUF weights quantized .torch.uint8 tensors.; "):
+        HFTTrainer(model=packed, args=args(tmp_path), hft_config=HFTConfig())

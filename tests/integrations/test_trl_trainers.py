@@ -15,6 +15,7 @@ from datasets import Dataset
 from hft_plugins import HFTConfig
 from hft_plugins.integrations import trl as hft_trl
 from hft_plugins.tiny import tiny_config, tiny_model, tiny_tokenizer
+from tests.helpers import mark_as_gguf
 from tests.integrations._common import assert_half_trained, snapshot
 
 CPU = dict(
@@ -160,3 +161,24 @@ def test_trainer_trains_only_the_half(kind, tmp_path):
     assert frozen and all(dict(reference.named_parameters())[n] is policy[n] for n in frozen)
     for n, p in reference.named_parameters():  # still the model training started from
         assert torch.equal(p, start[n]), n
+
+
+@pytest.mark.parametrize("kind", list(TRAINERS))
+def test_every_trainer_takes_a_gguf_loaded_model(kind, tmp_path, caplog):
+    """transformers marks a GGUF-loaded model quantized although its weights are dequantized
+    floats; the Trainer (so every TRL trainer) refuses it. HFT clears the mark, said once."""
+    name, _, make, _ = TRAINERS[kind]
+    model = mark_as_gguf(_sequence_classifier() if kind == "reward" else tiny_model())
+    config = HFTConfig(stage=0 if kind == "sft" else 1)
+    with caplog.at_level("WARNING", logger="hft_plugins.integrations.models"):
+        trainer = getattr(hft_trl, name)(
+            model=model, processing_class=tiny_tokenizer(), hft_config=config, **make(tmp_path)
+        )
+    said = [r.getMessage() for r in caplog.records if r.name == "hft_plugins.integrations.models"]
+    assert said == [
+        "HFT: model.Q4_1.gguf was dequantized to torch.float32 on load; training those weights "
+        "and saving them as a normal checkpoint"
+    ]
+    assert trainer.model is model and not model.is_quantized
+    assert not hasattr(model.config, "quantization_config")
+    assert trainer.hft_mask.config == config
