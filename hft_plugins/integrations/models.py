@@ -102,11 +102,23 @@ def _refusal(what: str, ref: ModelRef, exc: BaseException) -> HFTError:
     return HFTError(f"cannot load the {what} of {where}: {_first_line(exc)}")
 
 
+def _check_local_config(ref: ModelRef) -> None:
+    """A local model directory names its model by its config.json (a GGUF file by itself);
+    without one transformers' own message ("Unrecognized model ... should have a
+    `model_type` key") hides what is missing."""
+    if not ref.local or ref.gguf_file or (Path(ref.source) / "config.json").is_file():
+        return
+    gguf = sorted(Path(ref.source).glob(f"*{GGUF_SUFFIX}"))
+    hint = f" (to load a GGUF file, name the file: {gguf[0]})" if gguf else ""
+    raise HFTError(f"no config.json in the model directory {ref.name}{hint}")
+
+
 def load_config(name, **hub):
     """The transformers config of a model (a GGUF file's is read from its header)."""
     from transformers import AutoConfig
 
     ref = resolve(name, **hub)
+    _check_local_config(ref)
     try:
         return AutoConfig.from_pretrained(ref.source, **ref.load_kwargs())
     except (OSError, ValueError, KeyError) as exc:
@@ -126,11 +138,20 @@ def load_tokenizer(name, **hub):
 
 def load_model(name, *, dtype=None, auto_class=None, **hub):
     """A model for training (``AutoModelForCausalLM`` unless ``auto_class``); a GGUF model
-    dequantized and marked plain (:func:`plain_weights`)."""
+    dequantized (asked of transformers, which otherwise keeps the weights packed where it
+    has a GGUF kernel) and marked plain (:func:`plain_weights`)."""
     if auto_class is None:
         from transformers import AutoModelForCausalLM as auto_class
     ref = resolve(name, **hub)
+    _check_local_config(ref)
     kwargs = ref.load_kwargs()
+    if ref.gguf_file:
+        try:
+            from transformers.utils.quantization_config import GgufConfig
+        except ImportError:  # a transformers without it (5.16) always dequantizes GGUF files
+            pass
+        else:  # else, with a GGUF kernel installed, the weights would stay packed
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:

@@ -203,3 +203,39 @@ def test_the_real_gguf_model_trains_its_half_through_hftsfttrainer(tmp_path, cap
     trainer.save_model(str(tmp_path / "out"))
     assert "gguf" not in (tmp_path / "out" / "config.json").read_text()
     assert (tmp_path / "out" / "hft_mask.json").is_file()
+
+
+def test_a_directory_without_config_json_is_refused_in_one_line(tmp_path):
+    """transformers' own message for it ("Unrecognized model ... `model_type` key") hides
+    what is missing; a GGUF file in the directory is named as the way to load it."""
+    with pytest.raises(HFTError) as info:
+        models.load_config(str(tmp_path))
+    assert str(info.value) == f"no config.json in the model directory {tmp_path}"
+    (tmp_path / "m.Q4_1.gguf").write_bytes(b"GGUF")
+    with pytest.raises(HFTError) as info:
+        models.load_model(str(tmp_path))
+    assert str(info.value) == (
+        f"no config.json in the model directory {tmp_path} (to load a GGUF file, name the "
+        f"file: {tmp_path / 'm.Q4_1.gguf'})"
+    )
+
+
+def test_load_model_asks_transformers_to_dequantize_a_gguf_file(tmp_path):
+    """Where transformers has a GGUF kernel it keeps the weights packed unless asked not to;
+    load_model loads for training, so it asks for float weights."""
+    from transformers.utils.quantization_config import GgufConfig
+
+    gguf = tmp_path / "m.Q4_1.gguf"
+    gguf.write_bytes(b"GGUF")
+    asked = {}
+
+    class Recorder:
+        @staticmethod
+        def from_pretrained(source, **kwargs):
+            asked.update(kwargs, source=source)
+            return torch.nn.Linear(1, 1)
+
+    models.load_model(str(gguf), auto_class=Recorder)
+    assert asked["source"] == str(tmp_path) and asked["gguf_file"] == gguf.name
+    config = asked["quantization_config"]
+    assert isinstance(config, GgufConfig) and config.dequantize is True
