@@ -30,7 +30,7 @@ from ..core.errors import HFTError
 from ..core.mask import Mask, Slices, range_view, select
 from ..core.optim import release
 from ._common import MASK_NAME, check_hft_config, hft_model_card, reject_peft
-from .models import load_model, plain_weights
+from .models import _first_line, _looks_local, load_model, plain_weights
 
 __all__ = ["AutoHFTModelForCausalLM", "HFTModel", "get_hft_model"]
 
@@ -86,14 +86,6 @@ def _of_state_dict(mask: Mask, state_dict: dict) -> dict[str, torch.Tensor]:
         return state_dict[prefix + name]
 
     return _cut(mask, tensor_of)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _looks_local(name: str) -> bool:
-    return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name)
 
 
 def _save_directory(model_id, subfolder, **hub) -> Path:
@@ -485,6 +477,8 @@ class AutoHFTModelForCausalLM:
 def _saved_base_name(directory: Path) -> str:
     """``base_model_name_or_path`` of the HFT save in ``directory``, or a one-line refusal."""
     path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise HFTError(f"no HFT save in {directory}: {CONFIG_NAME} is missing")
     try:
         base = json.loads(path.read_text()).get("base_model_name_or_path")
     except (OSError, ValueError, AttributeError) as exc:
