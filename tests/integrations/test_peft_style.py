@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
 from hft_plugins.integrations.peft_style import AutoHFTModelForCausalLM, HFTModel, get_hft_model
 from hft_plugins.tiny import tiny_model
-from tests.integrations._common import snapshot
+from tests.integrations._common import assert_half_trained, snapshot
 
 
 def train_a_bit(model, steps=3):
@@ -385,7 +385,9 @@ def test_get_hft_model_takes_a_gguf_loaded_model(tmp_path):
 
     model = get_hft_model(mark_as_gguf(tiny_model()), HFTConfig(seed=2))
     assert not model.is_quantized and not hasattr(model.config, "quantization_config")
+    before = snapshot(model.base_model)
     train_a_bit(model)
+    assert_half_trained(model.hft_mask, before, model.base_model)
     model.save_pretrained(tmp_path / "hft")
     restored = HFTModel.from_pretrained(mark_as_gguf(tiny_model()), tmp_path / "hft")
     assert not restored.is_quantized
@@ -416,7 +418,9 @@ def test_auto_loads_the_base_model_the_save_names(tmp_path):
         ("hub", models.load_model("hft-tests/auto-base")),
     ]:
         tuned = get_hft_model(base, HFTConfig(seed=5))
+        before = snapshot(base)
         train_a_bit(tuned)
+        assert_half_trained(tuned.hft_mask, before, base)  # so the saved half differs
         tuned.save_pretrained(tmp_path / name)
         auto = AutoHFTModelForCausalLM.from_pretrained(tmp_path / name)
         assert isinstance(auto, HFTModel) and not auto.training
@@ -444,6 +448,9 @@ def test_auto_refuses_a_save_without_a_loadable_base_in_one_line(tmp_path):
         f"the base model of the HFT save in {tmp_path / 'in-code'}: no model directory, "
         "config.json or .gguf file at /no/such/base"
     )
+    with pytest.raises(HFTError) as err:
+        AutoHFTModelForCausalLM.from_pretrained(tmp_path / "nowhere")
+    assert str(err.value) == f"no HFT save in {tmp_path / 'nowhere'}: hft_config.json is missing"
     with pytest.raises(HFTError, match="not built directly"):
         AutoHFTModelForCausalLM()
 
