@@ -233,11 +233,7 @@ def test_conflicting_option_stops_axolotl_with_one_line(workdir):
     assert not (workdir / "outputs" / "conflict" / "model.safetensors").exists()
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-v"]))
-
-
-def test_a_gguf_loaded_policy_is_trained_as_a_plain_model(workdir):
+def test_a_gguf_loaded_policy_is_made_plain_and_masked(workdir):
     """post_model_load clears the quantized mark transformers leaves on a GGUF-loaded model
     (one line), so the trainer takes it, and applies the mask."""
     script = """
@@ -263,3 +259,7 @@ print("plain and masked")
     assert "plain and masked" in done.stdout
     said = "HFT: model.Q4_1.gguf was dequantized to torch.float32 on load"
     assert (done.stdout + done.stderr).count(said) == 1
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v"]))
