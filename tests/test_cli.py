@@ -150,6 +150,10 @@ def test_plugins_lists_strategies_and_layouts(capsys):
             "no model directory, config.json or .gguf file at /no/such/dir",
         ),
         (
+            ["inspect", str(ROOT / "docs")],
+            f"no config.json in the model directory {ROOT / 'docs'}",
+        ),
+        (
             ["inspect", "hft-tests/not-cached"],
             "cannot load the config of hft-tests/not-cached: ",
         ),

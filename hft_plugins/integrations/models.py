@@ -11,7 +11,8 @@ users know them:
 - a ``.gguf`` file: a local path, or ``org/name/file.gguf`` for a file in a Hub repo.
 
 transformers reads a GGUF file's config and tokenizer itself and dequantizes its weights
-into ordinary float tensors, but still marks the model quantized: the Trainer refuses to
+into ordinary float tensors (unless it has a GGUF kernel for the device: :func:`load_model`
+asks for float weights), but still marks the model quantized: the Trainer refuses to
 fine-tune it and ``save_pretrained`` to write it. :func:`plain_weights` clears that mark
 (saying so once), so HFT trains the dequantized weights and saves a normal checkpoint; a
 model whose GGUF weights stay quantized is refused in one line.
