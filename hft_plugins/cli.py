@@ -20,7 +20,21 @@ from .core.errors import HFTError
 from .core.mask import select
 from .registry.manager import BUILTIN
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+# The tuned model's weights in any format, and shard indexes: never copied beside the
+# half-reset weights that hft reset writes (they would be the tuned, not the reset, ones)
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".gguf",
+    ".h5",
+    ".msgpack",
+    ".onnx",
+    ".tflite",
+    ".ckpt",
+    ".index.json",
+)
 
 
 def _add_selection_args(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +109,8 @@ def _copy_non_weight_files(name: str, revision: str | None, token: str | None, s
     if not ref.local:
         from huggingface_hub import snapshot_download
 
-        patterns = [f"*{suffix}" for suffix in WEIGHT_SUFFIXES]
+        # only the files at the top of the repo are copied: no folder is downloaded
+        patterns = ["*/*", *(f"*{suffix}" for suffix in WEIGHT_SUFFIXES)]
         folder = Path(snapshot_download(ref.source, ignore_patterns=patterns, **ref.hub_kwargs()))
     for item in folder.iterdir():
         if (

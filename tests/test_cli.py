@@ -202,6 +202,24 @@ def test_reset_takes_hub_ids(hub_models, saved_models, tmp_path):
     assert (tmp_path / "hub" / "tokenizer.json").read_text() == "{}"  # from the snapshot
 
 
+def test_reset_copies_the_tuned_models_other_files_but_no_other_weights(saved_models, tmp_path):
+    """Weights in other formats and shard indexes of the tuned model would be the tuned, not
+    the half-reset, weights: only its other files (the tokenizer) are copied."""
+    import shutil
+
+    tuned = tmp_path / "tuned"
+    shutil.copytree(saved_models / "tuned", tuned)
+    others = ["tf_model.h5", "flax_model.msgpack", "model.safetensors.index.json"]
+    for name in others:
+        (tuned / name).write_text("tuned weights")
+    hub_snapshot("hft-tests/cli-tuned-formats", tuned, REVISION)
+    for source, out in [(str(tuned), "local"), ("hft-tests/cli-tuned-formats", "hub")]:
+        base = str(saved_models / "base")
+        assert main(["reset", "--base", base, "--tuned", source, "--out", str(tmp_path / out)]) == 0
+        assert (tmp_path / out / "tokenizer.json").read_text() == "{}"
+        assert not [name for name in others if (tmp_path / out / name).exists()]
+
+
 @pytest.mark.slow
 def test_inspect_and_reset_take_a_gguf_file(tmp_path, capsys):
     gguf = require_real_model()
