@@ -33,6 +33,8 @@ __all__ = ["ModelRef", "load_config", "load_model", "load_tokenizer", "model_fil
 
 logger = logging.getLogger(__name__)
 GGUF_SUFFIX = ".gguf"
+# (repo, file) pairs taken as absent because offline: each is said once
+_GUESSED_ABSENT: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,15 @@ def model_file(model, filename: str) -> Path | None:
     revision = ref.revision or getattr(getattr(model, "config", None), "_commit_hash", None)
     try:
         return Path(hf_hub_download(ref.source, filename, revision=revision, token=ref.token))
-    except (EntryNotFoundError, LocalEntryNotFoundError):
+    except LocalEntryNotFoundError:  # offline, and never fetched: absent is a guess, said once
+        if (ref.source, filename) not in _GUESSED_ABSENT:
+            _GUESSED_ABSENT.add((ref.source, filename))
+            logger.warning(
+                f"HFT: cannot tell whether {ref.name} has {filename}: the Hub is offline and "
+                "the cache does not have it; going on as if it has none"
+            )
+        return None
+    except EntryNotFoundError:  # the repo has no such file
         return None
     except Exception as exc:  # no such repo, no access: huggingface_hub's own errors
         raise HFTError(f"cannot look for {filename} in {ref.name}: {_first_line(exc)}") from None

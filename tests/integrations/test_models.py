@@ -103,6 +103,18 @@ def test_model_file_finds_a_file_beside_the_weights(hub_repo, tiny_dir):
     assert models.model_file(str(tiny_dir), "hft_mask.json") is None
 
 
+def test_a_file_offline_and_not_cached_is_taken_as_absent_saying_so_once(hub_repo, caplog):
+    model = models.load_model(hub_repo)
+    with caplog.at_level("WARNING", logger="hft_plugins.integrations.models"):
+        for _ in range(2):
+            assert models.model_file(model, "never-fetched.json") is None
+    said = [r.getMessage() for r in caplog.records if r.name == "hft_plugins.integrations.models"]
+    assert said == [
+        "HFT: cannot tell whether hft-tests/tiny-llama has never-fetched.json: the Hub is "
+        "offline and the cache does not have it; going on as if it has none"
+    ]
+
+
 def test_a_model_without_a_gguf_mark_is_left_alone(tiny_dir):
     from transformers import AutoModelForCausalLM
 
