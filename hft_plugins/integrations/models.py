@@ -161,6 +161,9 @@ def load_model(name, *, dtype=None, auto_class=None, **hub):
         model = auto_class.from_pretrained(ref.source, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise _refusal("model", ref, exc) from None
+    if ref.gguf_file and _gguf_source(model) is None:  # asked to dequantize, it left no mark
+        _say_dequantized(model, ref.gguf_file)
+        return model
     return plain_weights(model)
 
 
@@ -239,15 +242,20 @@ def plain_weights(model):
         )
     del model.hf_quantizer
     model.is_quantized = False
-    _name_the_file(model, source)
     for config in {
         id(m.config): m.config for m in model.modules() if hasattr(m, "config")
     }.values():
         if getattr(config, "quantization_config", None) is not None:
             del config.quantization_config
+    _say_dequantized(model, source)
+    return model
+
+
+def _say_dequantized(model, gguf_file: str) -> None:
+    """Name the GGUF file as the model's source and say, once, that its float weights train."""
+    _name_the_file(model, gguf_file)
     dtype = next(model.parameters()).dtype
     logger.warning(
-        f"HFT: {source} was dequantized to {dtype} on load; training those weights and saving "
-        "them as a normal checkpoint"
+        f"HFT: {gguf_file} was dequantized to {dtype} on load; training those weights and "
+        "saving them as a normal checkpoint"
     )
-    return model
