@@ -140,9 +140,9 @@ def _generate(model, prompts, probes: _Probes, tokens: int, desc: str):
 def evaluate(model, tokenizer, probes: _Probes, size: Size, label: str) -> dict:
     """Learning, drift, knowledge and the shown answers of one model."""
     facts = [probes.facts[i] for i in probes.known]
-    choices = [
-        (probes.facts[i][0], c) for i in probes.known for c in [probes.facts[i][1], *probes.choices[i]]
-    ]  # fmt: skip
+    groups = [[probes.facts[i][1], *probes.choices[i]] for i in probes.known]  # right one first
+    prompts = [probes.facts[i][0] for i in probes.known]
+    choices = [(p, c) for p, group in zip(prompts, groups, strict=True) for c in group]
     bar = progress_bar(
         len(probes.task) + len(probes.drift) + len(facts) + len(choices), f"scoring {label}"
     )
@@ -153,10 +153,11 @@ def evaluate(model, tokenizer, probes: _Probes, size: Size, label: str) -> dict:
         ranked = chat_eval.score(model, choices, probes.pad, progress=bar)
     finally:
         bar.close()
-    hits = sum(
-        ranked[4 * k].logprob > max(s.logprob for s in ranked[4 * k + 1 : 4 * k + 4])
-        for k in range(len(facts))
-    )
+    hits, at = 0, 0
+    for group in groups:
+        right, *wrong = ranked[at : at + len(group)]
+        hits += right.logprob > max(w.logprob for w in wrong)
+        at += len(group)
     answers = _generate(model, probes.shown_ids, probes, size.answer_tokens, f"answers ({label})")
     return {
         "task_heldout_nll": chat_eval.pooled_nll(task),
@@ -168,24 +169,25 @@ def evaluate(model, tokenizer, probes: _Probes, size: Size, label: str) -> dict:
     }
 
 
-class _StepTimes:
-    """Seconds of each optimizer step (a transformers TrainerCallback, built lazily)."""
+def _step_timer():
+    """A transformers TrainerCallback that records each optimizer step's wall seconds and this
+    process's CPU seconds (all its threads): on a machine shared with other jobs the wall time
+    swings with their load, the CPU time much less."""
+    from transformers import TrainerCallback
 
-    @staticmethod
-    def callback():
-        from transformers import TrainerCallback
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.wall: list[float] = []
+            self.cpu: list[float] = []
 
-        class StepTimes(TrainerCallback):
-            def __init__(self):
-                self.seconds: list[float] = []
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._start = (time.perf_counter(), time.process_time())
 
-            def on_step_begin(self, args, state, control, **kwargs):
-                self._start = time.perf_counter()
+        def on_step_end(self, args, state, control, **kwargs):
+            self.wall.append(time.perf_counter() - self._start[0])
+            self.cpu.append(time.process_time() - self._start[1])
 
-            def on_step_end(self, args, state, control, **kwargs):
-                self.seconds.append(time.perf_counter() - self._start)
-
-        return StepTimes()
+    return StepTimer()
 
 
 def frozen_check(mask, base, tuned) -> dict:
@@ -239,22 +241,24 @@ def finetune(base, tokenizer, rows, hft_config, *, size: Size, lr: float, seed: 
         disable_tqdm=False,
     )
     trainer = make_sft_trainer(model, args, Dataset.from_list(rows), tokenizer, hft_config)
-    times = _StepTimes.callback()
+    times = _step_timer()
     trainer.add_callback(times)
     total = sum(p.numel() for p in model.parameters())
     trainer.train()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # what trains: the mask's count (a fused tensor may train in part), else everything
+    trainable = total if hft_config is None else trainer.hft_mask.trainable_numel
     stats = {
         "trainable_params": trainable,
+        "requires_grad_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_params": total,
         "trainable_fraction": trainable / total,
         "optimizer_state_bytes": state_bytes(trainer.optimizer),
-        "seconds_per_step": statistics.median(times.seconds),
-        "train_seconds": sum(times.seconds),
+        "seconds_per_step": statistics.median(times.wall),
+        "cpu_seconds_per_step": statistics.median(times.cpu),
+        "train_seconds": sum(times.wall),
     }
     if hft_config is not None:
         mask = trainer.hft_mask
-        stats["mask_trainable_params"] = mask.trainable_numel
         stats["mask_total_params"] = mask.total_numel
         stats["block_fraction"] = mask.fractions()["blocks"][0] / mask.fractions()["blocks"][1]
         stats.update(frozen_check(mask, base, model))
@@ -358,8 +362,9 @@ def table(result: dict) -> str:
          f"{100 * hft['trainable_fraction']:.1f}% (blocks {100 * hft['block_fraction']:.1f}%)"),
         ("optimizer state", "", f"{runs['fft']['optimizer_state_bytes'] / mb:.0f} MB",
          f"{hft['optimizer_state_bytes'] / mb:.0f} MB"),
-        ("step time (median)", "", f"{runs['fft']['seconds_per_step']:.2f} s",
-         f"{hft['seconds_per_step']:.2f} s"),
+        ("step time: CPU / wall (median)", "",
+         f"{runs['fft']['cpu_seconds_per_step']:.2f} / {runs['fft']['seconds_per_step']:.2f} s",
+         f"{hft['cpu_seconds_per_step']:.2f} / {hft['seconds_per_step']:.2f} s"),
         ("frozen half after training", "", "",
          f"{'bit-identical' if hft['frozen_bit_identical'] else 'CHANGED'} ({hft['frozen_params'] / 1e6:.1f}M)"),
         ("learned: held-out task NLL", f"{b['task_heldout_nll']:.3f}",
@@ -421,7 +426,7 @@ def plot(result: dict, path) -> None:
     for x, (v, n) in enumerate(zip(state, ("fft", "hft"), strict=True)):
         r = runs[n]
         ax.text(x, v, f"{v:.0f} MB\n{100 * r['trainable_fraction']:.1f}% trained\n"
-                f"{r['seconds_per_step']:.2f} s/step", ha="center", va="bottom", fontsize=8)  # fmt: skip
+                f"{r['cpu_seconds_per_step']:.2f} CPU s/step", ha="center", va="bottom", fontsize=8)  # fmt: skip
     ax.set_ylim(0, max(state) * 1.45)
     ax.set_title("cost: optimizer state\n(HFT frozen half "
                  f"{'bit-identical' if runs['hft']['frozen_bit_identical'] else 'CHANGED'})",

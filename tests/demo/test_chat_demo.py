@@ -24,7 +24,7 @@ def test_real_model_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     args = parser.parse_args(
         ["demo", "--steps", "2", "--batch-size", "4", "--heldout", "6", "--answer-tokens", "6"]
-        + ["--lr", "1e-4", "--threads", "2", "--out", str(out)]
+        + ["--lr", "1e-4", "--threads", "1", "--out", str(out)]
     )
     assert args.run(args) == 0
     result = json.loads((out / "results.json").read_text())
@@ -33,7 +33,8 @@ def test_real_model_demo_end_to_end(tmp_path, capsys):
 
     assert hft["frozen_bit_identical"] is True and hft["frozen_params"] > 0
     assert hft["frozen_params"] + hft["trainable_params"] == hft["total_params"]
-    assert hft["trainable_params"] == hft["mask_trainable_params"]
+    assert hft["trainable_params"] == hft["requires_grad_params"]  # SmolLM2 has no fused tensors
+    assert fft["requires_grad_params"] == fft["total_params"]
     assert hft["total_params"] == hft["mask_total_params"] == fft["total_params"]
     assert hft["trainable_fraction"] == hft["trainable_params"] / hft["total_params"]
     assert hft["block_fraction"] == 0.5  # the paper's rule on 30 Llama blocks: exact
@@ -44,7 +45,7 @@ def test_real_model_demo_end_to_end(tmp_path, capsys):
     assert hft["optimizer_state_bytes"] == pytest.approx(
         fft["optimizer_state_bytes"] * hft["trainable_fraction"], rel=1e-4
     )
-    assert fft["seconds_per_step"] > 0 and hft["seconds_per_step"] > 0
+    assert all(r[k] > 0 for r in (fft, hft) for k in ("seconds_per_step", "cpu_seconds_per_step"))
 
     ev = result["eval"]
     for run in ("fft", "hft"):  # learned: held-out words, never trained on
