@@ -411,8 +411,8 @@ def plot(result: dict, path) -> None:
         ("facts_nll", "knowledge: NLL of facts the base knows\n(higher = forgot more)"),
         ("facts_choice_accuracy", "knowledge: multiple choice\n(higher = kept more)"),
     ]
-    fig = plt.figure(figsize=(15, 9.5))
-    grid = fig.add_gridspec(2, 5, height_ratios=[1, 1.5])
+    fig = plt.figure(figsize=(15, 8))
+    grid = fig.add_gridspec(2, 5, height_ratios=[1, 1.1])
     for k, (key, title) in enumerate(panels):
         ax = fig.add_subplot(grid[0, k])
         values = [ev[n][key] for n in names]
