@@ -84,8 +84,8 @@ def _key(gguf: Path, dtype: torch.dtype) -> dict:
 
 
 def _cache_problem(folder: Path, key: dict) -> str | None:
-    """Why the cache in ``folder`` cannot be used for ``key``; None when it can (or is absent,
-    reported as ``""``)."""
+    """Why the cache in ``folder`` cannot be used for ``key``: ``""`` when there is none,
+    None when it can be used."""
     record = folder / RECORD
     if not folder.exists():
         return ""
@@ -95,6 +95,8 @@ def _cache_problem(folder: Path, key: dict) -> str | None:
             changed = sorted(k for k in key if meta.get("key", {}).get(k) != key[k])
             return f"it was built from another {' and '.join(changed) or 'key'}"
         for name, size in meta["files"].items():
+            if not (folder / name).is_file():
+                return f"{name} is missing"
             if (folder / name).stat().st_size != size:
                 return f"{name} has changed size"
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
