@@ -116,3 +116,80 @@ def test_gpu_script_runs_on_cpu_with_the_plain_torch_model(tmp_path):
     assert "LlamaLiteForCausalLM" in text and "dtype=bf16" in text
     data = json.loads((tmp_path / "gpu.json").read_text())
     assert {"fft", "frozen", "hft"} <= set(data["summary"])
+
+
+SHAPES_ONLY = [
+    "--steps", "1", "--warmup", "0", "--repeats", "1",
+    "--compute-shape", "2x16", "--optimizer-shape", "1x8",
+]  # fmt: skip
+
+
+def _tiny_llama_config(path, **overrides):
+    from hft_plugins.tiny import tiny_config
+
+    tiny_config("llama", tie_word_embeddings=True, **overrides).save_pretrained(path)
+    return path
+
+
+def test_step_takes_the_shapes_of_a_named_model(tmp_path):
+    config = _tiny_llama_config(tmp_path / "model", hidden_size=48, num_hidden_layers=3)
+    out = tmp_path / "step.json"
+    argv = ["--model", str(config), *SHAPES_ONLY, "--methods", "fft,frozen,hft"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "hft_bench.step", *argv, "--json", str(out)],
+        capture_output=True, text=True, env=_env(), timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert "hidden=48 layers=3 " in proc.stdout
+    assert f"the shapes of --model {config} (fresh weights, tied embeddings)" in proc.stdout
+    assert sorted(data["summary"]) == ["fft", "frozen", "hft"] and data["notes"] == {}
+    state = data["summary"]["hft"]["state_bytes"] / data["summary"]["fft"]["state_bytes"]
+    assert abs(state / data["model"]["trainable_fraction"] - 1) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--hidden", "32"], "--hidden: --model {m} sets the model; leave --hidden out"),
+        (["--arch", "gpt2"], "--arch: --model {m} sets the model; leave --arch out"),
+        (["--compute-shape", "1x4096"], "--model {m} takes at most 64 tokens"),
+    ],
+)
+def test_step_refuses_what_contradicts_the_named_model(tmp_path, extra, message):
+    from hft_bench.step.options import parse_args
+
+    config = _tiny_llama_config(tmp_path, max_position_embeddings=64)
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--model", str(config), *extra])
+    assert str(info.value) == message.format(m=config)
+
+
+def test_step_refuses_a_model_of_another_shape(tmp_path):
+    from hft_bench.step.options import parse_args
+
+    from hft_plugins.tiny import tiny_config
+
+    tiny_config("gpt2").save_pretrained(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--model", str(tmp_path)])
+    assert str(info.value) == (
+        f"--model {tmp_path} is a gpt2 model; the step benchmark takes the shapes of llama, "
+        "mistral, qwen2 models"
+    )
+
+
+@pytest.mark.slow
+def test_step_on_smollm2_has_its_shapes():
+    from tests.helpers import require_real_model
+
+    require_real_model()
+    from hft_bench.step.build import build_model
+    from hft_bench.step.options import parse_args
+
+    args = parse_args(["--model", "smollm2"])
+    dims = (args.hidden, args.layers, args.intermediate, args.heads, args.kv_heads, args.vocab)
+    assert dims == (576, 30, 1536, 9, 3, 49_152)
+    meta = build_model(args, device="meta")
+    assert meta.lm_head.weight is meta.model.embed_tokens.weight
+    assert sum(p.numel() for p in meta.parameters()) == 134_515_008

@@ -21,78 +21,159 @@ def _command() -> str:
     return "hft " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-SETTINGS = ("wordnet", "tasks")
-# flags that only one setting reads; a flag given for the other is an error, not ignored
-SETTING_FLAGS = {
-    "wordnet": ("domain", "seeds"),
-    "tasks": ("task", "ratio", "seed", "steps"),
-}
+REAL_DEMO_LR = 5e-5
+# the real-model demo's options (on `hft demo` itself); given before a toy
+# demo's name (`hft demo --steps 5 tasks`) they would be read by nobody, so that is refused
+REAL_DEMO_FLAGS = (
+    "--model", "--steps", "--batch-size", "--heldout", "--answer-tokens", "--lr", "--seed",
+    "--strategy",
+)  # fmt: skip
+
+
+def _real_dest(flag: str) -> str:
+    return "real_" + flag[2:].replace("-", "_")
+
+
+def _common_demo_options(parser, *, threads_default, threads_help) -> None:
+    parser.add_argument("--out", default="hft-demo", help="directory for the results and pictures")
+    parser.add_argument("--threads", type=int, default=threads_default, help=threads_help)
+
+
+def _strategy_help() -> str:
+    return f"HFT strategy ({', '.join(sorted(strategies()))} or a plugin's)"
 
 
 def add_demo_parser(subparsers):
+    from .chat_demo import Size
     from .evidence.corpus import DOMAINS
     from .tasks import SEQUENCE_TASKS
 
+    size = Size()
     p = subparsers.add_parser(
         "demo",
-        help="FFT vs HFT from a small pretrained base: learning, forgetting, cost",
-        description="wordnet (the default): from the shipped base pretrained on WordNet "
-        "glosses, fine-tune a new domain with full fine-tuning and with HFT over a short grid "
-        "of learning rates and step counts; print forgetting at matched learning and draw the "
-        "frontier (70-90 s on 2 CPU cores; needs Debian's wordnet-base). tasks: the harsh setting, a "
-        "tiny model trained from scratch on synthetic tasks, fine-tuned through TRL's "
-        "SFTTrainer once with FFT and once with HFT.",
+        help="FFT vs HFT on a real chat model: what each learned, kept and cost",
+        description="SmolLM2-135M-Instruct (or --model) taught a new task from WordNet "
+        "('Define the word X') through TRL: SFTTrainer for full fine-tuning and "
+        "HFTSFTTrainer(hft_config=HFTConfig()) for HFT, same rows, order, lr and steps. "
+        "Prints what each learned (held-out words), what each forgot (drift from the base's "
+        "own answers, world facts), trainable share, optimizer state, step time, the frozen "
+        "half checked bit-identical, and a few prompts answered by base, FFT and HFT; writes "
+        "results.json and demo.png. Under 5 minutes on 2 CPU cores. The toy settings are "
+        "subcommands: `hft demo wordnet`, `hft demo tasks`.",
     )
-    p.add_argument("--setting", choices=SETTINGS, default="wordnet", help="which demo")
-    p.add_argument(
-        "--strategy",
-        default="category",
-        help=f"HFT strategy ({', '.join(sorted(strategies()))} or a plugin's)",
+    options = (  # flag, type, default, metavar, help
+        ("--model", str, None, "MODEL",
+         "a Hub id, a model directory or a .gguf file (SmolLM2-135M-Instruct)"),
+        ("--steps", int, size.steps, "N", "optimizer steps per run"),
+        ("--batch-size", int, size.batch_size, "N", "rows per step"),
+        ("--heldout", int, size.heldout, "N", "held-out words scored for learning"),
+        ("--answer-tokens", int, size.answer_tokens, "N",
+         "greedy tokens per shown answer and per base answer that drift is read on"),
+        ("--lr", float, REAL_DEMO_LR, "LR", "learning rate of both runs"),
+        ("--seed", int, 0, "N", "seed of the HFT draw and of training"),
+        ("--strategy", str, "category", "NAME", _strategy_help()),
+    )  # fmt: skip
+    for flag, kind, default, metavar, text in options:
+        shown = f" ({default:g})" if isinstance(default, float) else f" ({default})"
+        p.add_argument(flag, dest=_real_dest(flag), type=kind, default=default, metavar=metavar,
+                       help=text + ("" if default is None or flag == "--strategy" else shown))  # fmt: skip
+    _common_demo_options(
+        p,
+        threads_default=1,
+        threads_help="torch CPU threads (1: the demo's timing holds on a busy machine; 2 or "
+        "more is faster on an idle one)",
     )
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate compared at one setting")
-    p.add_argument("--out", default="hft-demo", help="directory for the results and pictures")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (1 is fastest on a shared machine)",
+    p.set_defaults(run=run_demo, setting=None)
+    p.set_defaults(real_defaults={f: p.get_default(_real_dest(f)) for f in REAL_DEMO_FLAGS})
+    toys = p.add_subparsers(dest="setting", metavar="{wordnet,tasks}")
+
+    w = toys.add_parser(
+        "wordnet",
+        help="the toy base: a 455K-parameter model pretrained here on WordNet glosses",
+        description="From the shipped base pretrained on WordNet glosses, fine-tune a new "
+        "domain with full fine-tuning and with HFT over a short grid of learning rates and "
+        "step counts; print forgetting at matched learning and draw the frontier (70-90 s on "
+        "2 CPU cores; needs Debian's wordnet-base).",
     )
-    wordnet = p.add_argument_group("--setting wordnet")
-    wordnet.add_argument("--domain", help=f"new domain: one of {', '.join(DOMAINS)} (nouns_new)")
-    wordnet.add_argument("--seeds", help="comma list of seeds (0,1)")
-    tasks = p.add_argument_group("--setting tasks")
-    tasks.add_argument("--task", help=f"new task: one of {', '.join(SEQUENCE_TASKS)} (shift)")
-    tasks.add_argument("--ratio", type=float, help="HFT ratio in (0, 1) (0.5)")
-    tasks.add_argument("--seed", type=int, help="seed of the HFT draw and of the data order (0)")
-    tasks.add_argument("--steps", type=int, help="optimizer steps per run (150)")
-    p.set_defaults(run=run_demo)
+    w.add_argument("--domain", default="nouns_new", help=f"new domain: one of {', '.join(DOMAINS)}")
+    w.add_argument("--seeds", default="0,1", help="comma list of seeds (0,1)")
+    w.add_argument("--lr", type=float, default=1e-3, help="learning rate compared at one setting")
+    w.add_argument("--strategy", default="category", help=_strategy_help())
+    _common_demo_options(w, threads_default=1,
+                         threads_help="torch CPU threads (1 is fastest on a shared machine)")  # fmt: skip
+    w.set_defaults(run=run_wordnet_demo)
+
+    t = toys.add_parser(
+        "tasks",
+        help="the harsh setting: a tiny model trained from scratch on synthetic tasks",
+        description="A 171K-parameter model trained from scratch on synthetic character "
+        "tasks, fine-tuned on a new one through TRL's SFTTrainer once with FFT and once with "
+        "HFT; base-task retention, the new task's score and the cost of each run.",
+    )
+    t.add_argument("--task", default="shift", help=f"new task: one of {', '.join(SEQUENCE_TASKS)}")
+    t.add_argument("--ratio", type=float, default=0.5, help="HFT ratio in (0, 1) (0.5)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the HFT draw and the data order")
+    t.add_argument("--steps", type=int, default=150, help="optimizer steps per run (150)")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate of both runs (1e-3)")
+    t.add_argument("--strategy", default="category", help=_strategy_help())
+    _common_demo_options(t, threads_default=1,
+                         threads_help="torch CPU threads (1 is fastest on a shared machine)")  # fmt: skip
+    t.set_defaults(run=run_tasks_demo)
     return p
 
 
-def _check_setting_flags(args) -> None:
+def _refuse_misplaced_flags(args) -> None:
     from hft_plugins import HFTError
 
-    for setting, flags in SETTING_FLAGS.items():
-        given = [f for f in flags if getattr(args, f) is not None]
-        if setting != args.setting and given:
-            raise HFTError(f"--{given[0]} applies to --setting {setting}, not {args.setting}")
+    for flag in REAL_DEMO_FLAGS:
+        if getattr(args, _real_dest(flag)) != args.real_defaults[flag]:
+            raise HFTError(
+                f"{flag} before '{args.setting}' is an option of the real-model demo; "
+                f"write it after the name: hft demo {args.setting} {flag} ..."
+            )
 
 
 def run_demo(args) -> int:
+    """The real-model demo (``hft demo``)."""
     import torch
 
-    _check_setting_flags(args)
+    from . import chat_demo
+
     torch.set_num_threads(max(1, args.threads))
-    if args.setting == "wordnet":
-        return _run_wordnet_demo(args)
+    size = chat_demo.Size(
+        steps=args.real_steps,
+        batch_size=args.real_batch_size,
+        heldout=args.real_heldout,
+        answer_tokens=args.real_answer_tokens,
+    )
+    result = chat_demo.run_demo(
+        model_name=args.real_model,
+        size=size,
+        lr=args.real_lr,
+        strategy=args.real_strategy,
+        seed=args.real_seed,
+        out=args.out,
+        command=_command(),
+    )
+    print(chat_demo.table(result))
+    print(f"wrote {args.out}/results.json and {args.out}/demo.png ({result['wall_seconds']:.0f} s)")
+    return 0
+
+
+def run_tasks_demo(args) -> int:
+    """``hft demo tasks``: the synthetic-task setting."""
+    import torch
+
     from . import demo
 
+    _refuse_misplaced_flags(args)
+    torch.set_num_threads(max(1, args.threads))
     result = demo.run_demo(
-        task=args.task or "shift",
+        task=args.task,
         strategy=args.strategy,
-        ratio=0.5 if args.ratio is None else args.ratio,
-        seed=args.seed or 0,
-        steps=150 if args.steps is None else args.steps,
+        ratio=args.ratio,
+        seed=args.seed,
+        steps=args.steps,
         lr=args.lr,
         out=args.out,
         command=_command(),
@@ -102,7 +183,10 @@ def run_demo(args) -> int:
     return 0
 
 
-def _run_wordnet_demo(args) -> int:
+def run_wordnet_demo(args) -> int:
+    """``hft demo wordnet``: the toy WordNet base's frontier."""
+    import torch
+
     from hft_plugins import HFTError
     from hft_plugins.core.catalog import strategy as registered_strategy
 
@@ -110,16 +194,14 @@ def _run_wordnet_demo(args) -> int:
     from .evidence.corpus import DOMAINS
     from .evidence.demo import run_demo as run_wordnet
 
+    _refuse_misplaced_flags(args)
+    torch.set_num_threads(max(1, args.threads))
     registered_strategy(args.strategy)  # an unknown strategy fails here, before any training
-    if args.domain is not None and args.domain not in DOMAINS:
+    if args.domain not in DOMAINS:
         raise HFTError(f"unknown domain {args.domain!r}; known: {', '.join(DOMAINS)}")
     out = writable_dir(args.out)
     result = run_wordnet(
-        out,
-        domain=args.domain or "nouns_new",
-        lr=args.lr,
-        seeds=parse_seeds(args.seeds or "0,1"),
-        strategy=args.strategy,
+        out, domain=args.domain, lr=args.lr, seeds=parse_seeds(args.seeds), strategy=args.strategy
     )
     print(f"wrote {out}/demo.json and {result['png']}")
     return 0

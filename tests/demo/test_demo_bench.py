@@ -17,9 +17,7 @@ def _parser():
 
 def test_demo_fast_writes_complete_results(quick_base, tmp_path, capsys):
     out = tmp_path / "demo"
-    args = _parser().parse_args(
-        ["demo", "--setting", "tasks", "--steps", "3", "--seed", "1", "--out", str(out)]
-    )
+    args = _parser().parse_args(["demo", "tasks", "--steps", "3", "--seed", "1", "--out", str(out)])
     assert args.run(args) == 0
     result = json.loads((out / "results.json").read_text())
     assert (out / "demo.png").stat().st_size > 0
@@ -163,7 +161,7 @@ def test_unwritable_output_dir_is_one_line_error(tmp_path):
     ],
 )
 def test_demo_bad_input_is_one_line_error(argv, message, tmp_path):
-    args = _parser().parse_args(["demo", "--setting", "tasks", "--out", str(tmp_path), *argv])
+    args = _parser().parse_args(["demo", "tasks", "--out", str(tmp_path), *argv])
     with pytest.raises(HFTError, match=message):
         args.run(args)
 
@@ -205,18 +203,32 @@ def test_the_harness_adds_its_commands_through_the_plugin_hook(monkeypatch, caps
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--task", "copy"], "--task applies to --setting tasks, not wordnet"),
-        (
-            ["--setting", "tasks", "--seeds", "0,1"],
-            "--seeds applies to --setting wordnet, not tasks",
-        ),
-        (["--domain", "poems"], "unknown domain 'poems'"),
+        (["--steps", "5", "tasks"], "--steps before 'tasks' is an option of the real-model demo"),
+        (["--model", "x", "wordnet"], "--model before 'wordnet' is an option of the real-model"),
+        (["wordnet", "--domain", "poems"], "unknown domain 'poems'"),
+        (["wordnet", "--strategy", "bogus"], "unknown strategy 'bogus'"),
         (["--strategy", "bogus"], "unknown strategy 'bogus'"),
+        (["--steps", "0"], "steps must be at least 1"),
+        (["--heldout", "0"], "heldout must be at least 1"),
+        (["--lr", "0"], "learning rate must be positive"),
     ],
 )
-def test_demo_settings_refuse_flags_of_the_other_and_bad_names(argv, message, tmp_path):
-    """The WordNet demo (the default) and the tasks demo read different flags: one line each."""
+def test_demo_refuses_bad_names_and_misplaced_flags_before_loading(argv, message, tmp_path):
+    """`hft demo` is the real-model demo; `hft demo wordnet|tasks` the toy ones, each with its
+    own flags. A real-model flag before a toy demo's name would be read by nobody: refused."""
     args = _parser().parse_args(["demo", "--out", str(tmp_path), *argv])
     with pytest.raises(HFTError, match=message) as err:
         args.run(args)
     assert "\n" not in str(err.value)
+
+
+def test_each_demo_reads_its_own_flags():
+    parser = _parser()
+    real = parser.parse_args(["demo", "--steps", "3", "--lr", "1e-4"])
+    assert real.setting is None and (real.real_steps, real.real_lr) == (3, 1e-4)
+    tasks_ = parser.parse_args(["demo", "tasks", "--steps", "3", "--lr", "1e-2"])
+    assert tasks_.setting == "tasks" and (tasks_.steps, tasks_.lr) == (3, 1e-2)
+    assert tasks_.real_steps == real.real_defaults["--steps"]
+    wordnet = parser.parse_args(["demo", "wordnet", "--seeds", "0", "--lr", "3e-3"])
+    assert wordnet.setting == "wordnet" and (wordnet.seeds, wordnet.lr) == ("0", 3e-3)
+    assert real.run is not tasks_.run is not wordnet.run

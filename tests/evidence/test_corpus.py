@@ -1,5 +1,13 @@
 import pytest
-from hft_bench.evidence.corpus import build_corpus, clean, find_wordnet, parse_line
+from hft_bench.evidence.corpus import (
+    build_corpus,
+    clean,
+    find_wordnet,
+    fits,
+    gloss_item,
+    parse_line,
+    sample_pos,
+)
 
 from hft_plugins import HFTError
 
@@ -47,6 +55,18 @@ def test_splits_fixed_and_disjoint(corpus):
 def test_too_many_asked():
     with pytest.raises(HFTError, match="usable noun synsets"):
         build_corpus(WORDNET, dict(SIZES, base=1000))
+
+
+def test_sample_pos_is_a_fixed_draw_of_distinct_fitting_synsets():
+    """The real-model demo's task: the same words on every machine for a seed, one synset per
+    headword (one right answer), every item whole within MAX_CHARS."""
+    drawn = sample_pos(WORDNET, "noun", 8, seed=3)
+    assert drawn == sample_pos(WORDNET, "noun", 8, seed=3)
+    assert drawn != sample_pos(WORDNET, "noun", 8, seed=4)
+    assert len({s.headword for s in drawn}) == 8
+    assert all(s.pos == "n" and s.definition and fits(gloss_item(s)) for s in drawn)
+    with pytest.raises(HFTError, match="usable noun synsets, 1000 asked"):
+        sample_pos(WORDNET, "noun", 1000, seed=3)
 
 
 def test_missing_wordnet_one_line(tmp_path):

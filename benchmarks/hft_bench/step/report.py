@@ -13,14 +13,17 @@ def print_header(args, model: dict, meta, mask, command: str) -> None:
 
     total = sum(p.numel() for p in meta.parameters())
     blocks = mask.fractions()["blocks"][1]
-    experts = ""
+    detail = ""
     if args.arch == "moe":
         impl = getattr(meta.config, "_experts_implementation", None)
-        experts = f" experts={args.experts} top-{args.top_k} ({impl}; intermediate per expert)"
+        detail = f" experts={args.experts} top-{args.top_k} ({impl}; intermediate per expert)"
+    if args.model_config is not None:
+        tied = ", tied embeddings" if args.model_config.tie_word_embeddings else ""
+        detail = f"; the shapes of --model {args.model} (fresh weights{tied})"
     print(
         f"# hft-plugins step benchmark: arch={args.arch} ({type(meta).__name__}) hidden={args.hidden} "
         f"layers={args.layers} intermediate={args.intermediate} heads={args.heads}/{args.kv_heads} "
-        f"vocab={args.vocab}{experts}"
+        f"vocab={args.vocab}{detail}"
     )
     print(
         f"# params {total / 1e6:.1f}M, blocks {blocks / total:.1%}; trainable fraction under HFT "

@@ -1,0 +1,176 @@
+"""What a chat model learned and forgot, measured with its own tokenizer and chat template.
+
+- **learning**: per-token NLL of a task's answers on held-out items (never trained on),
+  each asked as one user turn through the chat template;
+- **behaviour drift**: per-token NLL of the *base* model's own greedy answers to general
+  prompts, under a tuned model (the base scores its own answers at about 0.7 nats/token);
+- **knowledge**: world facts as plain-text completions ("The capital of France is" ->
+  " Paris"), scored only on the facts the base gets right (its greedy continuation starts
+  with the answer): completion NLL and a 4-way multiple choice (the right answer strictly
+  the likeliest of the candidates).
+
+Every score is teacher-forced (one forward pass per batch); answers shown to people come
+from greedy generation. Completions are right-padded with ``engine.pad_batch``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .engine import IGNORE, pad_batch
+
+# held-out general prompts: behaviour drift is read on the base's own answers to these
+GENERAL_PROMPTS = (
+    "Give me three tips for staying healthy.",
+    "Write a short poem about the sea.",
+    "How do I make a good cup of tea?",
+    "Explain to a child what a computer does.",
+    "What should I pack for a weekend trip to the mountains?",
+    "Why do people keep pets?",
+)
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A plain-text completion the base should know, and three wrong answers of its kind."""
+
+    prompt: str
+    answer: str
+    wrong: tuple[str, str, str]
+
+
+_CAPITALS = {
+    "France": "Paris",
+    "Germany": "Berlin",
+    "Italy": "Rome",
+    "Japan": "Tokyo",
+    "Spain": "Madrid",
+    "Russia": "Moscow",
+    "Egypt": "Cairo",
+    "England": "London",
+}
+
+
+def _capital_facts() -> list[Fact]:
+    cities = list(_CAPITALS.values())
+    out = []
+    for i, (country, city) in enumerate(_CAPITALS.items()):
+        wrong = tuple(cities[(i + k) % len(cities)] for k in (1, 2, 3))
+        out.append(Fact(f"The capital of {country} is", f" {city}", wrong))
+    return out
+
+
+FACTS = tuple(
+    _capital_facts()
+    + [
+        Fact("The largest planet in our solar system is", " Jupiter", ("Mars", "Venus", "Earth")),
+        Fact("Water is made of hydrogen and", " oxygen", ("carbon", "nitrogen", "helium")),
+        Fact("The chemical symbol for gold is", " Au", ("Ag", "Fe", "Pb")),
+        Fact("Romeo and Juliet was written by William", " Shakespeare", ("Wordsworth", "Blake", "Golding")),
+        Fact("The Great Wall is in", " China", ("India", "Brazil", "Mexico")),
+        Fact("The opposite of hot is", " cold", ("warm", "wet", "soft")),
+        Fact("A week has seven", " days", ("hours", "months", "years")),
+        Fact("The first man to walk on the moon was Neil", " Armstrong", ("Collins", "Young", "Shepard")),
+    ]
+)  # fmt: skip
+
+
+def chat_prompt_ids(tokenizer, user: str) -> list[int]:
+    """One user turn through the model's chat template, ending where the assistant speaks."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def chat_pair_ids(tokenizer, user: str, answer: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids): the answer's ids are what the template adds for the assistant's
+    turn (its text and its end-of-turn token), as TRL's prompt-completion data is tokenized."""
+    prompt = chat_prompt_ids(tokenizer, user)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+        tokenize=False,
+    )
+    full = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if full[: len(prompt)] != prompt:
+        raise ValueError("the chat template does not extend the prompt with the answer")
+    return prompt, full[len(prompt) :]
+
+
+def text_pair_ids(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) of a plain-text completion, no chat template."""
+    head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    full = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
+    if full[: len(head)] != head:
+        raise ValueError(f"{prompt!r} does not tokenize as a prefix of its completion")
+    return head, full[len(head) :]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One completion: the sum of its tokens' log-probabilities, how many tokens, and whether
+    greedy decoding from the prompt reproduces it (the argmax is right at every token)."""
+
+    logprob: float
+    tokens: int
+    greedy: bool
+
+
+@torch.no_grad()
+def score(model, pairs, pad_id: int, batch_size: int = 16, progress=None) -> list[Scored]:
+    """Teacher-forced scores of ``(prompt ids, completion ids)`` pairs, in their order."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    out: list[Scored | None] = [None] * len(pairs)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        seqs = [pairs[i][0] + pairs[i][1] for i in idx]
+        labels = [[IGNORE] * len(pairs[i][0]) + pairs[i][1] for i in idx]
+        b = pad_batch(seqs, labels, pad_id, IGNORE)
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        logits, target = logits[:, :-1].float(), b["labels"][:, 1:]
+        keep = target != IGNORE
+        logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+        right = ((logits.argmax(-1) == target) | ~keep).all(-1)
+        for j, i in enumerate(idx):
+            out[i] = Scored((logp[j] * keep[j]).sum().item(), int(keep[j].sum()), bool(right[j]))
+        if progress is not None:
+            progress.update(len(idx))
+    model.train(was_training)
+    return out
+
+
+def pooled_nll(scores: list[Scored]) -> float:
+    """Per-token NLL in nats, pooled over every token of every completion."""
+    return -sum(s.logprob for s in scores) / sum(s.tokens for s in scores)
+
+
+@torch.no_grad()
+def greedy(model, prompts, *, pad_id: int, eos_id: int, max_new_tokens: int, streamer=None):
+    """Greedy continuations of prompt ids (left-padded into one batch), each cut after its
+    first ``eos_id`` (kept) or at ``max_new_tokens``."""
+    was_training = model.training
+    model.eval()
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id)
+    att = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        att[i, width - len(p) :] = 1
+    gen = model.generate(
+        input_ids=ids,
+        attention_mask=att,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        streamer=streamer,
+    )[:, width:]
+    model.train(was_training)
+    out = []
+    for row in gen.tolist():
+        out.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
+    return out
