@@ -29,7 +29,7 @@ MOVED = {
     "hft_plugins.plugins": "hft_plugins.registry + hft_plugins.core.catalog",
     "hft_plugins.strategies": "hft_plugins.builtin.strategies",
     "hft_plugins.family_layouts": "hft_plugins.builtin.families",
-    "hft_plugins.builtins": "hft_plugins.builtin.layouts",
+    "hft_plugins.builtins": "hft_plugins.builtin.families",
 }
 
 

@@ -25,7 +25,8 @@ import logging
 from pathlib import Path
 
 from ..core.errors import HFTError
-from ..core.mask import Mask, Slices
+from ..core.mask import Mask
+from ..core.units import Slices
 from ._common import MASK_NAME
 
 logger = logging.getLogger(__name__)

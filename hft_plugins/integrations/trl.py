@@ -47,10 +47,10 @@ from trl import (
     SFTTrainer,
 )
 
-from ..core.compare import check_same_shapes, shapes
 from ..core.config import HFTConfig
 from ..core.errors import HFTError
 from ..core.mask import Mask
+from ..core.shapes import check_same_shapes, shapes
 from ._common import HFTArguments, config_from_settings, shared_reference, unshare
 from .transformers import _UNSET, HFTTrainerMixin, _is_hft_model
 
