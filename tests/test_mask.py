@@ -3,7 +3,7 @@ import json
 import pytest
 
 from hft_plugins import HFTConfig, HFTError, Mask, apply_hft, select
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 
 def test_apply_sets_requires_grad_by_plan():

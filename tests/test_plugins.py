@@ -8,7 +8,7 @@ import pytest
 from hft_plugins import HFTConfig, HFTOptimizer, apply_hft, hookimpl, registry
 from hft_plugins.core import catalog
 from hft_plugins.registry import HFTPluginWarning
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

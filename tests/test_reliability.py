@@ -21,7 +21,7 @@ from torch import nn
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, Mask, select
 from hft_plugins.integrations.peft_style import MASK_NAME, WEIGHTS_NAME, HFTModel, get_hft_model
 from hft_plugins.integrations.transformers import HFTCallback
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -192,7 +192,7 @@ import os, signal, sys
 from pathlib import Path
 import torch
 from hft_plugins import HFTConfig, select
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 target = Path(sys.argv[1])
 
 def die_after_half(write):

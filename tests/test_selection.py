@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from hft_plugins import HFTConfig, HFTError, select
-from hft_plugins.tiny import FAMILIES, tiny_model
+from hft_plugins.testing import FAMILIES, tiny_model
 
 EXPECTED_LAYOUT = {
     "llama": "llama",
@@ -179,7 +179,7 @@ def test_model_without_blocks_is_a_clear_error():
 def test_meta_device_model_selects_without_memory():
     from transformers import AutoModelForCausalLM
 
-    from hft_plugins.tiny import tiny_config
+    from hft_plugins.testing import tiny_config
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(

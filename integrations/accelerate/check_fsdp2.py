@@ -17,7 +17,7 @@ from transformers import TrainingArguments
 from hft_plugins import HFTConfig, HFTError
 from hft_plugins.integrations.sharded import engine_state_bytes
 from hft_plugins.integrations.transformers import HFTTrainer
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 
 def full(param) -> torch.Tensor:

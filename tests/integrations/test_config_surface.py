@@ -15,7 +15,7 @@ from hft_plugins.integrations._common import SETTINGS
 from hft_plugins.integrations.axolotl import HFTArgs, check_config, hft_config
 from hft_plugins.integrations.transformers import HFTTrainer
 from hft_plugins.integrations.trl import get_hft_config
-from hft_plugins.tiny import tiny_model, tiny_tokenizer
+from hft_plugins.testing import tiny_model, tiny_tokenizer
 from tests.integrations._common import lm_dataset
 
 FIELDS = [f.name for f in dataclasses.fields(HFTConfig)]

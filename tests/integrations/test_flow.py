@@ -22,7 +22,7 @@ from hft_plugins.integrations import axolotl as hft_axolotl
 from hft_plugins.integrations.peft_style import get_hft_model
 from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer
 from hft_plugins.integrations.trl import HFTDPOTrainer, HFTSFTTrainer
-from hft_plugins.tiny import tiny_model, tiny_tokenizer
+from hft_plugins.testing import tiny_model, tiny_tokenizer
 from tests.integrations._common import lm_dataset
 from tests.integrations.test_trl import CPU, dpo_data, sft_data
 

@@ -15,7 +15,7 @@ from trl import DPOConfig, SFTConfig
 from hft_plugins import HFTConfig, Mask, hookimpl, registry
 from hft_plugins.integrations.transformers import HFTTrainer
 from hft_plugins.integrations.trl import HFTDPOTrainer, HFTSFTTrainer
-from hft_plugins.tiny import tiny_model, tiny_tokenizer
+from hft_plugins.testing import tiny_model, tiny_tokenizer
 from tests.integrations._common import lm_dataset
 from tests.integrations.test_trl import CPU, dpo_data, sft_data
 

@@ -13,7 +13,7 @@ from transformers import TrainingArguments
 
 from hft_plugins import HFTConfig, HFTError
 from hft_plugins.integrations.transformers import HFTTrainer
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 from tests.integrations._common import assert_half_trained, lm_dataset, snapshot
 
 WORK = [
@@ -130,7 +130,7 @@ def test_trl_takes_an_8bit_optimizer(tmp_path):
     from trl import SFTConfig
 
     from hft_plugins.integrations.trl import HFTSFTTrainer
-    from hft_plugins.tiny import tiny_tokenizer
+    from hft_plugins.testing import tiny_tokenizer
     from tests.integrations.test_trl import CPU, sft_data
 
     net = model()

@@ -21,7 +21,7 @@ from hft_plugins.integrations.trl import (
     HFTSFTTrainer,
     get_hft_config,
 )
-from hft_plugins.tiny import tiny_model, tiny_tokenizer
+from hft_plugins.testing import tiny_model, tiny_tokenizer
 from tests.helpers import hub_snapshot
 from tests.integrations._common import assert_half_trained, lm_dataset, snapshot
 

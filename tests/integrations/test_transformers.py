@@ -6,7 +6,7 @@ from transformers import Trainer, TrainingArguments
 
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
 from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer, unwrap_optimizer
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 from tests.helpers import mark_as_gguf
 from tests.integrations._common import assert_half_trained, lm_dataset, snapshot
 
@@ -244,7 +244,7 @@ def test_callback_on_a_plain_trainer_needs_hft_optimizer(tmp_path):
 
 def _hft_model_run(tmp_path, resume=None, **kw):
     from hft_plugins.integrations.peft_style import get_hft_model
-    from hft_plugins.tiny import tiny_tokenizer
+    from hft_plugins.testing import tiny_tokenizer
 
     model = get_hft_model(tiny_model("phi3"), HFTConfig(seed=1))
     trainer = HFTTrainer(

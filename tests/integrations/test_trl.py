@@ -17,7 +17,7 @@ from hft_plugins.integrations.trl import (
     HFTSFTTrainer,
     shared_reference,
 )
-from hft_plugins.tiny import tiny_model, tiny_tokenizer
+from hft_plugins.testing import tiny_model, tiny_tokenizer
 from tests.integrations._common import assert_half_trained, snapshot
 
 CPU = dict(

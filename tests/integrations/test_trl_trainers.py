@@ -14,7 +14,7 @@ from datasets import Dataset
 
 from hft_plugins import HFTConfig
 from hft_plugins.integrations import trl as hft_trl
-from hft_plugins.tiny import tiny_config, tiny_model, tiny_tokenizer
+from hft_plugins.testing import tiny_config, tiny_model, tiny_tokenizer
 from tests.helpers import mark_as_gguf
 from tests.integrations._common import assert_half_trained, snapshot
 

@@ -15,7 +15,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from hft_plugins import HFTConfig
 from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 from tests.integrations._common import lm_dataset, snapshot
 
 

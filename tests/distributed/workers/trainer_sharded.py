@@ -91,7 +91,7 @@ def training_args(a, out: Path, **extra):
 def build_model(family: str):
     from transformers import AutoModelForCausalLM
 
-    from hft_plugins.tiny import tiny_config
+    from hft_plugins.testing import tiny_config
 
     if family == "llama":
         cfg = tiny_config(
@@ -121,7 +121,7 @@ def make_trainer(a, args, model, config):
         from datasets import Dataset
 
         from hft_plugins.integrations.trl import HFTDPOTrainer
-        from hft_plugins.tiny import tiny_tokenizer
+        from hft_plugins.testing import tiny_tokenizer
 
         rows = [("Say yes:", " yes", " no"), ("Count:", " 1 2 3", " 3 2 1")] * 8
         data = Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in rows])
@@ -134,7 +134,7 @@ def make_trainer(a, args, model, config):
         )
     if a.trainer == "sft":
         from hft_plugins.integrations.trl import HFTSFTTrainer
-        from hft_plugins.tiny import tiny_tokenizer
+        from hft_plugins.testing import tiny_tokenizer
 
         return HFTSFTTrainer(**kw, hft_config=config, processing_class=tiny_tokenizer())
     from hft_plugins.integrations.transformers import HFTTrainer
