@@ -56,9 +56,9 @@ def setup_cpu_state(engine: str) -> None:
 
 
 def training_args(a, out: Path, **extra):
+    from hft_bench.sharded import engine_arguments
     from trl import DPOConfig, SFTConfig
 
-    from hft_plugins.integrations.sharded import engine_arguments
     from hft_plugins.integrations.trl import HFTSFTConfig  # noqa: F401  (SFT path imports)
 
     engine = engine_arguments(a.engine, ROOT)
@@ -179,9 +179,10 @@ def refusals(a, out: Path) -> dict[str, str]:
 def main() -> None:
     a = parse()
     setup_cpu_state(a.engine)
+    from hft_bench.sharded import engine_state_bytes, full_tensors
+
     import hft_plugins
     from hft_plugins import HFTConfig, HFTError
-    from hft_plugins.integrations.sharded import engine_state_bytes, full_tensors
 
     out = Path(a.out)
     rank = dist.get_rank()
