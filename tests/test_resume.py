@@ -15,7 +15,7 @@ from transformers import TrainingArguments
 from hft_plugins import HFTConfig
 from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer
 from hft_plugins.testing import tiny_model
-from tests.integrations._common import lm_dataset
+from tests.helpers import lm_dataset
 
 
 def _train(out, family: str, resume=None) -> HFTTrainer:

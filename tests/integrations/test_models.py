@@ -175,7 +175,7 @@ def test_the_real_gguf_model_trains_its_half_through_hftsfttrainer(tmp_path, cap
 
     from hft_plugins import HFTConfig
     from hft_plugins.integrations.trl import HFTSFTTrainer
-    from tests.integrations._common import assert_half_trained, snapshot
+    from tests.helpers import assert_half_trained, snapshot
 
     torch.manual_seed(0)
     gguf = require_real_model()

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
 from hft_plugins.integrations.peft_style import AutoHFTModelForCausalLM, HFTModel, get_hft_model
 from hft_plugins.testing import tiny_model
-from tests.integrations._common import assert_half_trained, snapshot
+from tests.helpers import assert_half_trained, snapshot
 
 
 def train_a_bit(model, steps=3):
@@ -150,7 +150,7 @@ def test_hft_trainer_takes_an_hft_model(tmp_path):
     from transformers import TrainingArguments
 
     from hft_plugins.integrations.transformers import HFTTrainer
-    from tests.integrations._common import assert_half_trained, lm_dataset
+    from tests.helpers import assert_half_trained, lm_dataset
 
     model = get_hft_model(tiny_model("phi3"), HFTConfig(seed=1))
     before = snapshot(model.base_model)

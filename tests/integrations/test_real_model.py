@@ -18,8 +18,7 @@ from trl import SFTConfig
 from hft_plugins import HFTConfig, select
 from hft_plugins.integrations.peft_style import HFTModel, get_hft_model
 from hft_plugins.integrations.trl import HFTSFTTrainer
-from tests.helpers import require_real_model
-from tests.integrations._common import assert_half_trained, snapshot
+from tests.helpers import assert_half_trained, require_real_model, snapshot
 
 pytestmark = pytest.mark.slow
 

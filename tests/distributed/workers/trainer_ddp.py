@@ -16,7 +16,7 @@ from transformers import TrainerCallback, TrainingArguments
 from hft_plugins import HFTConfig
 from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer
 from hft_plugins.testing import tiny_model
-from tests.integrations._common import lm_dataset, snapshot
+from tests.helpers import lm_dataset, snapshot
 
 
 class Snapshots(TrainerCallback):
