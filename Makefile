@@ -57,7 +57,8 @@ test-latest:
 lock:
 	$(PYTHON) scripts/lock.py lock
 
-# the inner loop: core, registry, built-ins and CLI, no framework runs (under two minutes)
+# the inner loop: core, registry, built-ins and CLI on tiny models; no trainer runs (the HF
+# Trainer, TRL, Axolotl: tests/integrations), no subprocess zoo (under two minutes)
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" --ignore=tests/integrations --ignore=tests/distributed \
 		--ignore=tests/demo --ignore=tests/evidence --ignore=tests/test_census.py \

@@ -49,10 +49,10 @@ def main() -> None:
             )
 
     from datasets import Dataset
+    from hft_bench.sharded import engine_arguments, engine_state_bytes, full_tensors
     from transformers import AutoModelForCausalLM, LlamaConfig, Trainer, TrainingArguments
 
     from hft_plugins import HFTConfig
-    from hft_plugins.integrations.sharded import engine_arguments, engine_state_bytes, full_tensors
     from hft_plugins.integrations.transformers import HFTTrainer
 
     engine = engine_arguments(a.engine, ROOT)

@@ -14,7 +14,7 @@ from transformers import TrainingArguments
 
 from hft_plugins import HFTConfig
 from hft_plugins.integrations.transformers import HFTTrainer
-from hft_plugins.tiny import tiny_model, tiny_tokenizer
+from hft_plugins.testing import tiny_model, tiny_tokenizer
 
 tokenizer = tiny_tokenizer()
 

@@ -15,7 +15,7 @@ from trl import DPOConfig
 
 from hft_plugins import HFTConfig
 from hft_plugins.integrations.trl import HFTDPOTrainer
-from hft_plugins.tiny import tiny_model, tiny_tokenizer
+from hft_plugins.testing import tiny_model, tiny_tokenizer
 
 
 def storage_bytes(*modules):

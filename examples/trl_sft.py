@@ -10,7 +10,7 @@ from trl import SFTConfig
 
 from hft_plugins import HFTConfig
 from hft_plugins.integrations.trl import HFTSFTTrainer
-from hft_plugins.tiny import tiny_model, tiny_tokenizer
+from hft_plugins.testing import tiny_model, tiny_tokenizer
 
 pairs = [("What is 2+2?", "4."), ("Name a colour.", "Blue."), ("Say hello.", "Hello!")] * 4
 dataset = Dataset.from_list(

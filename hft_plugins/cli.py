@@ -65,7 +65,7 @@ def _load_config(args):
     """A transformers config of ``args.model`` (a directory, a config.json, a Hub id, a .gguf
     file: integrations/models.py), or of ``tiny:FAMILY``."""
     if args.model.startswith("tiny:"):
-        from .tiny import tiny_config
+        from .testing import tiny_config
 
         return tiny_config(args.model.removeprefix("tiny:"))
     from .integrations import models

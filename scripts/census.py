@@ -189,6 +189,8 @@ def _hashable(value):
 
 def shrink(data: dict, ids: dict[int, int]) -> dict:
     """A tiny version of one config's ``to_dict()``, sub-configs recursively."""
+    from hft_plugins.testing import is_dropout
+
     data = dict(data)
     old_layers = {data[k] for k in LAYER_COUNT_KEYS if isinstance(data.get(k), int)}
     old_heads = data.get("num_attention_heads")
@@ -206,9 +208,7 @@ def shrink(data: dict, ids: dict[int, int]) -> dict:
                 data[key] = [SIZES[key]] * LAYERS
             else:
                 data[key] = _kinds_kept(value, LAYERS)
-        elif isinstance(value, float) and (
-            "dropout" in key or "pdrop" in key or "layerdrop" in key
-        ):
+        elif is_dropout(key, value):
             data[key] = 0.0
         elif not isinstance(value, int):
             continue

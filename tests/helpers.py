@@ -1,10 +1,104 @@
-"""Helpers the tests share: model snapshots, hub repos in the tests' own cache."""
+"""Helpers the tests share: training arguments and data for short CPU runs, snapshots and
+the half-trained check, hub repos in the tests' own cache, the real model."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
+
+import torch
+
+from hft_plugins.core.mask import Mask
+from hft_plugins.core.units import range_view
+
+# TrainingArguments (or a TRL config) keywords for a short reproducible run on CPU: every
+# step logged, nothing saved. TRL's configs keep their default of gradient checkpointing on.
+CPU = dict(
+    use_cpu=True,
+    bf16=False,
+    report_to=[],
+    save_strategy="no",
+    logging_steps=1,
+    per_device_train_batch_size=2,
+    learning_rate=1e-2,
+    seed=0,
+)
+CPU_NO_CHECKPOINTING = {**CPU, "gradient_checkpointing": False}
+TWO_STEPS = {**CPU, "max_steps": 2}
+
+
+def training_args(output_dir, **kw):
+    """TrainingArguments of a 4-step CPU run with weight decay; ``kw`` replace any."""
+    from transformers import TrainingArguments
+
+    base = dict(CPU, weight_decay=0.1, max_steps=4, data_seed=0)
+    return TrainingArguments(output_dir=str(output_dir), **{**base, **kw})
+
+
+def lm_dataset(n: int = 8, length: int = 12, seed: int = 0):
+    """``n`` random token sequences for causal-LM training (labels = inputs)."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(7, 90, (n, length), generator=g).tolist()
+    return Dataset.from_dict({"input_ids": ids, "labels": ids})
+
+
+def sft_data():
+    """Four one-turn chats for TRL's SFT."""
+    from datasets import Dataset
+
+    pairs = [("hi", "hello there"), ("2+2?", "4"), ("name?", "tiny"), ("sky?", "blue")]
+    return Dataset.from_list(
+        [
+            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in pairs
+        ]
+    )
+
+
+def dpo_data(n: int = 4):
+    """The first ``n`` (at most 4) preference rows (prompt, chosen, rejected) for TRL's DPO."""
+    from datasets import Dataset
+
+    rows = [("Say yes:", " yes", " no"), ("Count:", " 1 2 3", " 3 2 1"), ("Greet:", " hi", " bye")]
+    rows += [("Colour:", " red", " ?")]
+    return Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in rows[:n]])
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def assert_half_trained(mask: Mask, before: dict, model) -> None:
+    """Frozen parameters and frozen slices are bit-identical; every trainable tensor moved."""
+    plan = mask.params()
+    after = dict(model.named_parameters())
+    for name, old in before.items():
+        new = after[name].detach()
+        if name not in plan:
+            assert torch.equal(old, new), f"frozen {name} changed"
+            continue
+        slices = plan[name]
+        if slices is None:
+            assert not torch.equal(old, new), f"trainable {name} did not move"
+            continue
+        keep = torch.ones(old.shape[slices.dim], dtype=torch.bool)
+        for a, b in slices.ranges:
+            keep[a : b : slices.step] = False
+            assert not torch.equal(
+                range_view(old, slices.dim, a, b, slices.step),
+                range_view(new, slices.dim, a, b, slices.step),
+            ), f"trainable slice of {name} did not move"
+        idx = keep.nonzero().flatten()
+        assert torch.equal(old.index_select(slices.dim, idx), new.index_select(slices.dim, idx))
+
+
+def truncate(path: Path) -> None:
+    """Cut ``path`` to its first half, as a save killed midway leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
 
 
 def hub_snapshot(repo_id: str, files_from: Path, revision: str = "0" * 40) -> Path:

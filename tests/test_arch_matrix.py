@@ -12,8 +12,8 @@ import torch
 
 from hft_plugins import HFTConfig, HFTOptimizer
 from hft_plugins.integrations.peft_style import WEIGHTS_NAME, HFTModel, get_hft_model
-from hft_plugins.tiny import FAMILIES, tiny_model
-from tests.integrations._common import assert_half_trained, snapshot
+from hft_plugins.testing import FAMILIES, tiny_model
+from tests.helpers import assert_half_trained, snapshot
 
 
 @pytest.mark.parametrize("family", FAMILIES)

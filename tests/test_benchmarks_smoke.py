@@ -125,7 +125,7 @@ SHAPES_ONLY = [
 
 
 def _tiny_llama_config(path, **overrides):
-    from hft_plugins.tiny import tiny_config
+    from hft_plugins.testing import tiny_config
 
     tiny_config("llama", tie_word_embeddings=True, **overrides).save_pretrained(path)
     return path
@@ -168,7 +168,7 @@ def test_step_refuses_what_contradicts_the_named_model(tmp_path, extra, message)
 def test_step_refuses_a_model_of_another_shape(tmp_path):
     from hft_bench.step.options import parse_args
 
-    from hft_plugins.tiny import tiny_config
+    from hft_plugins.testing import tiny_config
 
     tiny_config("gpt2").save_pretrained(tmp_path)
     with pytest.raises(SystemExit) as info:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hft_plugins import HFTConfig, HFTError, select
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 NEW_FAMILIES = ("mixtral", "qwen2_moe", "deepseek_v3", "gpt_oss", "jamba", "bart", "t5")
 

@@ -8,7 +8,7 @@ import torch
 
 from hft_plugins import HFTConfig, Mask, select
 from hft_plugins.cli import main
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 from tests.helpers import hub_snapshot, require_real_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ def test_seed_and_stage_must_be_non_negative_ints(field, value):
 def test_stage_none_is_for_trainers_to_decide():
     """stage=None means "not given"; select() and next_stage() need a number."""
     from hft_plugins import select
-    from hft_plugins.tiny import tiny_model
+    from hft_plugins.testing import tiny_model
 
     config = HFTConfig(stage=None)
     with pytest.raises(HFTError, match=r"select\(\) needs a stage number") as err:

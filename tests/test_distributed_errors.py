@@ -13,7 +13,7 @@ from torch import nn
 
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
 from hft_plugins.core.distributed import rebuild_ddp_reducer, redraw, under_deepspeed
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 
 @pytest.fixture

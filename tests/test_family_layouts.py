@@ -30,7 +30,7 @@ from torch import nn
 from hft_plugins import HFTConfig, select
 from hft_plugins.core.partition import partition
 from hft_plugins.core.units import Partition, Unit
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model, without_dropout
 
 # ---- the helper ------------------------------------------------------------------------
 
@@ -306,13 +306,6 @@ def _randomise(model: nn.Module, seed: int = 0) -> None:
                 param.copy_(0.1 * noise)
 
 
-def _no_dropout(config) -> None:
-    for conf in [config, *[getattr(config, k) for k in vars(config) if k.endswith("_config")]]:
-        for key, value in list(vars(conf).items()):
-            if ("dropout" in key or "pdrop" in key) and isinstance(value, float):
-                setattr(conf, key, 0.0)
-
-
 @dataclass
 class Case:
     config: Callable[[], object]
@@ -321,7 +314,7 @@ class Case:
     model: Callable | None = None  # default AutoModelForCausalLM.from_config
     run: Callable | None = None  # default: logits; may take the block (a probe)
     fraction_tol: float = 0.01
-    builtin: str | None = None  # a hft_plugins.tiny family instead of config
+    builtin: str | None = None  # a hft_plugins.testing family instead of config
 
 
 def build(case: Case) -> nn.Module:
@@ -329,7 +322,7 @@ def build(case: Case) -> nn.Module:
         model = tiny_model(case.builtin)
     else:
         config = case.config()
-        _no_dropout(config)
+        without_dropout(config)
         torch.manual_seed(0)
         make = case.model or (lambda c: tf.AutoModelForCausalLM.from_config(c))
         config._attn_implementation = "eager"
@@ -848,7 +841,7 @@ def test_half_trains_and_frozen_slices_stay(name):
     """Apply the mask and take optimizer steps: frozen tensors and the frozen slices of
     split tensors stay bit-identical, every trainable slice moves."""
     from hft_plugins import HFTOptimizer
-    from tests.integrations._common import assert_half_trained, snapshot
+    from tests.helpers import assert_half_trained, snapshot
 
     model = build(CASES[name]).float().train()
     before = snapshot(model)

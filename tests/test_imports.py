@@ -2,7 +2,7 @@
 
 Layers, bottom to top: ``registry`` (pluggy and the standard library), ``core``
 (torch, safetensors), ``builtin`` (plugins over the core), ``integrations`` (one
-adapter per framework, imported lazily), and the entry modules (``cli``, ``tiny``,
+adapter per framework, imported lazily), and the entry modules (``cli``, ``testing``,
 the package facade). Static imports only: the registry loads the built-ins by name.
 """
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from hft_plugins import HFTConfig, HFTError, Mask, apply_hft, select
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 
 def test_apply_sets_requires_grad_by_plan():
@@ -112,7 +112,7 @@ def test_an_unmet_ratio_warns_once_per_model():
     assert len(_messages(lambda: select(tiny_model("llama", num_hidden_layers=2), config))) == 1
 
 
-def test_mask_applied_fires_once_per_mask_applied():
+def test_mask_applied_fires_once_per_mask_applied(fresh_registry):
     from hft_plugins import hookimpl, registry
 
     seen = []
@@ -122,19 +122,15 @@ def test_mask_applied_fires_once_per_mask_applied():
         def mask_applied(self, model, mask):
             seen.append(mask.config.stage)
 
-    registry.reset()
     registry.manager().register(Recorder())
-    try:
-        model = tiny_model("llama")
-        first = select(model, HFTConfig())
-        first.apply(model)
-        select(model, HFTConfig()).apply(model)  # the same mask again: not a new application
-        second = select(model, HFTConfig(stage=1))
-        second.apply(model)
-        first.apply(model)  # back to the first: applied anew
-        for param in model.parameters():
-            param.requires_grad_(True)
-        first.apply(model)  # something changed what trains: applied anew
-        assert seen == [0, 1, 0, 0]
-    finally:
-        registry.reset()
+    model = tiny_model("llama")
+    first = select(model, HFTConfig())
+    first.apply(model)
+    select(model, HFTConfig()).apply(model)  # the same mask again: not a new application
+    second = select(model, HFTConfig(stage=1))
+    second.apply(model)
+    first.apply(model)  # back to the first: applied anew
+    for param in model.parameters():
+        param.requires_grad_(True)
+    first.apply(model)  # something changed what trains: applied anew
+    assert seen == [0, 1, 0, 0]

@@ -11,7 +11,7 @@ import torch
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, Mask, select
 from hft_plugins.core import sliced_grad
 from hft_plugins.core.units import Part
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 from tests import _experts
 
 STEPS = 20

@@ -16,7 +16,7 @@ import torch
 
 from hft_plugins import HFTConfig, HFTOptimizer, select
 from hft_plugins.core.optim import no_decay_names
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 from tests import _experts
 
 WEIGHT_DECAY = 0.1

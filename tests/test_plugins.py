@@ -8,16 +8,12 @@ import pytest
 from hft_plugins import HFTConfig, HFTOptimizer, apply_hft, hookimpl, registry
 from hft_plugins.core import catalog
 from hft_plugins.registry import HFTPluginWarning
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def fresh_manager():
-    registry.reset()
-    yield
-    registry.reset()
+pytestmark = pytest.mark.usefixtures("fresh_registry")
 
 
 def test_builtins_register_through_the_hooks():

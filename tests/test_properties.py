@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from hft_plugins import HFTConfig, Mask, select
-from hft_plugins.tiny import FAMILIES, tiny_model
+from hft_plugins.testing import FAMILIES, tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

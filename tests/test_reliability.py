@@ -21,7 +21,8 @@ from torch import nn
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, Mask, select
 from hft_plugins.integrations.peft_style import MASK_NAME, WEIGHTS_NAME, HFTModel, get_hft_model
 from hft_plugins.integrations.transformers import HFTCallback
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
+from tests.helpers import truncate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,11 +61,6 @@ def _old_format_without_mask(directory: Path) -> None:
 
     save_file(load_file(directory / WEIGHTS_NAME), directory / WEIGHTS_NAME, {"format": "pt"})
     (directory / MASK_NAME).unlink()
-
-
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
 
 
 def _frozen_state(optimizer, model) -> dict:
@@ -148,7 +144,7 @@ CASES = [
         "hft-save-weights-truncated",
         lambda t, m, o: HFTModel.from_pretrained(
             tiny_model("llama", num_hidden_layers=2),
-            _saved_hft(t, m, lambda d: _truncate(d / WEIGHTS_NAME)),
+            _saved_hft(t, m, lambda d: truncate(d / WEIGHTS_NAME)),
         ),
         "corrupt HFT save",
     ),
@@ -192,7 +188,7 @@ import os, signal, sys
 from pathlib import Path
 import torch
 from hft_plugins import HFTConfig, select
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 target = Path(sys.argv[1])
 
 def die_after_half(write):
@@ -321,18 +317,3 @@ def test_atomic_directory_respects_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "out" / "f").read_text() == "x"
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
-
-
-# ---- checkpoints the Trainer reads itself ------------------------------------------------
-
-
-def test_resume_from_truncated_or_missing_checkpoints(tmp_path):
-    from tests.test_resume import _train
-
-    _train(tmp_path / "run", "llama")
-    checkpoint = tmp_path / "run" / "checkpoint-2"
-    _truncate(checkpoint / "optimizer.pt")
-    with pytest.raises(RuntimeError, match="checkpoint file is corrupted"):
-        _train(tmp_path / "again", "llama", resume=str(checkpoint))
-    with pytest.raises(ValueError, match="Can't find a valid checkpoint at"):
-        _train(tmp_path / "again", "llama", resume=str(tmp_path / "nowhere"))

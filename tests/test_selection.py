@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from hft_plugins import HFTConfig, HFTError, select
-from hft_plugins.tiny import FAMILIES, tiny_model
+from hft_plugins.core.units import range_view
+from hft_plugins.testing import FAMILIES, tiny_model
 
 EXPECTED_LAYOUT = {
     "llama": "llama",
@@ -31,8 +32,6 @@ EXPECTED_LAYOUT = {
     "t5": "structural",
 }
 
-NOT_EXACT: dict[str, tuple[str, ...]] = {}
-
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_category_rule_exact_half_on_every_family(family):
@@ -42,22 +41,26 @@ def test_category_rule_exact_half_on_every_family(family):
     fractions = mask.fractions()
     for category in ("attention", "ffn", "norm", "blocks"):
         done, total = fractions[category]
-        if family in NOT_EXACT and category in NOT_EXACT[family]:
-            # q/k/v have biases and o has none: no 2-of-4 is exactly half; the nearest is
-            assert 0 < abs(done / total - 0.5) < 0.01, (category, done, total)
-        else:
-            assert done * 2 == total, (category, done, total)
+        assert done * 2 == total, (category, done, total)
     # everything outside the blocks stays trainable by default
     for category in ("embed", "head", "final_norm"):
         if category in fractions:
             assert fractions[category][0] == fractions[category][1]
-    # every parameter of the model is in exactly one unit (tied aliases excluded)
-    names = Counter()
+    # every element of every parameter of the model is in exactly one unit (tied aliases
+    # excluded): a whole tensor in one unit, or its ranges split among units
+    params = dict(model.named_parameters())
+    assert {part.param for unit in mask.partition.units for part in unit.parts} == set(params)
+    units_of = {name: torch.zeros(p.shape, dtype=torch.int16) for name, p in params.items()}
     for unit in mask.partition.units:
         for part in unit.parts:
-            names[part.param] += part.ranges is None
-    params = dict(model.named_parameters())
-    assert set(names) == set(params)
+            count = units_of[part.param]
+            if part.ranges is None:
+                count += 1
+            else:
+                for a, b in part.ranges:
+                    range_view(count, part.dim, a, b, part.step).add_(1)
+    for name, count in units_of.items():
+        assert (count == 1).all(), (name, sorted(set(count.flatten().tolist())))
 
 
 def test_category_rule_per_block_counts_on_llama():
@@ -179,7 +182,7 @@ def test_model_without_blocks_is_a_clear_error():
 def test_meta_device_model_selects_without_memory():
     from transformers import AutoModelForCausalLM
 
-    from hft_plugins.tiny import tiny_config
+    from hft_plugins.testing import tiny_config
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(

@@ -7,7 +7,7 @@ from hft_plugins import HFTConfig, HFTError, select
 from hft_plugins.core.reset import half_reset
 from hft_plugins.core.shapes import Difference, check_same_shapes, first_difference, shapes
 from hft_plugins.integrations.trl import _check_same_shapes
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 MESSAGES = {"missing": "no {name}", "shape": "{name}: {have} vs {want}", "extra": "extra {name}"}
 

@@ -10,7 +10,7 @@ import torch
 
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
 from hft_plugins.core import sliced_grad
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

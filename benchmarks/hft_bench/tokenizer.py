@@ -1,6 +1,6 @@
 """The embedded model's character vocabulary: nothing to download, the same ids everywhere.
 
-The tokenizer is ``hft_plugins.tiny.char_tokenizer`` over this vocabulary; ``encode``
+The tokenizer is ``hft_plugins.testing.char_tokenizer`` over this vocabulary; ``encode``
 gives the same ids without the transformers machinery.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import string
 
-from hft_plugins.tiny import char_vocab
+from hft_plugins.testing import char_vocab
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 CHARS = " " + string.digits + string.ascii_lowercase + "<>|+=?:.,-"
@@ -17,7 +17,7 @@ VOCAB = char_vocab(CHARS, SPECIALS)
 
 def char_tokenizer():
     """A ``PreTrainedTokenizerFast`` with one token per character (ids 0-3 are special)."""
-    from hft_plugins.tiny import char_tokenizer as build
+    from hft_plugins.testing import char_tokenizer as build
 
     return build(CHARS, SPECIALS, padding_side="right", model_max_length=64)
 

@@ -15,9 +15,9 @@ from torch.distributed.tensor import DTensor
 from transformers import TrainingArguments
 
 from hft_plugins import HFTConfig, HFTError
-from hft_plugins.integrations.sharded import engine_state_bytes
+from hft_plugins.core.optim import state_bytes
 from hft_plugins.integrations.transformers import HFTTrainer
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 
 def full(param) -> torch.Tensor:
@@ -70,7 +70,7 @@ def main() -> None:
                 f"{family}: {trainer.accelerator.distributed_type} "
                 f"frozen bit-identical={frozen_ok} frozen slices bit-identical={slices_ok} "
                 f"trainable tensors moved={moved}/{len(plan)} "
-                f"optimizer state bytes on rank 0={engine_state_bytes(trainer.optimizer)}"
+                f"optimizer state bytes on rank 0={state_bytes(trainer.optimizer.optimizer)}"
             )
 
 

@@ -1,9 +1,4 @@
-import os
-
 import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_DISABLED", "true")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ import torch
 
 from hft_plugins import HFTConfig, HFTError, select
 from hft_plugins.core.reset import half_reset
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 
 @pytest.mark.parametrize("family", ["llama", "phi3", "gpt2"])

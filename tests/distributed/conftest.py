@@ -24,7 +24,10 @@ def run_torchrun(worker: str, *args: str, nproc: int = 2, timeout: int = 240) ->
     """Run ``workers/<worker>`` on ``nproc`` CPU processes; fail with its output if it fails."""
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        # the package and the harness (hft_bench) from this checkout
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(ROOT), str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH")])
+        ),
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",

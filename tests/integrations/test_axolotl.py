@@ -12,7 +12,7 @@ import torch
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, apply_hft
 from hft_plugins.integrations import axolotl as hft_axolotl
 from hft_plugins.integrations.axolotl import HFTArgs, check_config, hft_config
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 
 def _one_line_error(cfg: dict) -> str:

@@ -103,7 +103,10 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         PATH=f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
+        # the worker measures with the harness (hft_bench), which this virtualenv lacks
+        PYTHONPATH=os.pathsep.join(
+            p for p in (str(REPO), str(REPO / "benchmarks"), env.get("PYTHONPATH")) if p
+        ),
         HF_HUB_OFFLINE="1",
         AXOLOTL_DO_NOT_TRACK="1",
         WANDB_DISABLED="true",

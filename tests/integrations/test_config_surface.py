@@ -15,8 +15,8 @@ from hft_plugins.integrations._common import SETTINGS
 from hft_plugins.integrations.axolotl import HFTArgs, check_config, hft_config
 from hft_plugins.integrations.transformers import HFTTrainer
 from hft_plugins.integrations.trl import get_hft_config
-from hft_plugins.tiny import tiny_model, tiny_tokenizer
-from tests.integrations._common import lm_dataset
+from hft_plugins.testing import tiny_model, tiny_tokenizer
+from tests.helpers import lm_dataset
 
 FIELDS = [f.name for f in dataclasses.fields(HFTConfig)]
 # a value other than the default for every field

@@ -22,15 +22,10 @@ from hft_plugins.integrations import axolotl as hft_axolotl
 from hft_plugins.integrations.peft_style import get_hft_model
 from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer
 from hft_plugins.integrations.trl import HFTDPOTrainer, HFTSFTTrainer
-from hft_plugins.tiny import tiny_model, tiny_tokenizer
-from tests.integrations._common import lm_dataset
-from tests.integrations.test_trl import CPU, dpo_data, sft_data
+from hft_plugins.testing import tiny_model, tiny_tokenizer
+from tests.helpers import CPU_NO_CHECKPOINTING, dpo_data, lm_dataset, sft_data, snapshot
 
 DRAW, BEGIN, END = "draw", "stage_begin", "stage_end"
-
-
-def snapshot(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def assert_frozen_half_kept(before, model, mask) -> None:
@@ -55,7 +50,7 @@ class Recorder:
 
 
 @pytest.fixture
-def events(monkeypatch):
+def events(monkeypatch, fresh_registry):
     """(event, stage) in order: every mask drawn, every stage_begin and stage_end."""
     seen = []
     original = catalog.strategy
@@ -70,10 +65,8 @@ def events(monkeypatch):
         return draw
 
     monkeypatch.setattr(catalog, "strategy", counting)
-    registry.reset()
     registry.manager().register(Recorder(seen))
-    yield seen
-    registry.reset()
+    return seen
 
 
 def one_stage(stage):
@@ -89,7 +82,9 @@ def redrawn(*stages):
 
 
 def _args(tmp_path, **kw):
-    return TrainingArguments(output_dir=str(tmp_path), **{**CPU, "max_steps": 2, **kw})
+    return TrainingArguments(
+        output_dir=str(tmp_path), **{**CPU_NO_CHECKPOINTING, "max_steps": 2, **kw}
+    )
 
 
 def _step(model, opt):
@@ -171,7 +166,9 @@ def test_hf_trainer_with_epoch_redraws(events, tmp_path):
 def test_sft_then_dpo(events, tmp_path):
     sft = HFTSFTTrainer(
         model=tiny_model(),
-        args=SFTConfig(output_dir=str(tmp_path / "sft"), **{**CPU, "max_steps": 2}),
+        args=SFTConfig(
+            output_dir=str(tmp_path / "sft"), **{**CPU_NO_CHECKPOINTING, "max_steps": 2}
+        ),
         train_dataset=sft_data(),
         processing_class=tiny_tokenizer(),
         hft_config=HFTConfig(),
@@ -180,7 +177,9 @@ def test_sft_then_dpo(events, tmp_path):
     assert events == one_stage(0)
     dpo = HFTDPOTrainer(
         model=sft.model,
-        args=DPOConfig(output_dir=str(tmp_path / "dpo"), **{**CPU, "max_steps": 2}),
+        args=DPOConfig(
+            output_dir=str(tmp_path / "dpo"), **{**CPU_NO_CHECKPOINTING, "max_steps": 2}
+        ),
         train_dataset=dpo_data(),
         processing_class=tiny_tokenizer(),
         hft_config=HFTConfig(stage=None),  # the stage rule: 1
@@ -197,7 +196,7 @@ def test_sft_then_dpo(events, tmp_path):
 def test_dpo_alone_draws_once(events, tmp_path):
     dpo = HFTDPOTrainer(
         model=tiny_model(),
-        args=DPOConfig(output_dir=str(tmp_path), **{**CPU, "max_steps": 2}),
+        args=DPOConfig(output_dir=str(tmp_path), **{**CPU_NO_CHECKPOINTING, "max_steps": 2}),
         train_dataset=dpo_data(),
         processing_class=tiny_tokenizer(),
         hft_config=HFTConfig(stage=1),

@@ -15,23 +15,19 @@ from trl import DPOConfig, SFTConfig
 from hft_plugins import HFTConfig, Mask, hookimpl, registry
 from hft_plugins.integrations.transformers import HFTTrainer
 from hft_plugins.integrations.trl import HFTDPOTrainer, HFTSFTTrainer
-from hft_plugins.tiny import tiny_model, tiny_tokenizer
-from tests.integrations._common import lm_dataset
-from tests.integrations.test_trl import CPU, dpo_data, sft_data
+from hft_plugins.testing import tiny_model, tiny_tokenizer
+from tests.helpers import CPU_NO_CHECKPOINTING, dpo_data, lm_dataset, sft_data
 
 LOGGER = "hft_plugins.integrations.transformers"
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugins():
-    registry.reset()
-    yield
-    registry.reset()
+pytestmark = pytest.mark.usefixtures("fresh_registry")
 
 
 def hf_trainer(tmp_path, model=None, config=None, **kw):
     args = TrainingArguments(
-        output_dir=str(tmp_path), **{**CPU, "max_steps": 2, "save_strategy": "no", **kw}
+        output_dir=str(tmp_path),
+        **{**CPU_NO_CHECKPOINTING, "max_steps": 2, "save_strategy": "no", **kw},
     )
     return HFTTrainer(
         model=model if model is not None else tiny_model(),
@@ -45,7 +41,7 @@ def hf_trainer(tmp_path, model=None, config=None, **kw):
 def sft_trainer(tmp_path, model=None, config=None, **kw):
     return HFTSFTTrainer(
         model=model if model is not None else tiny_model(),
-        args=SFTConfig(output_dir=str(tmp_path), **{**CPU, "max_steps": 2, **kw}),
+        args=SFTConfig(output_dir=str(tmp_path), **{**CPU_NO_CHECKPOINTING, "max_steps": 2, **kw}),
         train_dataset=sft_data(),
         processing_class=tiny_tokenizer(),
         hft_config=config or HFTConfig(),
@@ -55,7 +51,7 @@ def sft_trainer(tmp_path, model=None, config=None, **kw):
 def dpo_trainer(tmp_path, model=None, config=None, **kw):
     return HFTDPOTrainer(
         model=model if model is not None else tiny_model(),
-        args=DPOConfig(output_dir=str(tmp_path), **{**CPU, "max_steps": 2, **kw}),
+        args=DPOConfig(output_dir=str(tmp_path), **{**CPU_NO_CHECKPOINTING, "max_steps": 2, **kw}),
         train_dataset=dpo_data(),
         processing_class=tiny_tokenizer(),
         hft_config=config or HFTConfig(stage=1),

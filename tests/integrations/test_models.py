@@ -7,7 +7,7 @@ import torch
 
 from hft_plugins import HFTError
 from hft_plugins.integrations import models
-from hft_plugins.tiny import save_tiny
+from hft_plugins.testing import save_tiny
 from tests.helpers import hub_snapshot, require_real_model
 
 REVISION = "1234567890abcdef1234567890abcdef12345678"
@@ -25,7 +25,7 @@ def hub_repo(tiny_dir):
     """The tiny model as the Hub repo hft-tests/tiny-llama, in the tests' own cache, with an
     hft_mask.json beside its weights."""
     from hft_plugins import select
-    from hft_plugins.tiny import tiny_model
+    from hft_plugins.testing import tiny_model
 
     snapshot = hub_snapshot("hft-tests/tiny-llama", tiny_dir, REVISION)
     select(tiny_model("llama")).save(snapshot / "hft_mask.json")
@@ -175,7 +175,7 @@ def test_the_real_gguf_model_trains_its_half_through_hftsfttrainer(tmp_path, cap
 
     from hft_plugins import HFTConfig
     from hft_plugins.integrations.trl import HFTSFTTrainer
-    from tests.integrations._common import assert_half_trained, snapshot
+    from tests.helpers import assert_half_trained, snapshot
 
     torch.manual_seed(0)
     gguf = require_real_model()

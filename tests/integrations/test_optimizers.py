@@ -9,12 +9,11 @@ threshold for 8-bit state.
 
 import pytest
 import torch
-from transformers import TrainingArguments
 
 from hft_plugins import HFTConfig, HFTError
 from hft_plugins.integrations.transformers import HFTTrainer
-from hft_plugins.tiny import tiny_model
-from tests.integrations._common import assert_half_trained, lm_dataset, snapshot
+from hft_plugins.testing import tiny_model
+from tests.helpers import assert_half_trained, lm_dataset, snapshot, training_args
 
 WORK = [
     "adamw_torch",
@@ -32,22 +31,6 @@ def model():
     return tiny_model("phi3", hidden_size=64, intermediate_size=128)
 
 
-def args(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=2,
-        learning_rate=1e-2,
-        weight_decay=0.1,
-        max_steps=3,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        data_seed=0,
-    )
-    return TrainingArguments(**{**base, **kw})
-
-
 def _state_dtypes(optimizer, tensor) -> set:
     return {v.dtype for v in optimizer.inner.state[tensor].values() if torch.is_tensor(v)}
 
@@ -60,7 +43,7 @@ def test_optim_name_trains_the_half_and_leaves_the_frozen_half_exact(optim, tmp_
     before = snapshot(net)
     trainer = HFTTrainer(
         model=net,
-        args=args(tmp_path, optim=optim),
+        args=training_args(tmp_path, max_steps=3, optim=optim),
         train_dataset=lm_dataset(),
         hft_config=HFTConfig(),
     )
@@ -85,7 +68,7 @@ def test_an_8bit_optimizer_resumes_bit_identically(tmp_path):
         net = model()
         trainer = HFTTrainer(
             model=net,
-            args=args(
+            args=training_args(
                 out, optim="adamw_bnb_8bit", max_steps=4, save_strategy="steps", save_steps=2
             ),
             train_dataset=lm_dataset(),
@@ -104,7 +87,7 @@ def test_schedule_free_is_refused_before_training(optim, tmp_path):
     with pytest.raises(HFTError) as err:
         HFTTrainer(
             model=model(),
-            args=args(tmp_path, optim=optim),
+            args=training_args(tmp_path, max_steps=3, optim=optim),
             train_dataset=lm_dataset(),
             hft_config=HFTConfig(),
         )
@@ -118,7 +101,7 @@ def test_a_schedule_free_class_in_optimizer_cls_and_kwargs_is_refused(tmp_path):
     with pytest.raises(HFTError, match="HFT cannot wrap schedule-free optimizers"):
         HFTTrainer(
             model=model(),
-            args=args(tmp_path),
+            args=training_args(tmp_path, max_steps=3),
             train_dataset=lm_dataset(),
             optimizer_cls_and_kwargs=(schedulefree.AdamWScheduleFree, {"lr": 1e-3}),
             hft_config=HFTConfig(),
@@ -130,14 +113,16 @@ def test_trl_takes_an_8bit_optimizer(tmp_path):
     from trl import SFTConfig
 
     from hft_plugins.integrations.trl import HFTSFTTrainer
-    from hft_plugins.tiny import tiny_tokenizer
-    from tests.integrations.test_trl import CPU, sft_data
+    from hft_plugins.testing import tiny_tokenizer
+    from tests.helpers import CPU_NO_CHECKPOINTING, sft_data
 
     net = model()
     before = snapshot(net)
     trainer = HFTSFTTrainer(
         model=net,
-        args=SFTConfig(output_dir=str(tmp_path), max_steps=2, optim="lion_8bit", **CPU),
+        args=SFTConfig(
+            output_dir=str(tmp_path), max_steps=2, optim="lion_8bit", **CPU_NO_CHECKPOINTING
+        ),
         train_dataset=sft_data(),
         processing_class=tiny_tokenizer(),
         hft_config=HFTConfig(),
@@ -157,7 +142,7 @@ def test_optim_name_keeps_gpt2s_frozen_column_slices(optim, tmp_path):
     before = snapshot(net)
     trainer = HFTTrainer(
         model=net,
-        args=args(tmp_path, optim=optim),
+        args=training_args(tmp_path, max_steps=3, optim=optim),
         train_dataset=lm_dataset(),
         hft_config=HFTConfig(),
     )

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
 from hft_plugins.integrations.peft_style import AutoHFTModelForCausalLM, HFTModel, get_hft_model
-from hft_plugins.tiny import tiny_model
-from tests.integrations._common import assert_half_trained, snapshot
+from hft_plugins.testing import tiny_model
+from tests.helpers import assert_half_trained, snapshot
 
 
 def train_a_bit(model, steps=3):
@@ -150,7 +150,7 @@ def test_hft_trainer_takes_an_hft_model(tmp_path):
     from transformers import TrainingArguments
 
     from hft_plugins.integrations.transformers import HFTTrainer
-    from tests.integrations._common import assert_half_trained, lm_dataset
+    from tests.helpers import assert_half_trained, lm_dataset
 
     model = get_hft_model(tiny_model("phi3"), HFTConfig(seed=1))
     before = snapshot(model.base_model)
@@ -217,7 +217,7 @@ def test_save_pretrained_of_a_given_state_dict(tmp_path):
 
 
 def test_from_pretrained_takes_a_path_and_is_trainable_like_peft(tmp_path):
-    from hft_plugins.tiny import save_tiny
+    from hft_plugins.testing import save_tiny
 
     save_tiny(tmp_path / "base")
     tuned = get_hft_model(tiny_model(), HFTConfig(seed=4))
@@ -253,7 +253,7 @@ def test_from_pretrained_refuses_what_it_cannot_honour(tmp_path):
 def test_saved_config_records_the_base_model(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from hft_plugins.tiny import save_tiny
+    from hft_plugins.testing import save_tiny
 
     save_tiny(tmp_path / "base")
     model = get_hft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), HFTConfig())
@@ -331,7 +331,7 @@ def test_save_directories_respect_the_umask(tmp_path):
 
 def test_saving_into_a_directory_keeps_what_else_is_there(tmp_path):
     """A tokenizer, notes or checkpoints already in the directory survive a save, and a second."""
-    from hft_plugins.tiny import tiny_tokenizer
+    from hft_plugins.testing import tiny_tokenizer
 
     out = tmp_path / "out"
     tiny_tokenizer().save_pretrained(out)
@@ -408,7 +408,7 @@ def test_auto_loads_the_base_model_the_save_names(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from hft_plugins.integrations import models
-    from hft_plugins.tiny import save_tiny
+    from hft_plugins.testing import save_tiny
     from tests.helpers import hub_snapshot
 
     save_tiny(tmp_path / "base")

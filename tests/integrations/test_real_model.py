@@ -18,8 +18,7 @@ from trl import SFTConfig
 from hft_plugins import HFTConfig, select
 from hft_plugins.integrations.peft_style import HFTModel, get_hft_model
 from hft_plugins.integrations.trl import HFTSFTTrainer
-from tests.helpers import require_real_model
-from tests.integrations._common import assert_half_trained, snapshot
+from tests.helpers import CPU_NO_CHECKPOINTING, assert_half_trained, require_real_model, snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -116,17 +115,7 @@ def trained(real, tmp_path_factory):
     ]
     args = SFTConfig(
         output_dir=str(tmp_path_factory.mktemp("sft")),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        learning_rate=1e-4,
-        max_length=64,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
+        **{**CPU_NO_CHECKPOINTING, "max_steps": 2, "learning_rate": 1e-4, "max_length": 64},
     )
     trainer = HFTSFTTrainer(
         model=model,

@@ -21,41 +21,22 @@ from hft_plugins.integrations.trl import (
     HFTSFTTrainer,
     get_hft_config,
 )
-from hft_plugins.tiny import tiny_model, tiny_tokenizer
-from tests.helpers import hub_snapshot
-from tests.integrations._common import assert_half_trained, lm_dataset, snapshot
-
-CPU = dict(
-    use_cpu=True,
-    bf16=False,
-    report_to=[],
-    save_strategy="no",
-    per_device_train_batch_size=2,
-    learning_rate=1e-2,
-    max_steps=2,
-    seed=0,
+from hft_plugins.testing import tiny_model, tiny_tokenizer
+from tests.helpers import (
+    TWO_STEPS,
+    assert_half_trained,
+    dpo_data,
+    hub_snapshot,
+    lm_dataset,
+    sft_data,
+    snapshot,
 )
-
-
-def sft_data():
-    pairs = [("hi", "hello there"), ("2+2?", "4"), ("name?", "tiny"), ("sky?", "blue")]
-    return Dataset.from_list(
-        [
-            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            for q, a in pairs
-        ]
-    )
-
-
-def dpo_data():
-    rows = [("Say yes:", " yes", " no"), ("Count:", " 1 2 3", " 3 2 1"), ("Greet:", " hi", " bye")]
-    return Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in rows])
 
 
 def trained_sft(tmp_path, model=None):
     sft = HFTSFTTrainer(
         model=model if model is not None else tiny_model(),
-        args=SFTConfig(output_dir=str(tmp_path / "sft"), **CPU),
+        args=SFTConfig(output_dir=str(tmp_path / "sft"), **TWO_STEPS),
         train_dataset=sft_data(),
         processing_class=tiny_tokenizer(),
         hft_config=HFTConfig(),
@@ -67,8 +48,8 @@ def trained_sft(tmp_path, model=None):
 def dpo(tmp_path, model, args_cls=DPOConfig, hft=None, **kw):
     return HFTDPOTrainer(
         model=model,
-        args=args_cls(output_dir=str(tmp_path / "dpo"), **CPU, **(hft or {})),
-        train_dataset=dpo_data(),
+        args=args_cls(output_dir=str(tmp_path / "dpo"), **TWO_STEPS, **(hft or {})),
+        train_dataset=dpo_data(3),
         processing_class=tiny_tokenizer(),
         **kw,
     )
@@ -110,7 +91,7 @@ def test_sft_then_dpo_from_hft_arguments_follows_on(tmp_path):
         sft.model,
         args_cls=HFTDPOConfig,
         hft={"hft": True},
-        hft_config=get_hft_config(HFTDPOConfig(output_dir=str(tmp_path), hft=True, **CPU)),
+        hft_config=get_hft_config(HFTDPOConfig(output_dir=str(tmp_path), hft=True, **TWO_STEPS)),
     )
     assert same.hft_config == HFTConfig(stage=1)
 
@@ -142,7 +123,7 @@ def test_other_trainers_need_the_stage_too(tmp_path):
         HFTGRPOTrainer(
             model=tiny_model(),
             reward_funcs=lambda completions, **kw: [0.0] * len(completions),
-            args=GRPOConfig(output_dir=str(tmp_path), num_generations=2, **CPU),
+            args=GRPOConfig(output_dir=str(tmp_path), num_generations=2, **TWO_STEPS),
             train_dataset=Dataset.from_list([{"prompt": "hi"}]),
             processing_class=tiny_tokenizer(),
             hft_config=HFTConfig(stage=None),
@@ -152,13 +133,13 @@ def test_other_trainers_need_the_stage_too(tmp_path):
 def test_sft_and_the_plain_trainer_start_at_stage_0(tmp_path):
     sft = HFTSFTTrainer(
         model=tiny_model(),
-        args=SFTConfig(output_dir=str(tmp_path), **CPU),
+        args=SFTConfig(output_dir=str(tmp_path), **TWO_STEPS),
         train_dataset=sft_data(),
         processing_class=tiny_tokenizer(),
         hft_config=HFTConfig(stage=None),
     )
     assert sft.hft_config == HFTConfig()
-    args = TrainingArguments(output_dir=str(tmp_path), **CPU)
+    args = TrainingArguments(output_dir=str(tmp_path), **TWO_STEPS)
     plain = HFTTrainer(
         model=tiny_model(), args=args, train_dataset=lm_dataset(), hft_config=HFTConfig(stage=None)
     )
@@ -176,7 +157,7 @@ def test_a_constructed_but_untrained_trainer_records_nothing(tmp_path):
     for _ in range(2):
         trainer = HFTSFTTrainer(
             model=model,
-            args=SFTConfig(output_dir=str(tmp_path), **CPU),
+            args=SFTConfig(output_dir=str(tmp_path), **TWO_STEPS),
             train_dataset=sft_data(),
             processing_class=tiny_tokenizer(),
             hft_config=HFTConfig(),
@@ -199,7 +180,7 @@ def test_dpo_from_a_saved_hft_model_directory_follows_on(tmp_path):
     assert dpo(tmp_path, loaded, hft_config=HFTConfig(stage=None)).hft_config.stage == 3
     sft = HFTSFTTrainer(
         model=str(model_dir),
-        args=SFTConfig(output_dir=str(tmp_path / "sft2"), **CPU),
+        args=SFTConfig(output_dir=str(tmp_path / "sft2"), **TWO_STEPS),
         train_dataset=sft_data(),
         processing_class=tiny_tokenizer(),
         hft_config=HFTConfig(stage=None),

@@ -2,30 +2,12 @@
 
 import pytest
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
 from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer, unwrap_optimizer
-from hft_plugins.tiny import tiny_model
-from tests.helpers import mark_as_gguf
-from tests.integrations._common import assert_half_trained, lm_dataset, snapshot
-
-
-def args(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=2,
-        learning_rate=1e-2,
-        weight_decay=0.1,
-        max_steps=4,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        data_seed=0,
-    )
-    return TrainingArguments(**{**base, **kw})
+from hft_plugins.testing import tiny_model
+from tests.helpers import assert_half_trained, lm_dataset, mark_as_gguf, snapshot, training_args
 
 
 def test_trains_only_the_half_and_logs_the_fraction(tmp_path):
@@ -34,7 +16,7 @@ def test_trains_only_the_half_and_logs_the_fraction(tmp_path):
     before = snapshot(model)
     trainer = HFTTrainer(
         model=model,
-        args=args(tmp_path, adam_beta1=0.8, adam_beta2=0.99, adam_epsilon=1e-6),
+        args=training_args(tmp_path, adam_beta1=0.8, adam_beta2=0.99, adam_epsilon=1e-6),
         train_dataset=lm_dataset(),
         hft_config=config,
     )
@@ -58,7 +40,10 @@ def test_fused_tensors_keep_their_frozen_slices(tmp_path, family):
     model = tiny_model(family)
     before = snapshot(model)
     trainer = HFTTrainer(
-        model=model, args=args(tmp_path), train_dataset=lm_dataset(), hft_config=HFTConfig()
+        model=model,
+        args=training_args(tmp_path),
+        train_dataset=lm_dataset(),
+        hft_config=HFTConfig(),
     )
     trainer.train()
     mask = trainer.hft_mask
@@ -70,7 +55,7 @@ def test_next_stage_redraws_between_train_calls(tmp_path):
     model = tiny_model("llama")
     trainer = HFTTrainer(
         model=model,
-        args=args(tmp_path, max_steps=2),
+        args=training_args(tmp_path, max_steps=2),
         train_dataset=lm_dataset(),
         hft_config=HFTConfig(),
     )
@@ -89,7 +74,7 @@ def test_every_epoch_redraw(tmp_path):
     model = tiny_model("llama")
     trainer = HFTTrainer(
         model=model,
-        args=args(tmp_path, max_steps=-1, num_train_epochs=3),  # 4 steps per epoch
+        args=training_args(tmp_path, max_steps=-1, num_train_epochs=3),  # 4 steps per epoch
         train_dataset=lm_dataset(),
         hft_config=HFTConfig(),
         callbacks=[HFTCallback(redraw_every_epoch=True)],
@@ -107,7 +92,7 @@ def _run(tmp_path, resume=None, **kw):
     model = tiny_model("llama")
     trainer = HFTTrainer(
         model=model,
-        args=args(
+        args=training_args(
             tmp_path,
             **{
                 "max_steps": -1,
@@ -153,7 +138,7 @@ def test_resume_with_a_mask_of_another_model_is_refused(tmp_path):
 def test_resume_from_a_plain_optimizer_checkpoint_is_refused(tmp_path):
     plain = Trainer(
         model=tiny_model(),
-        args=args(tmp_path / "plain", max_steps=2, save_strategy="steps", save_steps=2),
+        args=training_args(tmp_path / "plain", max_steps=2, save_strategy="steps", save_steps=2),
         train_dataset=lm_dataset(),
     )
     plain.train()
@@ -164,7 +149,10 @@ def test_resume_from_a_plain_optimizer_checkpoint_is_refused(tmp_path):
 def test_bad_hft_config_type(tmp_path):
     with pytest.raises(HFTError, match="hft_config must be an hft_plugins.HFTConfig, got dict"):
         HFTTrainer(
-            model=tiny_model(), args=args(tmp_path), train_dataset=lm_dataset(), hft_config={}
+            model=tiny_model(),
+            args=training_args(tmp_path),
+            train_dataset=lm_dataset(),
+            hft_config={},
         )
 
 
@@ -174,7 +162,7 @@ def test_a_plain_optimizer_is_refused(tmp_path):
     with pytest.raises(HFTError, match="HFTTrainer needs an HFTOptimizer"):
         HFTTrainer(
             model=model,
-            args=args(tmp_path),
+            args=training_args(tmp_path),
             train_dataset=lm_dataset(),
             optimizers=(plain, None),
             hft_config=HFTConfig(),
@@ -187,7 +175,10 @@ def test_a_user_hft_optimizer_is_used(tmp_path):
     opt = HFTOptimizer(model, mask, torch.optim.SGD, lr=0.1)
     before = snapshot(model)
     trainer = HFTTrainer(
-        model=model, args=args(tmp_path), train_dataset=lm_dataset(), optimizers=(opt, None)
+        model=model,
+        args=training_args(tmp_path),
+        train_dataset=lm_dataset(),
+        optimizers=(opt, None),
     )
     trainer.train()
     assert trainer.hft_optimizer is opt and trainer.hft_config == HFTConfig(seed=5)
@@ -195,7 +186,7 @@ def test_a_user_hft_optimizer_is_used(tmp_path):
     with pytest.raises(HFTError, match="differs from the mask of the HFTOptimizer"):
         HFTTrainer(
             model=model,
-            args=args(tmp_path),
+            args=training_args(tmp_path),
             train_dataset=lm_dataset(),
             optimizers=(opt, None),
             hft_config=HFTConfig(seed=6),
@@ -205,7 +196,7 @@ def test_a_user_hft_optimizer_is_used(tmp_path):
 def test_optim_from_training_arguments_is_wrapped(tmp_path):
     trainer = HFTTrainer(
         model=tiny_model(),
-        args=args(tmp_path, optim="adafactor"),
+        args=training_args(tmp_path, optim="adafactor"),
         train_dataset=lm_dataset(),
         hft_config=HFTConfig(),
     )
@@ -220,7 +211,7 @@ def test_an_optimizer_factory_is_refused(tmp_path):
     with pytest.raises(HFTError, match="HFT wraps torch optimizer classes") as err:
         HFTTrainer(  # refused when the trainer is built, not once training has started
             model=tiny_model(),
-            args=args(tmp_path),
+            args=training_args(tmp_path),
             train_dataset=lm_dataset(),
             optimizer_cls_and_kwargs=(factory, {}),
             hft_config=HFTConfig(),
@@ -231,7 +222,7 @@ def test_an_optimizer_factory_is_refused(tmp_path):
 def test_callback_on_a_plain_trainer_needs_hft_optimizer(tmp_path):
     trainer = Trainer(
         model=tiny_model(),
-        args=args(tmp_path),
+        args=training_args(tmp_path),
         train_dataset=lm_dataset(),
         callbacks=[HFTCallback()],
     )
@@ -244,12 +235,14 @@ def test_callback_on_a_plain_trainer_needs_hft_optimizer(tmp_path):
 
 def _hft_model_run(tmp_path, resume=None, **kw):
     from hft_plugins.integrations.peft_style import get_hft_model
-    from hft_plugins.tiny import tiny_tokenizer
+    from hft_plugins.testing import tiny_tokenizer
 
     model = get_hft_model(tiny_model("phi3"), HFTConfig(seed=1))
     trainer = HFTTrainer(
         model=model,
-        args=args(tmp_path, **{"max_steps": 4, "save_strategy": "steps", "save_steps": 2, **kw}),
+        args=training_args(
+            tmp_path, **{"max_steps": 4, "save_strategy": "steps", "save_steps": 2, **kw}
+        ),
         train_dataset=lm_dataset(),
         processing_class=tiny_tokenizer(),
     )
@@ -294,12 +287,12 @@ def test_an_hft_model_trains_one_stage(tmp_path):
     with pytest.raises(HFTError, match="an HFTModel trains one stage: redraw_every_epoch"):
         HFTTrainer(
             model=get_hft_model(tiny_model()),
-            args=args(tmp_path),
+            args=training_args(tmp_path),
             train_dataset=lm_dataset(),
             callbacks=[HFTCallback(redraw_every_epoch=True)],
         )
     trainer = HFTTrainer(
-        model=get_hft_model(tiny_model()), args=args(tmp_path), train_dataset=lm_dataset()
+        model=get_hft_model(tiny_model()), args=training_args(tmp_path), train_dataset=lm_dataset()
     )
     with pytest.raises(HFTError, match="an HFTModel trains one stage: its save_pretrained"):
         trainer.next_stage()
@@ -311,7 +304,7 @@ def test_an_hft_model_loads_its_best_checkpoint_at_the_end(tmp_path):
     model = get_hft_model(tiny_model(), HFTConfig())
     trainer = HFTTrainer(
         model=model,
-        args=args(
+        args=training_args(
             tmp_path,
             max_steps=4,
             save_strategy="steps",
@@ -340,7 +333,7 @@ def test_an_hft_model_saves_a_gathered_state_dict_and_skips_an_empty_one(tmp_pat
     from hft_plugins.integrations.peft_style import HFTModel, get_hft_model
 
     model = get_hft_model(tiny_model(), HFTConfig())
-    trainer = HFTTrainer(model=model, args=args(tmp_path), train_dataset=lm_dataset())
+    trainer = HFTTrainer(model=model, args=training_args(tmp_path), train_dataset=lm_dataset())
     state = {k: v + 1 for k, v in model.state_dict().items()}
     trainer._save(str(tmp_path / "gathered"), state_dict=state)
     saved = HFTModel.from_pretrained(tiny_model(), tmp_path / "gathered")
@@ -359,7 +352,7 @@ def test_a_gguf_loaded_model_trains_and_saves_a_normal_checkpoint(tmp_path):
     before = snapshot(model)
     trainer = HFTTrainer(
         model=model,
-        args=args(tmp_path, max_steps=2),
+        args=training_args(tmp_path, max_steps=2),
         train_dataset=lm_dataset(),
         hft_config=HFTConfig(),
     )
@@ -372,4 +365,4 @@ def test_a_gguf_loaded_model_trains_and_saves_a_normal_checkpoint(tmp_path):
         torch.zeros(2, dtype=torch.uint8), requires_grad=False
     )
     with pytest.raises(HFTError, match="keeps its GGUF weights quantized .torch.uint8 tensors.; "):
-        HFTTrainer(model=packed, args=args(tmp_path), hft_config=HFTConfig())
+        HFTTrainer(model=packed, args=training_args(tmp_path), hft_config=HFTConfig())

@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, SFTConfig, TrlParser
 
@@ -17,42 +16,14 @@ from hft_plugins.integrations.trl import (
     HFTSFTTrainer,
     shared_reference,
 )
-from hft_plugins.tiny import tiny_model, tiny_tokenizer
-from tests.integrations._common import assert_half_trained, snapshot
-
-CPU = dict(
-    use_cpu=True,
-    bf16=False,
-    gradient_checkpointing=False,
-    report_to=[],
-    save_strategy="no",
-    logging_steps=1,
-    per_device_train_batch_size=2,
-    learning_rate=1e-2,
-    seed=0,
-)
-
-
-def sft_data():
-    pairs = [("hi", "hello there"), ("2+2?", "4"), ("name?", "tiny"), ("sky?", "blue")]
-    return Dataset.from_list(
-        [
-            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            for q, a in pairs
-        ]
-    )
-
-
-def dpo_data():
-    rows = [("Say yes:", " yes", " no"), ("Count:", " 1 2 3", " 3 2 1"), ("Greet:", " hi", " bye")]
-    rows += [("Colour:", " red", " ?"), ("Animal:", " cat", " car")]
-    return Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in rows[:4]])
+from hft_plugins.testing import tiny_model, tiny_tokenizer
+from tests.helpers import CPU_NO_CHECKPOINTING, assert_half_trained, dpo_data, sft_data, snapshot
 
 
 def sft_trainer(tmp_path, model=None, **kw):
     return HFTSFTTrainer(
         model=model if model is not None else tiny_model(),
-        args=SFTConfig(output_dir=str(tmp_path), max_steps=3, **CPU),
+        args=SFTConfig(output_dir=str(tmp_path), max_steps=3, **CPU_NO_CHECKPOINTING),
         train_dataset=sft_data(),
         processing_class=tiny_tokenizer(),
         **kw,
@@ -62,7 +33,7 @@ def sft_trainer(tmp_path, model=None, **kw):
 def dpo_trainer(tmp_path, model, steps=3, args_cls=DPOConfig, **kw):
     return HFTDPOTrainer(
         model=model,
-        args=args_cls(output_dir=str(tmp_path), max_steps=steps, **CPU),
+        args=args_cls(output_dir=str(tmp_path), max_steps=steps, **CPU_NO_CHECKPOINTING),
         train_dataset=dpo_data(),
         processing_class=tiny_tokenizer(),
         **kw,
@@ -97,7 +68,7 @@ def test_sft_config_flag_turns_hft_on_and_off(tmp_path):
     model = tiny_model()
     trainer = HFTSFTTrainer(
         model=model,
-        args=HFTSFTConfig(output_dir=str(tmp_path), max_steps=1, **CPU),
+        args=HFTSFTConfig(output_dir=str(tmp_path), max_steps=1, **CPU_NO_CHECKPOINTING),
         train_dataset=sft_data(),
         processing_class=tiny_tokenizer(),
     )
@@ -108,7 +79,7 @@ def test_sft_config_flag_turns_hft_on_and_off(tmp_path):
 
 def test_bad_hft_field_fails_at_parse_time(tmp_path):
     with pytest.raises(HFTError, match="ratio must be in"):
-        HFTSFTConfig(output_dir=str(tmp_path), hft=True, hft_ratio=1.5, **CPU)
+        HFTSFTConfig(output_dir=str(tmp_path), hft=True, hft_ratio=1.5, **CPU_NO_CHECKPOINTING)
 
 
 def test_dpo_trains_only_the_half_with_a_shared_reference(tmp_path):
@@ -196,7 +167,12 @@ def test_dpo_hft_fields(tmp_path):
     )
     assert off.hft_config is None and all(p.requires_grad for p in model.parameters())
     args = HFTDPOConfig(
-        output_dir=str(tmp_path), max_steps=1, hft=True, hft_seed=2, hft_stage=1, **CPU
+        output_dir=str(tmp_path),
+        max_steps=1,
+        hft=True,
+        hft_seed=2,
+        hft_stage=1,
+        **CPU_NO_CHECKPOINTING,
     )
     trainer = HFTDPOTrainer(
         model=tiny_model(), args=args, train_dataset=dpo_data(), processing_class=tiny_tokenizer()

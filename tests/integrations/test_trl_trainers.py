@@ -14,21 +14,8 @@ from datasets import Dataset
 
 from hft_plugins import HFTConfig
 from hft_plugins.integrations import trl as hft_trl
-from hft_plugins.tiny import tiny_config, tiny_model, tiny_tokenizer
-from tests.helpers import mark_as_gguf
-from tests.integrations._common import assert_half_trained, snapshot
-
-CPU = dict(
-    use_cpu=True,
-    bf16=False,
-    report_to=[],
-    save_strategy="no",
-    logging_steps=1,
-    per_device_train_batch_size=2,
-    learning_rate=1e-2,
-    max_steps=2,
-    seed=0,
-)
+from hft_plugins.testing import tiny_config, tiny_model, tiny_tokenizer
+from tests.helpers import TWO_STEPS, assert_half_trained, dpo_data, mark_as_gguf, sft_data, snapshot
 
 
 def _prompts():
@@ -41,24 +28,12 @@ def _reward(completions, **kwargs):
 
 
 def _sft(tmp_path):
-    pairs = [("hi", "hello there"), ("2+2?", "4"), ("name?", "tiny"), ("sky?", "blue")]
-    data = [
-        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-        for q, a in pairs
-    ]
-    return dict(
-        args=trl.SFTConfig(output_dir=str(tmp_path), **CPU),
-        train_dataset=Dataset.from_list(data),
-    )
+    return dict(args=trl.SFTConfig(output_dir=str(tmp_path), **TWO_STEPS), train_dataset=sft_data())
 
 
 def _dpo(tmp_path):
-    rows = [("Say yes:", " yes", " no"), ("Count:", " 1 2 3", " 3 2 1"), ("Greet:", " hi", " bye")]
     return dict(
-        args=trl.DPOConfig(output_dir=str(tmp_path), **CPU),
-        train_dataset=Dataset.from_list(
-            [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in rows]
-        ),
+        args=trl.DPOConfig(output_dir=str(tmp_path), **TWO_STEPS), train_dataset=dpo_data(3)
     )
 
 
@@ -66,7 +41,11 @@ def _grpo(tmp_path):
     return dict(
         reward_funcs=_reward,
         args=trl.GRPOConfig(
-            output_dir=str(tmp_path), num_generations=2, max_completion_length=8, beta=0.1, **CPU
+            output_dir=str(tmp_path),
+            num_generations=2,
+            max_completion_length=8,
+            beta=0.1,
+            **TWO_STEPS,
         ),
         train_dataset=_prompts(),
     )
@@ -76,7 +55,7 @@ def _rloo(tmp_path):
     return dict(
         reward_funcs=_reward,
         args=trl.RLOOConfig(
-            output_dir=str(tmp_path), num_generations=2, max_completion_length=8, **CPU
+            output_dir=str(tmp_path), num_generations=2, max_completion_length=8, **TWO_STEPS
         ),
         train_dataset=_prompts(),
     )
@@ -86,7 +65,7 @@ def _kto(tmp_path):
     rows = [("Say yes:", " yes", True), ("Say yes:", " no", False)]
     rows += [("Greet:", " hi", True), ("Greet:", " bye", False)]
     return dict(
-        args=trl.KTOConfig(output_dir=str(tmp_path), **CPU),
+        args=trl.KTOConfig(output_dir=str(tmp_path), **TWO_STEPS),
         train_dataset=Dataset.from_list(
             [{"prompt": p, "completion": c, "label": ok} for p, c, ok in rows]
         ),
@@ -96,7 +75,7 @@ def _kto(tmp_path):
 def _reward_model(tmp_path):
     rows = [("Say yes:", " yes", " no"), ("Greet:", " hi", " bye")]
     return dict(
-        args=trl.RewardConfig(output_dir=str(tmp_path), **CPU),
+        args=trl.RewardConfig(output_dir=str(tmp_path), **TWO_STEPS),
         train_dataset=Dataset.from_list(
             [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in rows]
         ),
@@ -106,7 +85,7 @@ def _reward_model(tmp_path):
 def _distillation(tmp_path):
     return dict(
         teacher_model=tiny_model(seed=1),
-        args=trl.DistillationConfig(output_dir=str(tmp_path), max_completion_length=8, **CPU),
+        args=trl.DistillationConfig(output_dir=str(tmp_path), max_completion_length=8, **TWO_STEPS),
         train_dataset=_prompts(),
     )
 

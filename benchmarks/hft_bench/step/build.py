@@ -21,7 +21,7 @@ def build_model(args, device=None):
     dims = dict(
         vocab_size=args.vocab, num_hidden_layers=args.layers, num_attention_heads=args.heads
     )
-    from hft_plugins.tiny import tiny_model
+    from hft_plugins.testing import tiny_model
 
     with torch.device(device or args.device):
         if args.arch == "moe":
@@ -36,7 +36,7 @@ def build_model(args, device=None):
             model = tiny_model(
                 "gpt2", seed=args.seed, vocab_size=args.vocab, n_embd=args.hidden,
                 n_layer=args.layers, n_head=args.heads, n_inner=args.intermediate,
-                n_positions=max_tokens, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                n_positions=max_tokens,
             )  # fmt: skip
         else:
             model = tiny_model(

@@ -31,10 +31,11 @@ def record(result_path: Path, base_dir: Path) -> None:
     import torch
     import torch.distributed as dist
     import transformers
+    from hft_bench.sharded import engine_state_bytes, full_tensors
     from safetensors.torch import load_file
 
     import hft_plugins
-    from hft_plugins.integrations.sharded import engine_state_bytes, full_tensors, trainer_engine
+    from hft_plugins.integrations.sharded import trainer_engine
 
     events = []
 

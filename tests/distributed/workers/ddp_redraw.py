@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
 from hft_plugins.core.distributed import redraw
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 STEPS = 3
 

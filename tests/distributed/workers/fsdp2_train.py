@@ -17,7 +17,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from hft_plugins import HFTConfig, HFTOptimizer, select
-from hft_plugins.tiny import tiny_model
+from hft_plugins.testing import tiny_model
 
 STEPS = 3
 

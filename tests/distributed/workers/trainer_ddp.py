@@ -15,8 +15,8 @@ from transformers import TrainerCallback, TrainingArguments
 
 from hft_plugins import HFTConfig
 from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer
-from hft_plugins.tiny import tiny_model
-from tests.integrations._common import lm_dataset, snapshot
+from hft_plugins.testing import tiny_model
+from tests.helpers import lm_dataset, snapshot
 
 
 class Snapshots(TrainerCallback):

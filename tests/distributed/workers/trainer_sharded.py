@@ -56,9 +56,9 @@ def setup_cpu_state(engine: str) -> None:
 
 
 def training_args(a, out: Path, **extra):
+    from hft_bench.sharded import engine_arguments
     from trl import DPOConfig, SFTConfig
 
-    from hft_plugins.integrations.sharded import engine_arguments
     from hft_plugins.integrations.trl import HFTSFTConfig  # noqa: F401  (SFT path imports)
 
     engine = engine_arguments(a.engine, ROOT)
@@ -91,7 +91,7 @@ def training_args(a, out: Path, **extra):
 def build_model(family: str):
     from transformers import AutoModelForCausalLM
 
-    from hft_plugins.tiny import tiny_config
+    from hft_plugins.testing import tiny_config
 
     if family == "llama":
         cfg = tiny_config(
@@ -121,7 +121,7 @@ def make_trainer(a, args, model, config):
         from datasets import Dataset
 
         from hft_plugins.integrations.trl import HFTDPOTrainer
-        from hft_plugins.tiny import tiny_tokenizer
+        from hft_plugins.testing import tiny_tokenizer
 
         rows = [("Say yes:", " yes", " no"), ("Count:", " 1 2 3", " 3 2 1")] * 8
         data = Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in rows])
@@ -134,7 +134,7 @@ def make_trainer(a, args, model, config):
         )
     if a.trainer == "sft":
         from hft_plugins.integrations.trl import HFTSFTTrainer
-        from hft_plugins.tiny import tiny_tokenizer
+        from hft_plugins.testing import tiny_tokenizer
 
         return HFTSFTTrainer(**kw, hft_config=config, processing_class=tiny_tokenizer())
     from hft_plugins.integrations.transformers import HFTTrainer
@@ -179,9 +179,10 @@ def refusals(a, out: Path) -> dict[str, str]:
 def main() -> None:
     a = parse()
     setup_cpu_state(a.engine)
+    from hft_bench.sharded import engine_state_bytes, full_tensors
+
     import hft_plugins
     from hft_plugins import HFTConfig, HFTError
-    from hft_plugins.integrations.sharded import engine_state_bytes, full_tensors
 
     out = Path(a.out)
     rank = dist.get_rank()

@@ -1,8 +1,12 @@
-"""Tiny models of every built-in family, built from their config classes.
+"""Tiny random models for trying HFT offline and for your own tests.
 
-No weights can be downloaded in tests or on air-gapped machines; these give each
-layout a real transformers model of a few thousand parameters to run on. Dropout
-is off so that runs are reproducible step for step.
+Every built-in family as a real transformers model of a few thousand parameters, built
+from its config class (nothing is downloaded), with dropout off so that runs are
+reproducible step for step, and a character-level chat tokenizer that fits them all:
+
+    from hft_plugins.testing import tiny_model, tiny_tokenizer
+
+``python -m hft_plugins.testing DIR`` writes one to a directory, loadable by path.
 """
 
 from __future__ import annotations
@@ -186,6 +190,7 @@ _FAMILIES: dict[str, tuple[str, str, dict]] = {
 }
 
 FAMILIES = tuple(_FAMILIES)
+_DROPOUT_WORDS = ("dropout", "pdrop", "layerdrop")
 
 
 def tiny_config(family: str, **overrides):
@@ -196,12 +201,24 @@ def tiny_config(family: str, **overrides):
         raise HFTError(f"unknown tiny family {family!r}; known: {', '.join(FAMILIES)}")
     config_cls, _, kwargs = _FAMILIES[family]
     config = getattr(transformers, config_cls)(**{**kwargs, **overrides})
+    return without_dropout(config, keep=overrides)
+
+
+def is_dropout(key: str, value) -> bool:
+    """Whether a config entry is a dropout probability (``*dropout*``, ``*pdrop*``,
+    ``*layerdrop*``)."""
+    return isinstance(value, float) and any(word in key for word in _DROPOUT_WORDS)
+
+
+def without_dropout(config, keep=()):
+    """``config`` with every dropout probability 0.0, its sub-configs' too, except the keys
+    in ``keep``: a model built from it trains the same way on every run."""
+    from transformers import PretrainedConfig
+
     for key, value in list(vars(config).items()):
-        if (
-            ("dropout" in key or "pdrop" in key)
-            and isinstance(value, float)
-            and key not in overrides
-        ):
+        if isinstance(value, PretrainedConfig):
+            without_dropout(value, keep)
+        elif is_dropout(key, value) and key not in keep:
             setattr(config, key, 0.0)
     return config
 
@@ -228,7 +245,7 @@ _CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-# what save_tiny and ``python -m hft_plugins.tiny --vocab`` can write: "chat" is
+# what save_tiny and ``python -m hft_plugins.testing --vocab`` can write: "chat" is
 # tiny_tokenizer() on the models' defaults; "printable" has one id per printable character
 # (string.printable) in 128 embeddings and 512 positions, for sequences of a few hundred
 # characters (Axolotl's shipped configs).
@@ -307,14 +324,14 @@ def save_tiny(path, family: str = "llama", seed: int = 0, vocab: str = "chat") -
 
 
 def main(argv=None, **defaults) -> int:
-    """``python -m hft_plugins.tiny DIR [--family F] [--seed N] [--vocab chat|printable]``.
+    """``python -m hft_plugins.testing DIR [--family F] [--seed N] [--vocab chat|printable]``.
 
     ``defaults`` replace the options' defaults (a script that always wants one vocabulary).
     """
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m hft_plugins.tiny",
+        prog="python -m hft_plugins.testing",
         description="Write a tiny model and a character-level tokenizer to a directory, "
         "built in code (nothing is downloaded).",
     )

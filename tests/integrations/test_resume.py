@@ -10,30 +10,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import TrainingArguments
 
 from hft_plugins import HFTConfig
 from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer
-from hft_plugins.tiny import tiny_model
-from tests.integrations._common import lm_dataset
+from hft_plugins.testing import tiny_model
+from tests.helpers import lm_dataset, training_args, truncate
 
 
 def _train(out, family: str, resume=None) -> HFTTrainer:
     trainer = HFTTrainer(
         model=tiny_model(family, seed=0),
-        args=TrainingArguments(
-            output_dir=str(out),
-            per_device_train_batch_size=2,
-            learning_rate=1e-2,
-            weight_decay=0.1,
-            num_train_epochs=3,
-            save_strategy="steps",
-            save_steps=2,
-            logging_steps=1,
-            report_to=[],
-            use_cpu=True,
-            seed=0,
-            data_seed=0,
+        args=training_args(
+            out, max_steps=-1, num_train_epochs=3, save_strategy="steps", save_steps=2
         ),
         train_dataset=lm_dataset(),
         hft_config=HFTConfig(seed=11),
@@ -81,3 +69,13 @@ def test_resume_is_bit_identical(straight, tmp_path, family, checkpoint):
     _assert_same_state(full.lr_scheduler.state_dict(), resumed.lr_scheduler.state_dict())
     stages = [e["hft_stage"] for e in resumed.state.log_history if "loss" in e]
     assert stages == [0] * 4 + [1] * 4 + [2] * 4  # the history carried over, stage by stage
+
+
+def test_resume_from_truncated_or_missing_checkpoints(tmp_path):
+    _train(tmp_path / "run", "llama")
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    truncate(checkpoint / "optimizer.pt")
+    with pytest.raises(RuntimeError, match="checkpoint file is corrupted"):
+        _train(tmp_path / "again", "llama", resume=str(checkpoint))
+    with pytest.raises(ValueError, match="Can't find a valid checkpoint at"):
+        _train(tmp_path / "again", "llama", resume=str(tmp_path / "nowhere"))
