@@ -61,7 +61,7 @@ with tempfile.TemporaryDirectory() as out:
             f"optimizer state {trainer.hft_optimizer.state_bytes():,} bytes"
         )
 
-blocks = [{u.key for u in m.layout.block_units() if m.is_trainable(u)} for m in masks]
+blocks = [{u.key for u in m.partition.block_units() if m.is_trainable(u)} for m in masks]
 for a in range(3):
     for b in range(a + 1, 3):
         shared = len(blocks[a] & blocks[b]) / len(blocks[a])

@@ -441,18 +441,18 @@ def is_moe(model) -> bool:
 # ---- the checks ----------------------------------------------------------------
 
 
-def coverage(layout, params: dict[str, tuple[int, ...]]) -> list[str]:
+def coverage(partitioned, params: dict[str, tuple[int, ...]]) -> list[str]:
     """Violations of: every element of every block parameter is in exactly one block unit.
 
     One line per kind of violation: how many parameters, and the first as an example.
     """
     import torch
 
-    from hft_plugins.core.mask import range_view
+    from hft_plugins.core.units import range_view
 
     counts = {n: torch.zeros(s, dtype=torch.int16) for n, s in params.items()}
     found: dict[str, list[str]] = {}
-    for unit in layout.units:
+    for unit in partitioned.units:
         for part in unit.parts:
             if part.param not in counts:
                 if unit.block is not None:
@@ -492,7 +492,7 @@ def frozen_and_moved(mask, before: dict, model) -> tuple[list[str], bool]:
     """(frozen elements that changed, whether any trainable element moved)."""
     import torch
 
-    from hft_plugins.core.mask import range_view
+    from hft_plugins.core.units import range_view
 
     plan = mask.params()
     changed, moved = [], False
@@ -532,7 +532,7 @@ def check(model, batch: dict, kind: str) -> dict:
         mask = select(model, HFTConfig(strategy="category", ratio=RATIO, seed=0))
     except HFTError as exc:
         return {"status": "refused", "message": _line(exc)}
-    layout = mask.layout
+    partitioned = mask.partition
     params = block_params(model, kind)
     known = set(BLOCK_CATEGORIES) - {"other"}
     total = sum(_numel(s) for s in params.values())
@@ -541,13 +541,13 @@ def check(model, batch: dict, kind: str) -> dict:
         cat: round(a / b, 4) for cat, (a, b) in sorted(mask.fractions().items()) if b and cat
     }
     record.update(
-        layout=layout.layout,
-        blocks=layout.num_blocks,
+        layout=partitioned.sorted_by,
+        blocks=partitioned.num_blocks,
         block_fraction=round(done / total, 4) if total else None,
         fractions=fractions,
     )
-    problems = coverage(layout, params)
-    others = Counter(u.category for u in layout.block_units() if u.category not in known)
+    problems = coverage(partitioned, params)
+    others = Counter(u.category for u in partitioned.block_units() if u.category not in known)
     problems += [f"{n} block units of category {c!r}" for c, n in sorted(others.items())]
     if not total:
         problems.append("no block parameters found")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hft_plugins import HFTConfig, Mask
-from hft_plugins.core.layouts import ModelLayout, Part, Unit
+from hft_plugins.core.units import Part, Partition, Unit
 
 EXPERTS, HIDDEN, FFN = 3, 8, 6
 
@@ -61,6 +61,6 @@ def mask(module: nn.Module, trainable, stage: int = 0, layout_units=None) -> Mas
     """A mask of ``module`` training the units named in ``trainable`` (gate, up, down, norm)."""
     layout_units = layout_units or units()
     shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
-    layout = ModelLayout("experts", layout_units, 1, shapes, {})
+    layout = Partition("experts", layout_units, 1, shapes, {})
     keys = {u.key for u in layout_units if u.key.rsplit(".", 1)[-1] in set(trainable)}
     return Mask(HFTConfig(stage=stage), layout, frozenset(keys))

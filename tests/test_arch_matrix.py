@@ -22,7 +22,7 @@ def test_family_end_to_end(family, tmp_path):
     before = snapshot(model)
     hft = get_hft_model(model, HFTConfig(seed=1))
     mask = hft.hft_mask
-    assert not mask.layout.guessed, "every tiny family must be sorted exactly, nothing guessed"
+    assert not mask.partition.guessed, "every tiny family must be sorted exactly, nothing guessed"
     done, total = mask.fractions()["blocks"]
     assert abs(done / total - 0.5) < 0.1
 

@@ -17,7 +17,7 @@ NEW_FAMILIES = ("mixtral", "qwen2_moe", "deepseek_v3", "gpt_oss", "jamba", "bart
 def coverage(mask, model) -> dict[str, torch.Tensor]:
     """How many units cover each element of each parameter."""
     counts = {n: torch.zeros(p.shape, dtype=torch.int32) for n, p in model.named_parameters()}
-    for unit in mask.layout.units:
+    for unit in mask.partition.units:
         for part in unit.parts:
             count = counts[part.param]
             if part.ranges is None:
@@ -39,9 +39,9 @@ def test_every_element_is_in_exactly_one_unit_and_each_category_is_half(family):
     mask = select(model, HFTConfig())
     for name, count in coverage(mask, model).items():
         assert torch.all(count == 1), name
-    blocks = {u.key for u in mask.layout.block_units()}
-    block_params = {p.param for u in mask.layout.block_units() for p in u.parts}
-    for unit in mask.layout.units:
+    blocks = {u.key for u in mask.partition.block_units()}
+    block_params = {p.param for u in mask.partition.block_units() for p in u.parts}
+    for unit in mask.partition.units:
         if unit.key not in blocks:
             assert not ({p.param for p in unit.parts} & block_params), unit.key
     fractions = mask.fractions()
@@ -50,7 +50,7 @@ def test_every_element_is_in_exactly_one_unit_and_each_category_is_half(family):
 
 
 def _units(mask, block):
-    return {u.name: u for u in mask.layout.block_units() if u.block == block}
+    return {u.name: u for u in mask.partition.block_units() if u.block == block}
 
 
 def test_routed_experts_split_into_gate_up_down_across_all_experts():
@@ -68,12 +68,12 @@ def test_routed_experts_split_into_gate_up_down_across_all_experts():
     assert (gate.dim, gate.ranges, gate.step) == (1, ((0, two_f // 2),), 1)
     assert all(u.category == "ffn" for u in experts.values())
     assert units["mlp.gate"].category == "router"
-    per_block = Counter(u.block for u in mask.layout.block_units() if u.key in mask.trainable)
+    per_block = Counter(u.block for u in mask.partition.block_units() if u.key in mask.trainable)
     assert set(per_block) == {0, 1, 2, 3}
     # FFN: 2 of 3 in half of the blocks, 1 of 3 in the others, as for a dense FFN
     ffn = Counter(
         u.block
-        for u in mask.layout.block_units()
+        for u in mask.partition.block_units()
         if u.category == "ffn" and u.key in mask.trainable
     )
     assert sorted(ffn.values()) == [1, 1, 2, 2]
@@ -116,7 +116,7 @@ def test_dense_and_moe_blocks_each_draw_their_own_half():
     assert moe["mlp.shared_experts.gate_proj"].category == "shared_ffn"
     for blocks in ((0, 1), (2, 3)):
         done = total = 0
-        for unit in mask.layout.block_units():
+        for unit in mask.partition.block_units():
             if unit.block in blocks and unit.category == "ffn":
                 total += unit.numel
                 done += unit.numel * (unit.key in mask.trainable)
@@ -137,7 +137,8 @@ def test_mamba_layers_are_mixers_beside_attention_layers():
     model = tiny_model("jamba")
     mask = select(model, HFTConfig())
     categories = {
-        b: Counter(u.category for u in mask.layout.block_units() if u.block == b) for b in range(4)
+        b: Counter(u.category for u in mask.partition.block_units() if u.block == b)
+        for b in range(4)
     }
     assert categories[0]["mixer"] > 0 and categories[0]["attention"] == 0
     assert categories[1]["attention"] == 4 and categories[1]["mixer"] == 0
@@ -148,15 +149,16 @@ def test_mamba_layers_are_mixers_beside_attention_layers():
 def test_encoder_and_decoder_blocks_both_draw_halves(family):
     model = tiny_model(family)
     mask = select(model, HFTConfig())
-    assert mask.layout.num_blocks == 4
+    assert mask.partition.num_blocks == 4
     stacks = Counter(
-        u.parts[0].param.split(".layers.")[0].split(".block.")[0] for u in mask.layout.block_units()
+        u.parts[0].param.split(".layers.")[0].split(".block.")[0]
+        for u in mask.partition.block_units()
     )
     assert len(stacks) == 2
     decoder = _units(mask, 3)
     cross = [n for n in decoder if ("encoder_attn." in n or "EncDecAttention." in n)]
     assert len(cross) == 4 and all(decoder[n].category == "attention" for n in cross)
-    assert not any(u.category == "head" for u in mask.layout.units if "layers" in u.name)
+    assert not any(u.category == "head" for u in mask.partition.units if "layers" in u.name)
 
 
 def test_gpt_bigcode_never_borrows_gpt2_thirds():
@@ -170,7 +172,7 @@ def test_gpt_bigcode_never_borrows_gpt2_thirds():
     except HFTError as exc:
         assert "c_attn" in str(exc) and "\n" not in str(exc)
         return
-    assert "gpt2" not in mask.layout.layout.split("+")
+    assert "gpt2" not in mask.partition.sorted_by.split("+")
 
 
 # ---- what cannot be sorted exactly is refused in one line ---------------------------
@@ -250,7 +252,7 @@ def test_what_cannot_be_halved_exactly_is_refused_in_one_line(block, expected):
 def test_unplaced_parameters_train_as_other_when_guessing():
     with pytest.warns(UserWarning, match="guess_layout"):
         mask = select(_Net(_Unplaced), HFTConfig(guess_layout=True))
-    assert {u.category for u in mask.layout.block_units() if "mystery" in u.name} == {"other"}
+    assert {u.category for u in mask.partition.block_units() if "mystery" in u.name} == {"other"}
 
 
 def test_a_ratio_the_strategy_cannot_meet_warns_with_what_it_trains():

@@ -74,14 +74,14 @@ def test_census_supports_every_built_moe_family(records):
 
 @pytest.fixture
 def one(monkeypatch):
-    """Run the census of llama in this process, ``resolve`` changed by ``edit``."""
+    """Run the census of llama in this process, ``partition`` changed by ``edit``."""
     import hft_plugins.core.mask as mask_module
-    from hft_plugins.core.catalog import resolve
+    from hft_plugins.core.partition import partition
 
     def run(edit=None, model_type="llama"):
         if edit is not None:
             monkeypatch.setattr(
-                mask_module, "resolve", lambda model, **kw: edit(resolve(model, **kw))
+                mask_module, "partition", lambda model, **kw: edit(partition(model, **kw))
             )
         row = next(r for r in census.zoo() if r[0] == model_type)
         return census.census_one(*row)
@@ -89,8 +89,8 @@ def one(monkeypatch):
     return run
 
 
-def _replace_units(layout, units):
-    return dataclasses.replace(layout, units=units)
+def _replace_units(partitioned, units):
+    return dataclasses.replace(partitioned, units=units)
 
 
 def test_census_supports_llama(one):
@@ -101,9 +101,9 @@ def test_census_supports_llama(one):
 
 
 def test_census_catches_an_element_in_no_unit(one):
-    def drop(layout):
-        units = [u for u in layout.units if u.key != "block.1.mlp.down_proj"]
-        return _replace_units(layout, units)
+    def drop(partitioned):
+        units = [u for u in partitioned.units if u.key != "block.1.mlp.down_proj"]
+        return _replace_units(partitioned, units)
 
     record = one(drop)
     assert record["status"] == "failed"
@@ -114,11 +114,11 @@ def test_census_catches_an_element_in_no_unit(one):
 
 
 def test_census_catches_an_element_in_two_units(one):
-    def twice(layout):
-        unit = next(u for u in layout.units if u.key == "block.0.self_attn.q_proj")
+    def twice(partitioned):
+        unit = next(u for u in partitioned.units if u.key == "block.0.self_attn.q_proj")
         part = dataclasses.replace(unit.parts[0], ranges=((0, 8),))
         extra = dataclasses.replace(unit, key="block.0.extra", parts=(part,), numel=8 * 64)
-        return _replace_units(layout, [*layout.units, extra])
+        return _replace_units(partitioned, [*partitioned.units, extra])
 
     record = one(twice)
     assert record["status"] == "failed"
@@ -129,12 +129,12 @@ def test_census_catches_an_element_in_two_units(one):
 
 
 def test_census_catches_a_block_param_outside_the_blocks(one):
-    def outer(layout):
+    def outer(partitioned):
         units = [
             dataclasses.replace(u, block=None, category="head") if u.key.endswith("o_proj") else u
-            for u in layout.units
+            for u in partitioned.units
         ]
-        return _replace_units(layout, units)
+        return _replace_units(partitioned, units)
 
     record = one(outer)
     assert record["status"] == "failed"
@@ -144,12 +144,12 @@ def test_census_catches_a_block_param_outside_the_blocks(one):
 
 
 def test_census_catches_category_other(one):
-    def other(layout):
+    def other(partitioned):
         units = [
             dataclasses.replace(u, category="other") if u.name == "input_layernorm" else u
-            for u in layout.units
+            for u in partitioned.units
         ]
-        return _replace_units(layout, units)
+        return _replace_units(partitioned, units)
 
     record = one(other)
     assert record["status"] == "failed"
@@ -157,12 +157,12 @@ def test_census_catches_category_other(one):
 
 
 def test_census_catches_a_fraction_off_the_ratio(one, monkeypatch):
-    from hft_plugins.core import mask as mask_module
+    from hft_plugins.core import catalog
 
     def everything(name):
-        return lambda layout, config, rng: {u.key for u in layout.block_units()}
+        return lambda partition, config, rng: {u.key for u in partition.block_units()}
 
-    monkeypatch.setattr(mask_module, "registered_strategy", everything)
+    monkeypatch.setattr(catalog, "strategy", everything)
     record = one()
     assert record["status"] == "failed" and record["block_fraction"] == 1.0
     assert "block fraction 1.0000, not within 0.05 of 0.5" in record["message"]

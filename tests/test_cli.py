@@ -93,7 +93,9 @@ def test_reset_writes_half_reset_model(saved_models, tmp_path):
     reset = AutoModelForCausalLM.from_pretrained(out)
     mask = select(reset, HFTConfig(seed=1))
     assert Mask.load(out / "hft_reset_mask.json") == mask
-    drawn = {p.param for u in mask.layout.block_units() if u.key in mask.trainable for p in u.parts}
+    drawn = {
+        p.param for u in mask.partition.block_units() if u.key in mask.trainable for p in u.parts
+    }
     b, t = dict(base.named_parameters()), dict(tuned.named_parameters())
     for name, param in reset.named_parameters():
         assert torch.equal(param, (b if name in drawn else t)[name]), name

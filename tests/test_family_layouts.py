@@ -28,8 +28,8 @@ import transformers as tf
 from torch import nn
 
 from hft_plugins import HFTConfig, select
-from hft_plugins.core.catalog import resolve
-from hft_plugins.core.layouts import ModelLayout, Unit
+from hft_plugins.core.partition import partition
+from hft_plugins.core.units import Partition, Unit
 from hft_plugins.tiny import tiny_model
 
 # ---- the helper ------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def _check_roles(model, run, units, roles: dict[str, str]) -> None:
 def assert_split_functional(
     model: nn.Module,
     run: Callable[[nn.Module], torch.Tensor],
-    layout: ModelLayout,
+    partitioned: Partition,
     block: int,
     *,
     same: list[dict] = (),
@@ -182,7 +182,7 @@ def assert_split_functional(
     named q, k and v, zeroed one at a time, must zero the query, key or value that the
     attention interface receives (:func:`_check_roles`).
     """
-    units = {u.name: u for u in layout.block_units() if u.block == block}
+    units = {u.name: u for u in partitioned.block_units() if u.block == block}
     if roles:
         _check_roles(model, run, units, roles)
     with torch.no_grad():
@@ -789,13 +789,13 @@ def test_family_resolves_to_an_exact_half(name, models):
     model = models(name)
     case = CASES[name]
     mask = select(model, HFTConfig())
-    assert case.layout in mask.layout.layout.replace("(+structural)", "").split("+")
+    assert case.layout in mask.partition.sorted_by.replace("(+structural)", "").split("+")
     done, total = mask.fractions()["blocks"]
     assert abs(done / total - 0.5) <= case.fraction_tol, done / total
     # every parameter in a unit; every element of a split tensor in exactly one unit
     params = dict(model.named_parameters())
     whole, counts = Counter(), {}
-    for unit in mask.layout.units:
+    for unit in mask.partition.units:
         for part in unit.parts:
             if part.ranges is None:
                 whole[part.param] += 1
@@ -810,7 +810,7 @@ def test_family_resolves_to_an_exact_half(name, models):
         assert torch.equal(count, torch.ones_like(count)), name_
 
 
-def check_case(name: str, model: nn.Module, layout: ModelLayout) -> None:
+def check_case(name: str, model: nn.Module, partitioned: Partition) -> None:
     """Run the checks of ``CASES[name]`` on every block that holds the units they name."""
     case = CASES[name]
     for check in case.checks:
@@ -822,20 +822,20 @@ def check_case(name: str, model: nn.Module, layout: ModelLayout) -> None:
         } | {spec for key in ("affine", "not_affine") for spec in check.get(key, ())}
         needed |= set(check.get("roles", {}).values())
         holding = []
-        for block in range(layout.num_blocks):
-            names = {u.name for u in layout.block_units() if u.block == block}
+        for block in range(partitioned.num_blocks):
+            names = {u.name for u in partitioned.block_units() if u.block == block}
             if all(s in names or s.removesuffix(".weight") in names for s in needed):
                 holding.append(block)
         assert holding, f"no block of {name} holds {sorted(needed)}"
         for block in sorted({holding[0], holding[-1]}):  # the first and the last: time
             run = case.run(block) if case.run else logits
-            assert_split_functional(model, run, layout, block, **check)
+            assert_split_functional(model, run, partitioned, block, **check)
 
 
 @pytest.mark.parametrize("name", sorted(n for n in CASES if CASES[n].checks))
 def test_split_is_functionally_right(name, models):
     model = models(name)
-    check_case(name, model, resolve(model))
+    check_case(name, model, partition(model))
 
 
 # parameters a text-only forward of these tiny models never reaches (image embeddings and
@@ -864,13 +864,13 @@ def test_half_trains_and_frozen_slices_stay(name):
 
 
 def test_splitter_refuses_sizes_that_do_not_add_up():
-    from hft_plugins.builtin.families import _codegen_qkv
+    from hft_plugins.builtin.splits import codegen_qkv
     from hft_plugins.core.errors import HFTError
 
     model = build(CASES["codegen"])
     block = model.transformer.h[0]
     with pytest.raises(HFTError, match="not 3 x 4 groups"):
-        _codegen_qkv(block, None, 3 * 32 + 6)
+        codegen_qkv(block, None, 3 * 32 + 6)
 
 
 @pytest.mark.parametrize(
@@ -884,17 +884,17 @@ def test_splitter_refuses_sizes_that_do_not_add_up():
     ],
 )
 def test_a_split_must_cover_every_output_once(units):
-    from hft_plugins.builtin.families import _finish
+    from hft_plugins.builtin.splits import exact_cover
     from hft_plugins.core.errors import HFTError
 
-    assert _finish("x", 6, {"q": [(0, 2), (4, 6)], "k": [(2, 4)]})["q"] == ((0, 2), (4, 6))
+    assert exact_cover("x", 6, {"q": [(0, 2), (4, 6)], "k": [(2, 4)]})["q"] == ((0, 2), (4, 6))
     with pytest.raises(HFTError, match="exactly once"):
-        _finish("x", 6, units)
+        exact_cover("x", 6, units)
 
 
 def test_codegen_reads_query_value_key_per_group():
     model = build(CASES["codegen"])
-    split = resolve(model)
+    split = partition(model)
     units = {u.name: u.parts[0].ranges for u in split.block_units() if u.block == 0}
     local = 32 // 4
     assert units["attn.qkv_proj[q]"][:2] == ((0, local), (3 * local, 4 * local))

@@ -10,7 +10,7 @@ import torch
 
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, Mask, select
 from hft_plugins.core import sliced_grad
-from hft_plugins.core.layouts import Part
+from hft_plugins.core.units import Part
 from hft_plugins.tiny import tiny_model
 from tests import _experts
 
@@ -156,9 +156,13 @@ def test_redraw_keeps_each_group_its_own_weight_decay():
     not inherit the no-decay group's settings."""
     model = tiny_model("llama")
     full = select(model, HFTConfig())
-    norms = frozenset(u.key for u in full.layout.units if u.category in ("norm", "final_norm"))
+    norms = frozenset(u.key for u in full.partition.units if u.category in ("norm", "final_norm"))
     opt = HFTOptimizer(
-        model, Mask(full.config, full.layout, norms), torch.optim.AdamW, lr=1e-3, weight_decay=0.1
+        model,
+        Mask(full.config, full.partition, norms),
+        torch.optim.AdamW,
+        lr=1e-3,
+        weight_decay=0.1,
     )
     assert [g["weight_decay"] for g in opt.param_groups] == [0.0]
     opt.redraw(full)
@@ -197,11 +201,11 @@ def test_a_fused_unit_trained_in_both_stages_keeps_its_state(family):
     second: the unit's moments must survive the redraw exactly (docs/concepts.md)."""
     model = tiny_model(family)
     drawn = select(model, HFTConfig(seed=0))
-    fused = [u for u in drawn.layout.units if u.block == 0 and u.parts[0].ranges is not None]
+    fused = [u for u in drawn.partition.units if u.block == 0 and u.parts[0].ranges is not None]
     kept, joining = fused[0], fused[1]
     siblings = {u.key for u in fused if u.parts[0].param == kept.parts[0].param}
-    first = Mask(drawn.config, drawn.layout, (drawn.trainable - siblings) | {kept.key})
-    second = Mask(drawn.config.next_stage(), drawn.layout, first.trainable | {joining.key})
+    first = Mask(drawn.config, drawn.partition, (drawn.trainable - siblings) | {kept.key})
+    second = Mask(drawn.config.next_stage(), drawn.partition, first.trainable | {joining.key})
     opt = HFTOptimizer(model, first, torch.optim.AdamW, lr=1e-2, weight_decay=0.1, fused=True)
     _train(model, opt, 2)
     keys = [f"{p.param}[{p.dim}:{a}:{b}]" for p in kept.parts for a, b in p.ranges]
@@ -456,7 +460,7 @@ def test_a_new_optimizer_replaces_the_previous_ones_hooks(sliced):
     q = "block.0.attn.c_attn[q]"
     assert q not in first.mask.trainable  # so the first optimizer's hook zeroes its range
     drawn = first.mask
-    second_mask = Mask(drawn.config.next_stage(), drawn.layout, drawn.trainable | {q})
+    second_mask = Mask(drawn.config.next_stage(), drawn.partition, drawn.trainable | {q})
     second = HFTOptimizer(model, second_mask, lr=1e-2, sliced_grad=sliced)
     assert first.closed and not second.closed
     untouched = tiny_model("gpt2", seed=9)

@@ -109,7 +109,7 @@ stages = st.integers(0, 50)
 def _per_block(mask: Mask) -> dict[str, dict[int, tuple[int, int]]]:
     """category -> block -> (trained matrices, all matrices)."""
     counts: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
-    for unit in mask.layout.block_units():
+    for unit in mask.partition.block_units():
         cell = counts[unit.category][unit.block]
         cell[1] += 1
         cell[0] += unit.key in mask.trainable
@@ -122,7 +122,7 @@ def test_paper_rule_per_block_at_half(model, seed, stage):
     """2/4 attention and 1/2 norms in every block; 2/3 FFN in half the blocks, 1/3 in the rest."""
     mask = select(model, HFTConfig(seed=seed, stage=stage))
     per_block = _per_block(mask)
-    blocks = mask.layout.num_blocks
+    blocks = mask.partition.num_blocks
     assert set(per_block["attention"].values()) == {(2, 4)}
     assert set(per_block["norm"].values()) == {(1, 2)}
     ffn = sorted(per_block["ffn"].values())
@@ -139,7 +139,7 @@ def test_half_is_exact_with_an_even_number_of_blocks(model, seed, stage):
     fractions = mask.fractions()
     assert fractions["attention"][0] * 2 == fractions["attention"][1]
     assert fractions["norm"][0] * 2 == fractions["norm"][1]
-    if mask.layout.num_blocks % 2 == 0:
+    if mask.partition.num_blocks % 2 == 0:
         assert fractions["ffn"][0] * 2 == fractions["ffn"][1]
         assert fractions["blocks"][0] * 2 == fractions["blocks"][1]
 
@@ -172,11 +172,11 @@ def test_category_rule_at_any_ratio(model, ratio, seed, stage):
 def test_layer_rule_trains_whole_blocks(model, ratio, seed, stage):
     mask = select(model, HFTConfig(strategy="layer", ratio=ratio, seed=seed, stage=stage))
     state: dict[int, set[bool]] = defaultdict(set)
-    for unit in mask.layout.block_units():
+    for unit in mask.partition.block_units():
         state[unit.block].add(unit.key in mask.trainable)
     assert all(len(s) == 1 for s in state.values())
     trained = [b for b, s in state.items() if True in s]
-    blocks = mask.layout.num_blocks
+    blocks = mask.partition.num_blocks
     assert len(trained) == min(max(math.floor(ratio * blocks + 0.5), 1), blocks)
 
 
@@ -186,7 +186,7 @@ def test_matrix_rule_is_near_the_ratio(model, ratio, seed, stage):
     """The greedy draw stops within one matrix of the target size."""
     mask = select(model, HFTConfig(strategy="matrix", ratio=ratio, seed=seed, stage=stage))
     done, total = mask.fractions()["blocks"]
-    largest = max(u.numel for u in mask.layout.block_units())
+    largest = max(u.numel for u in mask.partition.block_units())
     assert abs(done - ratio * total) <= largest
 
 
@@ -209,7 +209,7 @@ def test_same_seed_and_stage_draw_the_same_mask(model, strategy, ratio, seed, st
 @given(model=any_models, seed=seeds)
 def test_outer_parameters_stay_trainable_and_out_of_the_draw(model, seed):
     mask = select(model, HFTConfig(seed=seed))
-    outer = [u for u in mask.layout.units if u.block is None]
+    outer = [u for u in mask.partition.units if u.block is None]
     assert outer and all(u.key in mask.trainable for u in outer)
     frozen_outer = select(
         model,

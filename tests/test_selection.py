@@ -38,7 +38,7 @@ NOT_EXACT: dict[str, tuple[str, ...]] = {}
 def test_category_rule_exact_half_on_every_family(family):
     model = tiny_model(family)
     mask = select(model, HFTConfig())
-    assert mask.layout.layout == EXPECTED_LAYOUT[family]
+    assert mask.partition.sorted_by == EXPECTED_LAYOUT[family]
     fractions = mask.fractions()
     for category in ("attention", "ffn", "norm", "blocks"):
         done, total = fractions[category]
@@ -53,7 +53,7 @@ def test_category_rule_exact_half_on_every_family(family):
             assert fractions[category][0] == fractions[category][1]
     # every parameter of the model is in exactly one unit (tied aliases excluded)
     names = Counter()
-    for unit in mask.layout.units:
+    for unit in mask.partition.units:
         for part in unit.parts:
             names[part.param] += part.ranges is None
     params = dict(model.named_parameters())
@@ -64,7 +64,7 @@ def test_category_rule_per_block_counts_on_llama():
     model = tiny_model("llama", num_hidden_layers=6)
     mask = select(model, HFTConfig(seed=4))
     per_block = Counter()
-    for unit in mask.layout.block_units():
+    for unit in mask.partition.block_units():
         if unit.key in mask.trainable:
             per_block[(unit.block, unit.category)] += 1
     for block in range(6):
@@ -83,18 +83,18 @@ def test_grouped_query_attention_still_exactly_half():
 
 def test_fused_projections_split_into_logical_slices():
     mask = select(tiny_model("gpt2"), HFTConfig())
-    c_attn = [u for u in mask.layout.block_units() if u.block == 0 and "c_attn" in u.name]
+    c_attn = [u for u in mask.partition.block_units() if u.block == 0 and "c_attn" in u.name]
     assert [u.name for u in c_attn] == ["attn.c_attn[q]", "attn.c_attn[k]", "attn.c_attn[v]"]
     assert c_attn[1].parts[0].dim == 1  # Conv1D keeps outputs in columns
     assert c_attn[1].parts[0].ranges == ((32, 64),)
     neox = select(tiny_model("gpt_neox"), HFTConfig())
-    q = next(u for u in neox.layout.block_units() if u.name.endswith("[q]"))
+    q = next(u for u in neox.partition.block_units() if u.name.endswith("[q]"))
     assert q.parts[0].ranges == ((0, 8), (24, 32), (48, 56), (72, 80))  # per head
 
 
 def test_tied_embeddings_are_reported():
     mask = select(tiny_model("gpt2"), HFTConfig())
-    assert mask.layout.tied == {"lm_head.weight": "transformer.wte.weight"}
+    assert mask.partition.tied == {"lm_head.weight": "transformer.wte.weight"}
     assert "tied: lm_head.weight shares transformer.wte.weight" in mask.summary()
 
 
@@ -116,9 +116,9 @@ def test_ablations_honour_the_ratio(strategy):
 
 def test_layer_strategy_trains_whole_blocks():
     mask = select(tiny_model("llama", num_hidden_layers=8), HFTConfig(strategy="layer"))
-    blocks = {u.block for u in mask.layout.block_units() if u.key in mask.trainable}
+    blocks = {u.block for u in mask.partition.block_units() if u.key in mask.trainable}
     assert len(blocks) == 4
-    for unit in mask.layout.block_units():
+    for unit in mask.partition.block_units():
         assert (unit.key in mask.trainable) == (unit.block in blocks)
 
 
@@ -163,8 +163,8 @@ def test_structural_fallback_for_an_unknown_model():
             self.out = nn.Linear(8, 10)
 
     mask = select(Net(), HFTConfig())
-    assert mask.layout.layout == "structural"
-    counts = Counter(u.category for u in mask.layout.block_units() if u.block == 0)
+    assert mask.partition.sorted_by == "structural"
+    counts = Counter(u.category for u in mask.partition.block_units() if u.block == 0)
     assert counts == {"attention": 4, "ffn": 2, "norm": 2}
     assert mask.fractions()["blocks"][0] * 2 == mask.fractions()["blocks"][1]
 

@@ -204,7 +204,7 @@ def test_a_strided_slice_of_a_linear_trains_through_plain_autograd():
     from torch import nn
 
     from hft_plugins import Mask
-    from hft_plugins.core.layouts import ModelLayout, Part, Unit
+    from hft_plugins.core.units import Part, Partition, Unit
 
     model = nn.Sequential(nn.Linear(4, 6))
     units = [
@@ -220,7 +220,7 @@ def test_a_strided_slice_of_a_linear_trains_through_plain_autograd():
     ]
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
     mask = Mask(
-        HFTConfig(), ModelLayout("interleaved", units, 1, shapes, {}), frozenset({"block.0.even"})
+        HFTConfig(), Partition("interleaved", units, 1, shapes, {}), frozenset({"block.0.even"})
     )
     before = model[0].weight.detach().clone()
     opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-2, weight_decay=0.1, fused=True)

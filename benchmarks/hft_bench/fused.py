@@ -18,7 +18,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hft_plugins.core.sliced_grad import _SlicedProjection, _Spec
+from hft_plugins.core.sliced_grad import _SlicedProjection
+from hft_plugins.core.units import Slices
 
 
 def main(argv=None) -> int:
@@ -61,7 +62,7 @@ def measure(args, out_dim: int, ranges) -> tuple[float, float]:
         return F.linear(x, weight, bias) if out_dim == 0 else torch.addmm(bias, x, weight)
 
     def sliced():
-        return _SlicedProjection.apply(x, weight, bias, _Spec(out_dim, ranges))
+        return _SlicedProjection.apply(x, weight, bias, Slices(out_dim, ranges))
 
     times = {full: [], sliced: []}
     for _ in range(args.repeats + 1):  # the first round warms up

@@ -7,11 +7,11 @@ package and ``HFTConfig(strategy="top_layers")`` selects it by name.
 from hft_plugins import hookimpl
 
 
-def top_layers(layout, config, rng):
+def top_layers(partition, config, rng):
     """The last round(ratio * blocks) blocks, whole; deterministic, so ``rng`` is unused."""
-    count = max(1, round(config.ratio * layout.num_blocks))
-    first = layout.num_blocks - count
-    return {unit.key for unit in layout.block_units() if unit.block >= first}
+    count = max(1, round(config.ratio * partition.num_blocks))
+    first = partition.num_blocks - count
+    return {unit.key for unit in partition.block_units() if unit.block >= first}
 
 
 @hookimpl

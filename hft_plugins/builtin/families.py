@@ -1,26 +1,35 @@
-"""Layouts of families whose fused projections split in their own way.
+"""The built-in layouts: one :class:`Layout` per family the role sorter cannot read alone.
 
-Each splitter below follows the forward of one family's attention or MLP in
-transformers (5.24): how the fused output is viewed and chunked into q, k, v (or gate,
-up). Sizes are read from the module that owns the projection (the attributes its own
-forward uses), not from the model config: multimodal and nested configs (Fuyu's
-``text_config``, DBRX's ``attn_config``) keep them elsewhere, and per-layer modules
-are what actually run. Every split must cover the projection's outputs exactly once;
-where the sizes do not add up (a config this code does not know), the splitter raises
-an HFTError rather than guess.
-
-Layouts name only the fused projections (and their partner output projection); the
-rest of each block is sorted by role (:mod:`hft_plugins.core.blocks`). Each is verified
-functionally in ``tests/test_family_layouts.py``: scaling the unit named q by 2 and k
-by 1/2 leaves the model's output unchanged, scaling q alone does not, and so on.
+A plugin module like any third party's (loaded by name from
+``hft_plugins.registry.DEFAULT_PLUGINS``). The families of the paper are named in full
+(attention, feed-forward and norm modules); the others name only what the role sorter
+(:mod:`hft_plugins.core.blocks`) cannot tell: their fused projections (and partner
+output projection), their experts' storage, the categories their own names hide, and
+what the sorter must be taught to read their blocks. How each fused projection splits
+is in :mod:`hft_plugins.builtin.splits`. Each split is verified functionally in
+``tests/test_family_layouts.py``: scaling the unit named q by 2 and k by 1/2 leaves the
+model's output unchanged, scaling q alone does not, and so on.
 """
 
 from __future__ import annotations
 
-from ..core.blocks import ExpertLayout
-from ..core.errors import HFTError
-from ..core.layouts import Fused, Layout, Ranges
+from ..core.layouts import ExpertStorage, Fused, Layout
 from ..registry import hookimpl
+from .splits import (
+    bigcode_qkv,
+    codegen_qkv,
+    consecutive,
+    dbrx_qkv,
+    ergo_qkv,
+    falcon_qkv,
+    halves,
+    mamba2_in_proj,
+    neox_qkv,
+    per_head,
+    phi3_qkv,
+    thirds,
+    whole,
+)
 
 __all__ = ["FAMILY_LAYOUTS"]
 
@@ -31,204 +40,157 @@ def register_layouts(register):
         register(layout)
 
 
-def _finish(where: str, out_features: int, units: dict[str, list[tuple[int, int]]]):
-    """``units`` as ranges, after checking they cover ``range(out_features)`` exactly once."""
-    end = 0
-    for a, b in sorted(r for ranges in units.values() for r in ranges):
-        if a != end or b <= a:  # a gap, an overlap or an empty range
-            end = -1
-            break
-        end = b
-    if end != out_features:
-        raise HFTError(
-            f"{where}: the split read from the module does not cover its {out_features} "
-            "outputs exactly once; this configuration is not supported"
-        )
-    return {name: tuple(ranges) for name, ranges in units.items()}
+# a GLU feed-forward's first projection, gate | up (chunk(2): gate first)
+_GATE_UP = Fused(consecutive("", halves, ("gate", "up")))
 
+_LLAMA_LIKE = dict(
+    attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+    ffn=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+)
 
-def _attr(module, *names):
-    for name in names:
-        value = getattr(module, name, None)
-        if isinstance(value, int):
-            return value
-    raise HFTError(f"{type(module).__name__} has none of {', '.join(names)}")
+_PAPER_FAMILIES: tuple[Layout, ...] = (
+    Layout(
+        "llama",
+        ("llama", "mistral", "qwen2", "gemma", "mixtral_dense"),
+        norms=("input_layernorm", "post_attention_layernorm"),
+        **_LLAMA_LIKE,
+    ),
+    Layout(
+        "qwen3",
+        ("qwen3",),
+        norms=(
+            "input_layernorm",
+            "post_attention_layernorm",
+            "self_attn.q_norm",
+            "self_attn.k_norm",
+        ),
+        **_LLAMA_LIKE,
+    ),
+    Layout(
+        "gemma2",
+        ("gemma2",),
+        norms=(
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        ),
+        **_LLAMA_LIKE,
+    ),
+    Layout(
+        "olmo2",
+        ("olmo2",),
+        norms=(
+            "post_attention_layernorm",
+            "post_feedforward_layernorm",
+            "self_attn.q_norm",
+            "self_attn.k_norm",
+        ),
+        **_LLAMA_LIKE,
+    ),
+    Layout(
+        "phi3",
+        ("phi3",),
+        attention=("self_attn.qkv_proj", "self_attn.o_proj"),
+        ffn=("mlp.gate_up_proj", "mlp.down_proj"),
+        norms=("input_layernorm", "post_attention_layernorm"),
+        fused={
+            "self_attn.qkv_proj": Fused(phi3_qkv),
+            "mlp.gate_up_proj": _GATE_UP,
+        },
+    ),
+    Layout(
+        "gpt2",
+        ("gpt2",),
+        attention=("attn.c_attn", "attn.c_proj"),
+        ffn=("mlp.c_fc", "mlp.c_proj"),
+        norms=("ln_1", "ln_2"),
+        fused={"attn.c_attn": Fused(consecutive("attn", thirds), weight_out_dim=1)},
+    ),
+    Layout(
+        "gpt_neox",
+        ("gpt_neox",),
+        attention=("attention.query_key_value", "attention.dense"),
+        ffn=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+        norms=("input_layernorm", "post_attention_layernorm"),
+        fused={"attention.query_key_value": Fused(neox_qkv)},
+    ),
+    Layout(
+        "opt",
+        ("opt",),
+        attention=(
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.out_proj",
+        ),
+        ffn=("fc1", "fc2"),
+        norms=("self_attn_layer_norm", "final_layer_norm"),
+    ),
+    Layout(
+        "bert",
+        ("bert", "roberta"),
+        attention=(
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+        ),
+        ffn=("intermediate.dense", "output.dense"),
+        norms=("attention.output.LayerNorm", "output.LayerNorm"),
+    ),
+)
 
-
-def _per_head(path: str, *heads_attrs: str, roles=("q", "k", "v")):
-    """[head 0: q k v | head 1: q k v | ...], each piece one head wide (GPT-NeoX style:
-    the output viewed as [heads, 3, head_dim] or [heads, 3 * head_dim])."""
-
-    def split(block, config, out_features) -> dict[str, Ranges]:
-        heads = _attr(block.get_submodule(path), *heads_attrs)
-        size, rest = divmod(out_features, len(roles) * heads)
-        if rest:
-            raise HFTError(f"{path}: {out_features} outputs are not {len(roles)} x {heads} heads")
-        width = len(roles) * size
-        units = {
-            role: [(h * width + i * size, h * width + (i + 1) * size) for h in range(heads)]
-            for i, role in enumerate(roles)
-        }
-        return _finish(path, out_features, units)
-
-    return split
-
-
-def _consecutive(path: str, sizes, roles=("q", "k", "v")):
-    """[q | k | v] one after the other; ``sizes(module, out_features)`` gives their widths."""
-
-    def split(block, config, out_features) -> dict[str, Ranges]:
-        widths = sizes(block.get_submodule(path), out_features)
-        units, start = {}, 0
-        for role, width in zip(roles, widths, strict=True):
-            units[role] = [(start, start + width)]
-            start += width
-        if start != out_features:
-            raise HFTError(f"{path}: widths {widths} do not add up to {out_features} outputs")
-        return _finish(path, out_features, units)
-
-    return split
-
-
-def _thirds(module, out_features):
-    third, rest = divmod(out_features, 3)
-    if rest:
-        raise HFTError(f"{out_features} outputs are not three equal parts")
-    return (third, third, third)
-
-
-def _halves(module, out_features):
-    half, rest = divmod(out_features, 2)
-    if rest:
-        raise HFTError(f"{out_features} outputs are not two equal parts")
-    return (half, half)
-
-
-def _falcon_qkv(block, config, out_features) -> dict[str, Ranges]:
-    """FalconAttention._split_heads, all three variants, read from the attention module."""
-    attn = block.self_attention
-    heads, head_dim = attn.num_heads, attn.head_dim
-    if attn.new_decoder_architecture:
-        # view [kv groups, heads/kv + 2, head_dim]: per group its q heads, then k, then v
-        kv = attn.num_kv_heads
-        per_group = heads // kv
-        width = (per_group + 2) * head_dim
-        units = {
-            "q": [(g * width, g * width + per_group * head_dim) for g in range(kv)],
-            "k": [
-                (g * width + per_group * head_dim, g * width + (per_group + 1) * head_dim)
-                for g in range(kv)
-            ],
-            "v": [(g * width + (per_group + 1) * head_dim, (g + 1) * width) for g in range(kv)],
-        }
-    elif not attn.multi_query:
-        # view [heads, 3, head_dim]
-        return _per_head("self_attention", "num_heads")(block, config, out_features)
-    else:
-        # view [heads + 2, head_dim]: all q heads, then one k head, then one v head
-        q = heads * head_dim
-        units = {"q": [(0, q)], "k": [(q, q + head_dim)], "v": [(q + head_dim, q + 2 * head_dim)]}
-    return _finish("self_attention.query_key_value", out_features, units)
-
-
-def _bigcode_qkv(block, config, out_features) -> dict[str, Ranges]:
-    """GPTBigCodeAttention (self-attention): multi-query splits [q | k | v] by
-    (embed_dim, kv_dim, kv_dim); multi-head views [heads, 3 * head_dim] per head."""
-    attn = block.attn
-    if attn.multi_query:
-        widths = (attn.embed_dim, attn.kv_dim, attn.kv_dim)
-        return _consecutive("attn", lambda m, n: widths)(block, config, out_features)
-    return _per_head("attn", "num_heads")(block, config, out_features)
-
-
-def _codegen_qkv(block, config, out_features) -> dict[str, Ranges]:
-    """CodeGenAttention: the output viewed as [mp_num, 3 * local_dim], each group split
-    into query, VALUE, key (in that order)."""
-    attn = block.attn
-    groups = attn.mp_num
-    local, rest = divmod(out_features, 3 * groups)
-    if rest:
-        raise HFTError(f"attn.qkv_proj: {out_features} outputs are not 3 x {groups} groups")
-    width = 3 * local
-    units = {
-        role: [(g * width + i * local, g * width + (i + 1) * local) for g in range(groups)]
-        for role, i in (("q", 0), ("k", 2), ("v", 1))
-    }
-    return _finish("attn.qkv_proj", out_features, units)
-
-
-def _dbrx_qkv(module, out_features):
-    kv = module.num_key_value_heads * module.head_dim
-    return (module.num_heads * module.head_dim, kv, kv)
-
-
-def _ergo_qkv(module, out_features):
-    """ErgoAttention views the output as [heads + 2 kv heads, head_dim]: q heads, k, v."""
-    heads, kv = module.config.num_attention_heads, module.config.num_key_value_heads
-    return (heads * module.head_dim, kv * module.head_dim, kv * module.head_dim)
-
-
-def _whole(name: str):
-    """One logical matrix that the role sorter mistakes for a fused one by its name."""
-
-    def split(block, config, out_features) -> dict[str, Ranges]:
-        return {name: ((0, out_features),)}
-
-    return split
-
-
-_GATE_UP = Fused(_consecutive("", _halves, ("gate", "up")))
-
-FAMILY_LAYOUTS: tuple[Layout, ...] = (
+_OTHER_FAMILIES: tuple[Layout, ...] = (
     # q k v per head, as GPT-NeoX
     Layout(
         "bloom",
         ("bloom",),
         attention=("self_attention.query_key_value", "self_attention.dense"),
-        fused={"self_attention.query_key_value": Fused(_per_head("self_attention", "num_heads"))},
+        fused={"self_attention.query_key_value": Fused(per_head("self_attention", "num_heads"))},
     ),
     Layout(
         "falcon",
         ("falcon",),
         attention=("self_attention.query_key_value", "self_attention.dense"),
-        fused={"self_attention.query_key_value": Fused(_falcon_qkv)},
+        fused={"self_attention.query_key_value": Fused(falcon_qkv)},
     ),
     Layout(
         "persimmon",
         ("persimmon", "fuyu"),
         attention=("self_attn.query_key_value", "self_attn.dense"),
-        fused={"self_attn.query_key_value": Fused(_per_head("self_attn", "num_heads"))},
+        fused={"self_attn.query_key_value": Fused(per_head("self_attn", "num_heads"))},
     ),
     Layout(
         "gpt_neox_japanese",
         ("gpt_neox_japanese",),
         attention=("attention.query_key_value", "attention.dense"),
-        fused={"attention.query_key_value": Fused(_per_head("attention", "num_attention_heads"))},
+        fused={"attention.query_key_value": Fused(per_head("attention", "num_attention_heads"))},
     ),
     Layout(
         "gpt_bigcode",
         ("gpt_bigcode",),
         attention=("attn.c_attn", "attn.c_proj"),
-        fused={"attn.c_attn": Fused(_bigcode_qkv)},
+        fused={"attn.c_attn": Fused(bigcode_qkv)},
     ),
     Layout(
         "codegen",
         ("codegen",),
         attention=("attn.qkv_proj", "attn.out_proj"),
-        fused={"attn.qkv_proj": Fused(_codegen_qkv)},
+        fused={"attn.qkv_proj": Fused(codegen_qkv)},
     ),
     # q | k | v one after the other
     Layout(
         "mpt",
         ("mpt",),
         attention=("attn.Wqkv", "attn.out_proj"),
-        fused={"attn.Wqkv": Fused(_consecutive("attn", _thirds))},
+        fused={"attn.Wqkv": Fused(consecutive("attn", thirds))},
     ),
     Layout(
         "dbrx",
         ("dbrx",),
         attention=("norm_attn_norm.attn.Wqkv", "norm_attn_norm.attn.out_proj"),
-        fused={"norm_attn_norm.attn.Wqkv": Fused(_consecutive("norm_attn_norm.attn", _dbrx_qkv))},
+        fused={"norm_attn_norm.attn.Wqkv": Fused(consecutive("norm_attn_norm.attn", dbrx_qkv))},
     ),
     # Ergo: q | k | v by heads; its residual gates mix a branch into the residual stream
     # per hidden dimension (scales, though their names say attention and feedforward)
@@ -236,20 +198,20 @@ FAMILY_LAYOUTS: tuple[Layout, ...] = (
         "ergo",
         ("ergo",),
         attention=("self_attn.qkv_proj", "self_attn.o_proj"),
-        fused={"self_attn.qkv_proj": Fused(_consecutive("self_attn", _ergo_qkv))},
+        fused={"self_attn.qkv_proj": Fused(consecutive("self_attn", ergo_qkv))},
         categories={"attention_residual_gate": "scale", "feedforward_residual_gate": "scale"},
     ),
     Layout(
         "openai-gpt",
         ("openai-gpt",),
         attention=("attn.c_attn", "attn.c_proj"),
-        fused={"attn.c_attn": Fused(_consecutive("attn", _thirds), weight_out_dim=1)},
+        fused={"attn.c_attn": Fused(consecutive("attn", thirds), weight_out_dim=1)},
     ),
     Layout(
         "got_ocr2_vision",
         ("got_ocr2", "got_ocr2_vision"),
         attention=("attn.qkv", "attn.proj"),
-        fused={"attn.qkv": Fused(_consecutive("attn", _thirds))},
+        fused={"attn.qkv": Fused(consecutive("attn", thirds))},
     ),
     # JetMoE: q and o are attention experts (one unit each across experts), k | v fused;
     # its FFN experts' input_linear [experts, 2F, hidden] is gate | up (chunk(2))
@@ -263,8 +225,8 @@ FAMILY_LAYOUTS: tuple[Layout, ...] = (
         ),
         ffn=("mlp.input_linear",),
         fused={
-            "self_attention.kv_proj": Fused(_consecutive("", _halves, ("k", "v"))),
-            "mlp.input_linear": Fused(_consecutive("", _halves, ("gate", "up")), weight_out_dim=1),
+            "self_attention.kv_proj": Fused(consecutive("", halves, ("k", "v"))),
+            "mlp.input_linear": Fused(consecutive("", halves, ("gate", "up")), weight_out_dim=1),
         },
     ),
     # MiniMax's lightning (linear) attention layers: [heads, 3 * head_dim] per head after
@@ -273,7 +235,7 @@ FAMILY_LAYOUTS: tuple[Layout, ...] = (
         "minimax_lightning",
         ("minimax",),
         attention=("self_attn.qkv_proj", "self_attn.out_proj", "self_attn.output_gate"),
-        fused={"self_attn.qkv_proj": Fused(_per_head("self_attn", "num_attention_heads"))},
+        fused={"self_attn.qkv_proj": Fused(per_head("self_attn", "num_attention_heads"))},
     ),
     # DeepSeek-V4: kv_proj is ONE matrix read as both key and value (K = V), and the
     # compressors' kv_proj one matrix per compressor (the CSA one produces the overlapping
@@ -287,9 +249,9 @@ FAMILY_LAYOUTS: tuple[Layout, ...] = (
             "self_attn.compressor.indexer.kv_proj",
         ),
         fused={
-            "self_attn.kv_proj": Fused(_whole("kv")),
-            "self_attn.compressor.kv_proj": Fused(_whole("kv")),
-            "self_attn.compressor.indexer.kv_proj": Fused(_whole("kv")),
+            "self_attn.kv_proj": Fused(whole("kv")),
+            "self_attn.compressor.kv_proj": Fused(whole("kv")),
+            "self_attn.compressor.indexer.kv_proj": Fused(whole("kv")),
         },
     ),
     Layout(
@@ -297,15 +259,15 @@ FAMILY_LAYOUTS: tuple[Layout, ...] = (
         ("deepseek_v4",),
         attention=("self_attn.kv_proj", "self_attn.compressor.kv_proj"),
         fused={
-            "self_attn.kv_proj": Fused(_whole("kv")),
-            "self_attn.compressor.kv_proj": Fused(_whole("kv")),
+            "self_attn.kv_proj": Fused(whole("kv")),
+            "self_attn.compressor.kv_proj": Fused(whole("kv")),
         },
     ),
     Layout(
         "deepseek_v4",
         ("deepseek_v4",),
         attention=("self_attn.kv_proj",),
-        fused={"self_attn.kv_proj": Fused(_whole("kv"))},
+        fused={"self_attn.kv_proj": Fused(whole("kv"))},
     ),
     # dense GLU feed-forwards with gate | up fused (chunk(2): gate first)
     Layout(
@@ -374,13 +336,36 @@ FAMILY_LAYOUTS: tuple[Layout, ...] = (
         "llama4",
         ("llama4", "llama4_text"),
         # Llama4TextExperts.gate_up_proj is [experts, hidden, 2F]: bmm(x, w), chunk(2)
-        experts={"feed_forward.experts": ExpertLayout(True, transposed=True, concatenated=True)},
+        experts={"feed_forward.experts": ExpertStorage(True, transposed=True, concatenated=True)},
     ),
     Layout(
         "longcat_flash",
         ("longcat_flash",),
         # LongcatFlashExperts.gate_up_proj is [experts + zero experts, 2F, hidden]:
         # F.linear(x, w[e]).chunk(2)
-        experts={"mlp.experts": ExpertLayout(True, transposed=False, concatenated=True)},
+        experts={"mlp.experts": ExpertStorage(True, transposed=False, concatenated=True)},
     ),
 )
+
+# What the role sorter must be taught: module names that tell a category, and leaf
+# projections that split by the sizes of the module holding them. These layouts name no
+# modules of a block, so they are never chosen for one; they teach the sorter for every
+# block of their model types.
+_SORTER_LESSONS: tuple[Layout, ...] = (
+    # Gemma 3n: AltUp routes between the residual streams; LAuReL is a low-rank residual
+    # branch, of the feed-forward kind
+    Layout(
+        "gemma3n_roles",
+        ("gemma3n", "gemma3n_text"),
+        sorter_roles={"altup": "router", "laurel": "ffn"},
+    ),
+    # Mamba-2 mixers, and the hybrids built on them
+    Layout(
+        "mamba2_in_proj",
+        ("mamba2", "bamba", "falcon_h1", "granitemoehybrid", "nemotron_h", "zamba2"),
+        sorter_splits={"in_proj": mamba2_in_proj},
+    ),
+)
+
+# the order layouts are tried in: the paper's families first
+FAMILY_LAYOUTS: tuple[Layout, ...] = _PAPER_FAMILIES + _OTHER_FAMILIES + _SORTER_LESSONS

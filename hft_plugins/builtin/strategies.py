@@ -1,9 +1,10 @@
 """Built-in selection strategies: the paper's category rule and its two ablations.
 
 A plugin module like any third party's (loaded by name from
-``hft_plugins.registry.DEFAULT_PLUGINS``). A strategy gets the resolved model, the config and a seeded ``random.Random`` and
-returns the keys of the block units to train. Units outside the blocks
-(embeddings, heads, final norm) are decided by the config, not by strategies.
+``hft_plugins.registry.DEFAULT_PLUGINS``). A strategy gets the model's partition into
+units, the config and a seeded ``random.Random``, and returns the keys of the block units
+to train. Units outside the blocks (embeddings, heads, final norm) are decided by the
+config, not by strategies.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import random
 from collections import defaultdict
 
 from ..core.config import HFTConfig
-from ..core.layouts import ModelLayout, Unit
+from ..core.units import Partition, Unit
 from ..registry import hookimpl
 
 
@@ -67,7 +68,7 @@ def _balanced_subset(units: list[Unit], k: int, rng: random.Random, target: floa
     return list(rng.choice([s for s, g in zip(subsets, gaps, strict=True) if g == best]))
 
 
-def category(layout: ModelLayout, config: HFTConfig, rng: random.Random) -> set[str]:
+def category(partition: Partition, config: HFTConfig, rng: random.Random) -> set[str]:
     """The paper's rule: per block, the ratio of each category (attention, FFN, norms...).
 
     Where no k-subset of a block's units is exactly k/n of their size (a mamba mixer's
@@ -76,7 +77,7 @@ def category(layout: ModelLayout, config: HFTConfig, rng: random.Random) -> set[
     erring to one side.
     """
     by_category: dict[str, dict[int, list[Unit]]] = defaultdict(lambda: defaultdict(list))
-    for unit in layout.block_units():
+    for unit in partition.block_units():
         by_category[unit.category][unit.block].append(unit)
     chosen: set[str] = set()
     for cat in sorted(by_category):
@@ -98,16 +99,16 @@ def category(layout: ModelLayout, config: HFTConfig, rng: random.Random) -> set[
     return chosen
 
 
-def layer(layout: ModelLayout, config: HFTConfig, rng: random.Random) -> set[str]:
+def layer(partition: Partition, config: HFTConfig, rng: random.Random) -> set[str]:
     """The paper's layer-level ablation: a random ``ratio`` of the blocks, whole."""
-    blocks = list(range(layout.num_blocks))
+    blocks = list(range(partition.num_blocks))
     keep = set(rng.sample(blocks, min(max(_round(config.ratio * len(blocks)), 1), len(blocks))))
-    return {u.key for u in layout.block_units() if u.block in keep}
+    return {u.key for u in partition.block_units() if u.block in keep}
 
 
-def matrix(layout: ModelLayout, config: HFTConfig, rng: random.Random) -> set[str]:
+def matrix(partition: Partition, config: HFTConfig, rng: random.Random) -> set[str]:
     """The paper's model-level ablation: random block matrices up to ``ratio`` of their size."""
-    units = layout.block_units()
+    units = partition.block_units()
     rng.shuffle(units)
     target = config.ratio * sum(u.numel for u in units)
     chosen, total = set(), 0

@@ -7,18 +7,21 @@ state-space or other sequence mixer, a feed-forward network, its routed experts 
 3-D tensors split into gate/up/down by the metadata transformers attaches to them),
 shared experts, the router. What cannot be told is reported as an issue, never guessed
 silently: a parameter no rule places, a fused projection whose split is not known, a
-large category that is a single matrix (no half of it can be drawn).
+large category that is a single matrix (no half of it can be drawn). A family's own
+module names are taught by its layouts (``Layout.sorter_roles``, ``sorter_splits``).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import nn
 
-# Categories of block units; "other" holds what was not placed (accepted only with guess_layout).
-BLOCK_CATEGORIES = ("attention", "ffn", "shared_ffn", "router", "mixer", "scale", "norm", "other")
+from .layouts import ExpertStorage, SorterSplit
+from .shapes import shape_of
+from .units import Part
 
 _MIXER_WORDS = (
     "mamba",
@@ -47,37 +50,12 @@ _NUMBER = re.compile(r"^\d+$")
 
 
 @dataclass(frozen=True)
-class ExpertLayout:
-    """How a module of routed experts stores its 3-D tensors (transformers' metadata)."""
-
-    has_gate: bool = True  # gate and up fused in one tensor; else ``up_proj`` alone
-    transposed: bool = False  # [experts, in, out] rather than [experts, out, in]
-    concatenated: bool = True  # gate then up; False: interleaved (gate at even outputs)
-    fused_name: str = "gate_up_proj"  # the tensor holding gate and up
-
-    @classmethod
-    def of(cls, module: nn.Module) -> ExpertLayout | None:
-        """The metadata transformers' ``use_experts_implementation`` attaches, if any."""
-        values = [
-            getattr(module, k, None) for k in ("has_gate", "is_transposed", "is_concatenated")
-        ]
-        if any(v is None for v in values):
-            return None
-        return cls(*values)
-
-
-@dataclass(frozen=True)
 class PlannedUnit:
     """A unit of one block before its parameters are prefixed: block-relative names."""
 
     category: str
     name: str
-    parts: tuple  # of layouts.Part with block-relative parameter names
-
-
-def shape_of(param) -> tuple[int, ...]:
-    """A parameter's full shape, also under DeepSpeed ZeRO-3 (which empties ``.shape``)."""
-    return tuple(getattr(param, "ds_shape", None) or param.shape)
+    parts: tuple[Part, ...]  # with block-relative parameter names
 
 
 def is_norm(name: str, module: nn.Module) -> bool:
@@ -86,12 +64,12 @@ def is_norm(name: str, module: nn.Module) -> bool:
     return "norm" in type(module).__name__.lower() or "norm" in leaf or leaf.startswith("ln")
 
 
-def _role(token: str, module: nn.Module) -> str | None:
+def _role(token: str, module: nn.Module, taught: Mapping[str, str]) -> str | None:
     """What one level of a module path says about the parameters below it, if anything.
 
     The attribute name speaks first (``feed_forward`` of an RWKV block is its FFN though
-    its class is ``RwkvFeedForward``); a generic one (``mixer``, ``layer.0``) defers to
-    the class of the module it holds.
+    its class is ``RwkvFeedForward``), a name a layout ``taught`` before any other; a
+    generic one (``mixer``, ``layer.0``) defers to the class of the module it holds.
     """
     token, cls = token.lower(), type(module).__name__.lower()
     if "norm" in token:
@@ -100,10 +78,8 @@ def _role(token: str, module: nn.Module) -> str | None:
     if cls.endswith(("decoderlayer", "encoderlayer")):
         cls = ""  # a whole block nested in a block (Zamba's shared transformer) says nothing
     if not generic:
-        if token == "altup":
-            return "router"  # Gemma 3n's AltUp routes between its residual streams
-        if token == "laurel":
-            return "ffn"  # Gemma 3n's low-rank residual branch
+        if token in taught:
+            return taught[token]
         if any(w in token for w in _MIXER_WORDS) or token in _MIXER_TOKENS:
             return "mixer"
         if any(w in token for w in _ATTENTION_WORDS):
@@ -154,16 +130,28 @@ def _normalise(path: str) -> str:
 
 
 class BlockSorter:
-    """Sort the parameters of one block that a layout did not claim."""
+    """Sort the parameters of one block that a layout did not claim.
 
-    def __init__(self, block: nn.Module, make_part, experts: dict | None = None, context: str = ""):
+    ``experts``: how the block's expert modules store their tensors, by path, where they do
+    not say; ``roles`` and ``splits``: what the layouts of the model's type teach.
+    """
+
+    def __init__(
+        self,
+        block: nn.Module,
+        experts: Mapping[str, ExpertStorage],
+        context: str = "",
+        roles: Mapping[str, str] | None = None,
+        splits: Mapping[str, SorterSplit] | None = None,
+    ):
         self.block = block
         self.context = context  # the stack's name: XLM keeps "attentions" and "ffns" apart
         self.sections: dict[str, str] = {}  # unit name -> path of the module that told its role
         self.vouched: set[str] = set()  # units a registered layout planned
-        self.expert_layouts = experts or {}
+        self.expert_storage = experts
+        self.roles = roles or {}
+        self.splits = splits or {}
         self.modules = dict(block.named_modules())
-        self.make_part = make_part
         self.experts = _has_experts(block)
         self.units: dict[str, PlannedUnit] = {}
         self.issues: list[str] = []
@@ -188,17 +176,18 @@ class BlockSorter:
             return "shared_ffn", ".".join(pieces[: depth + 1])
         for depth in range(1, len(pieces) + 1):
             section = ".".join(pieces[:depth])
-            found = _role(pieces[depth - 1], self.modules[section])
+            found = _role(pieces[depth - 1], self.modules[section], self.roles)
             if found:
                 return found, section
         if self.context:
-            return _role(self.context, self.block), ""
+            return _role(self.context, self.block, self.roles), ""
         return None, ""
 
     def _outside_attention(self, pieces: list[str]) -> bool:
         """No attention on the path: an attention's ``output_gate`` is no router."""
         return not any(
-            _role(pieces[d - 1], self.modules[".".join(pieces[:d])]) in ("attention", "mixer")
+            _role(pieces[d - 1], self.modules[".".join(pieces[:d])], self.roles)
+            in ("attention", "mixer")
             for d in range(1, len(pieces) + 1)
         )
 
@@ -225,12 +214,12 @@ class BlockSorter:
             if category is None and not path and all(len(shape_of(params[n])) <= 1 for n in names):
                 category = "scale"  # vectors the block holds itself: residual scales, lambdas
                 for name in names:
-                    self.add(category, name, [self.make_part(name)])
+                    self.add(category, name, [Part(name)])
                 continue
             if category is None:
                 self.issues.append(f"no rule places parameter {names[0]!r}")
                 for name in names:
-                    self.add("other", name, [self.make_part(name)])
+                    self.add("other", name, [Part(name)])
                 continue
             leaf = path.rpartition(".")[2].lower()
             has_children = any(True for _ in module.children())
@@ -241,19 +230,28 @@ class BlockSorter:
                 self._experts(path, module, names, params, category)
             elif has_children or isinstance(module, nn.MultiheadAttention):
                 self._loose(path, module, names, category)
-            elif category == "mixer" and leaf == "in_proj" and _mamba2_split(path, self.modules):
-                for logical, (a, b) in _mamba2_split(path, self.modules).items():
-                    parts = [self.make_part(n, 0, ((a, b),)) for n in names]
-                    self.add(category, f"{path}[{logical}]", parts)
+            elif split := self._taught_split(path, module):
+                for logical, ranges in split.items():
+                    self.add(category, f"{path}[{logical}]", [Part(n, 0, ranges) for n in names])
             elif category == "attention" and isinstance(module, nn.Embedding):
-                self.add("scale", path, [self.make_part(n) for n in names])  # T5's position bias
+                # a table of position biases (relative position buckets), not a projection
+                self.add("scale", path, [Part(n) for n in names])
             else:
                 if category == "attention" and leaf in _FUSED_ATTENTION:
                     self.issues.append(f"fused attention projection {path!r} has no known split")
                 if category in ("ffn", "shared_ffn") and leaf in _FUSED_GATE_UP:
                     self.issues.append(f"fused gate/up projection {path!r} has no known split")
                 for stem, group in _stems(path, names).items():
-                    self.add(category, stem, [self.make_part(n) for n in group])
+                    self.add(category, stem, [Part(n) for n in group])
+
+    def _taught_split(self, path: str, module: nn.Module) -> dict | None:
+        """The ranges of a leaf projection a layout taught to split (by the sizes of the module
+        holding it); None where none was taught or those sizes do not describe it."""
+        split = self.splits.get(path.rpartition(".")[2])
+        weight = getattr(module, "weight", None)
+        if split is None or weight is None or len(shape_of(weight)) != 2:
+            return None
+        return split(self.modules[path.rpartition(".")[0]], shape_of(weight)[0])
 
     def _loose(self, path: str, module: nn.Module, names: list[str], category: str) -> None:
         """Parameters a container module holds itself (sinks, A_log, in_proj_weight...).
@@ -265,29 +263,29 @@ class BlockSorter:
             leaf = name.rpartition(".")[2]
             vector = len(shape_of(self.block.get_parameter(name))) <= 1
             if vector and category in ("attention", "ffn", "shared_ffn"):
-                self.add("scale", name, [self.make_part(name)])
+                self.add("scale", name, [Part(name)])
             elif category == "attention" and "in_proj" in leaf:
                 self.issues.append(f"fused attention projection {name!r} has no known split")
-                self.add(category, name, [self.make_part(name)])
+                self.add(category, name, [Part(name)])
             else:
-                self.add(category, name, [self.make_part(name)])
+                self.add(category, name, [Part(name)])
 
     def _experts(self, path, module, names, params, category) -> None:
         """Routed experts stored as 3-D tensors [experts, ...]: one unit per logical matrix,
         each across all experts; a fused gate/up tensor splits as the module stores it."""
-        layout = self.expert_layouts.get(path) or ExpertLayout.of(module)
+        storage = self.expert_storage.get(path) or ExpertStorage.of(module)
         biases = {n for n in names if n.endswith("_bias") and n[: -len("_bias")] in names}
         for name in names:
             if name in biases:
                 continue
             bias = f"{name}_bias" if f"{name}_bias" in biases else None
             leaf = name.rpartition(".")[2]
-            fused = leaf.lower() in _FUSED_GATE_UP or (layout and leaf == layout.fused_name)
+            fused = leaf.lower() in _FUSED_GATE_UP or (storage and leaf == storage.fused_name)
             if len(shape_of(params[name])) != 3 or not fused:
-                parts = [self.make_part(name)] + ([self.make_part(bias)] if bias else [])
+                parts = [Part(name)] + ([Part(bias)] if bias else [])
                 self.add(category, name, parts)
                 continue
-            if layout is None or not layout.has_gate:
+            if storage is None or not storage.has_gate:
                 self.issues.append(
                     f"fused expert tensor {name!r} has no known gate/up layout "
                     "(no has_gate/is_transposed/is_concatenated metadata or registered layout)"
@@ -295,19 +293,19 @@ class BlockSorter:
                 self.add(
                     category,
                     name,
-                    [self.make_part(name)] + ([self.make_part(bias)] if bias else []),
+                    [Part(name)] + ([Part(bias)] if bias else []),
                 )
                 continue
-            out_dim = 2 if layout.transposed else 1
+            out_dim = 2 if storage.transposed else 1
             width = shape_of(params[name])[out_dim]
-            if layout.concatenated:
+            if storage.concatenated:
                 pieces, step = {"gate": ((0, width // 2),), "up": ((width // 2, width),)}, 1
             else:  # interleaved: gate at even, up at odd output features
                 pieces, step = {"gate": ((0, width),), "up": ((1, width),)}, 2
             for logical, ranges in pieces.items():
-                parts = [self.make_part(name, out_dim, ranges, step)]
+                parts = [Part(name, out_dim, ranges, step)]
                 if bias:
-                    parts.append(self.make_part(bias, 1, ranges, step))
+                    parts.append(Part(bias, 1, ranges, step))
                 self.add(category, f"{name}[{logical}]", parts)
 
     # ---- checks -----------------------------------------------------------
@@ -367,23 +365,6 @@ class BlockSorter:
                     f"{category} is dominated by one matrix {largest.name!r} "
                     f"({numel(largest) / size:.0%} of it): no half of it can be drawn"
                 )
-
-
-def _mamba2_split(path: str, modules: dict) -> dict[str, tuple[int, int]] | None:
-    """A Mamba-2 mixer's in_proj outputs [z | x, B, C (the conv input) | dt], read from the
-    mixer's own sizes; None where they do not add up to the projection."""
-    mixer = modules.get(path.rpartition(".")[0])
-    sizes = [getattr(mixer, k, None) for k in ("intermediate_size", "n_groups", "ssm_state_size")]
-    heads = getattr(mixer, "num_heads", None)
-    weight = getattr(modules[path], "weight", None)
-    if None in sizes or heads is None or weight is None or len(shape_of(weight)) != 2:
-        return None
-    inner, groups, state = sizes
-    conv = inner + 2 * groups * state
-    rows = shape_of(weight)[0]
-    if rows != inner + conv + heads:
-        return None
-    return {"z": (0, inner), "xBC": (inner, inner + conv), "dt": (inner + conv, rows)}
 
 
 def _stems(path: str, names: list[str]) -> dict[str, list[str]]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from ..registry import Registered, collect
 from .errors import HFTError
-from .layouts import Layout, ModelLayout
-from .layouts import resolve as resolve_with
+from .layouts import Layout
 
 
 def _strategy_entry(source, name, function, help=""):
@@ -41,8 +40,3 @@ def strategy(name: str):
     if name not in found:
         raise HFTError(f"unknown strategy {name!r}; available: {', '.join(sorted(found))}")
     return found[name].value
-
-
-def resolve(model, *, guess: bool = False) -> ModelLayout:
-    """:func:`hft_plugins.core.layouts.resolve` with every registered layout."""
-    return resolve_with(model, layouts(), guess=guess)

@@ -1,6 +1,6 @@
 """The mask: which parameters (or slices of them) one stage trains.
 
-A mask is the resolved model's units plus the set of unit keys that train. It
+A mask is the model's partition into units plus the set of unit keys that train. It
 derives, per parameter, "whole", "ranges along a dim" or frozen; sets
 ``requires_grad``; prints a per-block table; and round-trips through JSON with
 the config that drew it and a fingerprint of the model it belongs to.
@@ -14,27 +14,19 @@ import random
 import warnings
 import weakref
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from ..registry import notify
+from . import catalog
 from .atomic import atomic_write_text
-from .catalog import resolve
-from .catalog import strategy as registered_strategy
-from .compare import check_same_shapes
-from .compare import shapes as shapes_of
 from .config import HFTConfig
 from .errors import HFTError
-from .layouts import (
-    BLOCK_CATEGORIES,
-    OUTER_CATEGORIES,
-    ModelLayout,
-    Part,
-    Unit,
-)
-from .layouts import fingerprint as compute_fingerprint
+from .layouts import BLOCK_CATEGORIES, OUTER_CATEGORIES
+from .partition import partition
+from .shapes import check_same_shapes, fingerprint, shapes
+from .units import Part, Partition, Slices, Unit
 
 FORMAT = "hft-mask/1"
 # a block fraction further than this from the ratio is reported when drawn
@@ -56,14 +48,14 @@ def _warn_once(model: nn.Module, message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-def _tied_overrides(model: nn.Module, layout: ModelLayout, config: HFTConfig) -> list[str]:
+def _tied_overrides(model: nn.Module, partitioned: Partition, config: HFTConfig) -> list[str]:
     """Where a tied tensor makes a train_head / train_embeddings setting moot: what applies."""
     by_param = {
-        part.param: unit for unit in layout.units if unit.block is None for part in unit.parts
+        part.param: unit for unit in partitioned.units if unit.block is None for part in unit.parts
     }
     modules = dict(model.named_modules())
     notes = []
-    for alias, name in sorted(layout.tied.items()):
+    for alias, name in sorted(partitioned.tied.items()):
         unit = by_param.get(name)
         if unit is None or unit.category not in ("embed", "head"):
             continue
@@ -81,56 +73,43 @@ def _tied_overrides(model: nn.Module, layout: ModelLayout, config: HFTConfig) ->
     return notes
 
 
-@dataclass(frozen=True)
-class Slices:
-    """The trainable ranges of a partly trainable tensor, along one dim."""
-
-    dim: int
-    ranges: tuple[tuple[int, int], ...]
-    step: int = 1  # 2: every other index of each range (interleaved gate/up)
-
-    @property
-    def size(self) -> int:
-        return sum(len(range(a, b, self.step)) for a, b in self.ranges)
-
-
 def select(model: nn.Module, config: HFTConfig | None = None) -> Mask:
     """Draw the mask of ``config`` (default: the paper's rule at 0.5) for ``model``."""
     config = config or HFTConfig()
     if not isinstance(config, HFTConfig):
         raise HFTError(f"config must be an HFTConfig, got {type(config).__name__}")
     config.require_stage("select()")
-    strategy = registered_strategy(config.strategy)
-    layout = resolve(model, guess=config.guess_layout)
-    if layout.guessed:
+    strategy = catalog.strategy(config.strategy)
+    partitioned = partition(model, guess=config.guess_layout)
+    if partitioned.guessed:
         _warn_once(
             model,
-            f"guess_layout: {len(layout.guessed)} part(s) of {type(model).__name__} were "
-            f"guessed, first: {layout.guessed[0]}",
+            f"guess_layout: {len(partitioned.guessed)} part(s) of {type(model).__name__} were "
+            f"guessed, first: {partitioned.guessed[0]}",
         )
-    if not layout.block_units():
+    if not partitioned.block_units():
         raise HFTError(f"no trainable matrices found in the blocks of {type(model).__name__}")
     rng = random.Random(f"hft:{config.strategy}:{config.seed}:{config.stage}")
-    chosen = set(strategy(layout, config, rng))
-    block_keys = {u.key for u in layout.block_units()}
+    chosen = set(strategy(partitioned, config, rng))
+    block_keys = {u.key for u in partitioned.block_units()}
     stray = chosen - block_keys
     if stray:
         raise HFTError(
             f"strategy {config.strategy!r} chose a unit that is no block matrix: "
             f"{sorted(stray)[0]!r}"
         )
-    for unit in layout.units:
+    for unit in partitioned.units:
         if unit.block is None and getattr(config, _OUTER_FLAGS[unit.category]):
             chosen.add(unit.key)
-    mask = Mask(config, layout, frozenset(chosen))
+    mask = Mask(config, partitioned, frozenset(chosen))
     done, total = mask.fractions()["blocks"]
     if abs(done / total - config.ratio) > RATIO_TOLERANCE:
         _warn_once(
             model,
             f"strategy {config.strategy!r} trains {done / total:.4f} of the blocks' parameters, "
-            f"not the requested ratio {config.ratio} ({layout.num_blocks} blocks)",
+            f"not the requested ratio {config.ratio} ({partitioned.num_blocks} blocks)",
         )
-    for note in _tied_overrides(model, layout, config):
+    for note in _tied_overrides(model, partitioned, config):
         _warn_once(model, note)
     return mask
 
@@ -138,16 +117,16 @@ def select(model: nn.Module, config: HFTConfig | None = None) -> Mask:
 class Mask:
     """A drawn half: units of a model and which of them train."""
 
-    def __init__(self, config: HFTConfig, layout: ModelLayout, trainable: frozenset[str]):
+    def __init__(self, config: HFTConfig, partition: Partition, trainable: frozenset[str]):
         self.config = config
-        self.layout = layout
+        self.partition = partition
         self.trainable = trainable
 
     # ---- what trains -------------------------------------------------------
 
     @property
     def fingerprint(self) -> str:
-        return self.layout.fingerprint
+        return self.partition.fingerprint
 
     def params(self) -> dict[str, Slices | None]:
         """Trainable parameter name -> None (whole) or the trainable Slices.
@@ -156,13 +135,13 @@ class Mask:
         ask); a new dict each call.
         """
         cached = self.__dict__.get("_plan")
-        if cached is None or cached[0] is not self.trainable or cached[1] is not self.layout:
-            cached = self._plan = (self.trainable, self.layout, self._work_out_params())
+        if cached is None or cached[0] is not self.trainable or cached[1] is not self.partition:
+            cached = self._plan = (self.trainable, self.partition, self._work_out_params())
         return dict(cached[2])
 
     def _work_out_params(self) -> dict[str, Slices | None]:
         pieces: dict[str, list[Part]] = defaultdict(list)
-        for unit in self.layout.units:
+        for unit in self.partition.units:
             if unit.key in self.trainable:
                 for part in unit.parts:
                     pieces[part.param].append(part)
@@ -172,7 +151,7 @@ class Mask:
                 plan[name] = None
                 continue
             dim = parts[0].dim
-            size = self.layout.shapes[name][dim]
+            size = self.partition.shapes[name][dim]
             if all(p.step == 1 for p in parts):
                 merged = _merge([r for p in parts for r in p.ranges])
                 plan[name] = None if merged == ((0, size),) else Slices(dim, merged)
@@ -193,7 +172,7 @@ class Mask:
     def fractions(self) -> dict[str, tuple[int, int]]:
         """Category (and 'blocks', 'total') -> (trainable, all) parameter counts."""
         counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for unit in self.layout.units:
+        for unit in self.partition.units:
             keys = [unit.category, "total"] + (["blocks"] if unit.block is not None else [])
             for key in keys:
                 counts[key][1] += unit.numel
@@ -214,8 +193,8 @@ class Mask:
     def check(self, model: nn.Module) -> None:
         """Raise if ``model`` is not the model this mask was drawn for."""
         check_same_shapes(
-            shapes_of(model),
-            self.layout.shapes,
+            shapes(model),
+            self.partition.shapes,
             missing="mask does not match the model: parameter {name} is missing",
             shape="mask does not match the model: parameter {name} has shape {have}, "
             "the mask expects {want}",
@@ -251,9 +230,9 @@ class Mask:
         """A per-block table of what trains, then totals per category."""
         c = self.config
         by_block: dict[int, list[Unit]] = defaultdict(list)
-        for unit in self.layout.block_units():
+        for unit in self.partition.block_units():
             by_block[unit.block].append(unit)
-        present = {u.category for u in self.layout.block_units()}
+        present = {u.category for u in self.partition.block_units()}
         columns = [cat for cat in BLOCK_CATEGORIES if cat in present]
         rows = [("block", *columns, "trained")]
         for block in sorted(by_block):
@@ -274,7 +253,7 @@ class Mask:
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = [
             f"HFT mask: strategy={c.strategy} ratio={c.ratio} seed={c.seed} stage={c.stage} "
-            f"layout={self.layout.layout} blocks={self.layout.num_blocks}"
+            f"layout={self.partition.sorted_by} blocks={self.partition.num_blocks}"
         ]
         for row in rows:
             middle = zip(row[1:-1], widths[1:-1], strict=True)
@@ -297,9 +276,9 @@ class Mask:
             within = "within" if abs(gap) <= RATIO_TOLERANCE else "beyond"
             verdict = f"{gap:+.6f} from it, {within} the {RATIO_TOLERANCE} tolerance"
         lines.append(f"block fraction {done / total:.6f} (ratio {c.ratio}; {verdict})")
-        for alias, name in sorted(self.layout.tied.items()):
+        for alias, name in sorted(self.partition.tied.items()):
             lines.append(f"tied: {alias} shares {name}; it trains when {name} does")
-        for guess in self.layout.guessed:
+        for guess in self.partition.guessed:
             lines.append(f"guessed: {guess}")
         return "\n".join(lines)
 
@@ -309,12 +288,12 @@ class Mask:
         return {
             "format": FORMAT,
             "config": self.config.to_dict(),
-            "layout": self.layout.layout,
-            "num_blocks": self.layout.num_blocks,
+            "layout": self.partition.sorted_by,
+            "num_blocks": self.partition.num_blocks,
             "fingerprint": self.fingerprint,
-            "shapes": {n: list(s) for n, s in self.layout.shapes.items()},
-            "tied": self.layout.tied,
-            "guessed": list(self.layout.guessed),
+            "shapes": {n: list(s) for n, s in self.partition.shapes.items()},
+            "tied": self.partition.tied,
+            "guessed": list(self.partition.guessed),
             "units": [
                 {
                     "key": u.key,
@@ -325,7 +304,7 @@ class Mask:
                     "parts": [p.to_json() for p in u.parts],
                     "trainable": u.key in self.trainable,
                 }
-                for u in self.layout.units
+                for u in self.partition.units
             ],
         }
 
@@ -334,8 +313,8 @@ class Mask:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise HFTError(f"not an HFT mask: expected format {FORMAT!r}")
         try:
-            shapes = {n: tuple(int(x) for x in s) for n, s in data["shapes"].items()}
-            if compute_fingerprint(shapes) != data["fingerprint"]:
+            saved_shapes = {n: tuple(int(x) for x in s) for n, s in data["shapes"].items()}
+            if fingerprint(saved_shapes) != data["fingerprint"]:
                 raise HFTError("corrupt HFT mask: its fingerprint does not match its shapes")
             units = [
                 Unit(
@@ -349,11 +328,11 @@ class Mask:
                 for u in data["units"]
             ]
             trainable = frozenset(u["key"] for u in data["units"] if u["trainable"])
-            layout = ModelLayout(
+            partitioned = Partition(
                 data["layout"],
                 units,
                 int(data["num_blocks"]),
-                shapes,
+                saved_shapes,
                 dict(data["tied"]),
                 tuple(data.get("guessed", ())),
             )
@@ -362,7 +341,7 @@ class Mask:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise HFTError(f"corrupt HFT mask: {type(exc).__name__}: {exc}") from None
-        return cls(config, layout, trainable)
+        return cls(config, partitioned, trainable)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the mask as JSON atomically (a temporary file beside it, then rename)."""
@@ -403,7 +382,7 @@ class Mask:
         survives a redraw that changes which of the unit's neighbours train.
         """
         parts: dict[str, list[Part]] = defaultdict(list)
-        for unit in self.layout.units:
+        for unit in self.partition.units:
             if unit.key in self.trainable:
                 for part in unit.parts:
                     parts[part.param].append(part)
@@ -413,13 +392,6 @@ class Mask:
             else tuple(sorted(found, key=lambda p: (p.dim, p.ranges)))
             for name, found in parts.items()
         }
-
-
-def range_view(tensor, dim: int, start: int, stop: int, step: int = 1):
-    """The view of ``tensor`` holding indices ``start, start + step, ... < stop`` of ``dim``."""
-    index = [slice(None)] * tensor.dim()
-    index[dim] = slice(start, stop, step)
-    return tensor[tuple(index)]
 
 
 def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:

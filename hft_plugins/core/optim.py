@@ -1,15 +1,13 @@
 """A torch optimizer that keeps state only for the trainable half.
 
-Whole trainable tensors go to the wrapped optimizer as they are. A partly
-trainable tensor (a slice of a fused projection) goes to it one trainable range
-at a time, so the wrapped optimizer's moments have the range's shape. A
-contiguous range (rows) is handed over as a view: updates land in place. A
-non-contiguous one (GPT-2's column slices, a dim-1 or strided range of a 3-D expert
-tensor) is handed over as a contiguous copy
-that :meth:`HFTOptimizer.step` refreshes from the parameter and writes back,
-because torch's fused kernels write past the bounds of non-contiguous views.
-Frozen tensors and frozen slices are never handed to the wrapped optimizer, so
-no decay or momentum reaches them.
+Whole trainable tensors go to the wrapped optimizer as they are. A partly trainable
+tensor (a slice of a fused projection) goes to it one trainable range at a time, so the
+wrapped optimizer's moments have the range's shape. A contiguous range (rows) is handed
+over as a view: updates land in place. A non-contiguous one (GPT-2's column slices, a
+dim-1 or strided range of a 3-D expert tensor) is handed over as a contiguous copy that
+:meth:`HFTOptimizer.step` refreshes from the parameter and writes back, because torch's
+fused kernels write past the bounds of non-contiguous views. Frozen tensors and frozen
+slices are never handed to the wrapped optimizer, so no decay or momentum reaches them.
 """
 
 from __future__ import annotations
@@ -28,8 +26,8 @@ from torch import nn
 from ..registry import notify
 from . import sliced_grad
 from .errors import HFTError
-from .layouts import Part
-from .mask import Mask, range_view
+from .mask import Mask
+from .units import Part, Slices, range_view
 
 try:
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -40,16 +38,12 @@ except ImportError:  # torch built without distributed support: no DTensors exis
         """Never instantiated: keeps the isinstance checks false."""
 
 
-FORMAT = "hft-optimizer/2"  # /1 keyed state by merged ranges; /2 by each unit's range
+FORMAT = "hft-optimizer/2"  # state keyed by parameter name, and by each unit's range
 # The HF Trainer's rule (Trainer.get_decay_parameter_names): no decay for these.
 _NO_DECAY_PATTERNS = [
     re.compile(p)
     for p in (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
 ]
-
-
-# A dim and the indices along it (a range, maybe strided), in this process's tensor
-Cut = tuple[int, slice]
 
 
 @dataclass
@@ -60,6 +54,7 @@ class _Entry:
     FSDP2, so torch's foreach and fused kernels never see DTensors and plain tensors
     together). ``tensor`` is what the wrapped optimizer holds: the parameter itself, or
     ``part`` when contiguous, else a contiguous copy of it (see :meth:`HFTOptimizer.step`).
+    ``local`` is the range, one of this process's tensor (its shard), for a range.
     """
 
     key: str  # the state key: the parameter's name, with its range for a range
@@ -67,7 +62,7 @@ class _Entry:
     param: nn.Parameter
     part: torch.Tensor
     tensor: torch.Tensor
-    cut: Cut | None  # for a range of the parameter
+    local: Slices | None
 
     @property
     def copied(self) -> bool:
@@ -76,25 +71,25 @@ class _Entry:
     def grad_of(self, grad: torch.Tensor) -> torch.Tensor:
         """This entry's part of the parameter's (local) gradient: a view, no copy."""
         grad = _local(grad)
-        return grad if self.cut is None else _cut(grad, self.cut)
+        return grad if self.local is None else _view(grad, self.local)
 
 
-def _cut(tensor: torch.Tensor, cut: Cut) -> torch.Tensor:
-    """The view of ``tensor`` that ``cut`` selects."""
-    dim, index = cut
-    return range_view(tensor, dim, index.start, index.stop, index.step or 1)
+def _view(tensor: torch.Tensor, one_range: Slices) -> torch.Tensor:
+    """The view of ``tensor`` that a one-range :class:`Slices` selects."""
+    ((start, stop),) = one_range.ranges
+    return range_view(tensor, one_range.dim, start, stop, one_range.step)
 
 
-def _entry(key: str, name: str, param: nn.Parameter, cut: Cut | None) -> _Entry:
+def _entry(key: str, name: str, param: nn.Parameter, local: Slices | None) -> _Entry:
     """A contiguous piece is stepped in place; any other through a contiguous copy, since
     torch's fused kernels write past the bounds of a non-contiguous tensor."""
-    if cut is None and not isinstance(param, DTensor) and param.is_contiguous():
+    if local is None and not isinstance(param, DTensor) and param.is_contiguous():
         return _Entry(key, name, param, param, param, None)
     part = _local(param).detach()
-    if cut is not None:
-        part = _cut(part, cut)
+    if local is not None:
+        part = _view(part, local)
     tensor = part if part.is_contiguous() else part.clone(memory_format=torch.contiguous_format)
-    return _Entry(key, name, param, part, tensor, cut)
+    return _Entry(key, name, param, part, tensor, local)
 
 
 def qualified_name(obj) -> str:
@@ -121,8 +116,8 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def _range_cuts(name: str, param: torch.Tensor, parts: tuple[Part, ...]):
-    """(state key, cut of this process's tensor) per trainable unit range.
+def _local_ranges(name: str, param: torch.Tensor, parts: tuple[Part, ...]):
+    """(state key, the range in this process's tensor) per trainable unit range.
 
     Ranges are the units' own, not merged, so a unit's key (``name[dim:start:stop]``, with
     ``:step`` for a strided range) and state stay the same whichever of its neighbours
@@ -151,14 +146,14 @@ def _range_cuts(name: str, param: torch.Tensor, parts: tuple[Part, ...]):
             param.shape, param.device_mesh, param.placements
         )
         start, stop = offset[dim], offset[dim] + shape[dim]
-    cuts = []
+    found = []
     for _, a, b, step in ranges:
         first = a if a >= start else a + -(-(start - a) // step) * step  # first index here
         last = min(b, stop)
-        local = slice(first - start, last - start, step) if first < last else slice(0, 0)
+        local = ((first - start, last - start),) if first < last else ((0, 0),)
         key = f"{name}[{dim}:{a}:{b}]" if step == 1 else f"{name}[{dim}:{a}:{b}:{step}]"
-        cuts.append((key, (dim, local)))
-    return cuts
+        found.append((key, Slices(dim, local, step if first < last else 1)))
+    return found
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -175,10 +170,11 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 def _frozen_index(entries: list[_Entry]) -> torch.Tensor | None:
     """The indices along the sliced dim that no entry of one parameter trains (or None)."""
-    dim = entries[0].cut[0]
+    dim = entries[0].local.dim
     trained = torch.zeros(entries[0].param.shape[dim], dtype=torch.bool)
     for entry in entries:
-        trained[entry.cut[1]] = True
+        ((start, stop),) = entry.local.ranges
+        trained[start : stop : entry.local.step] = True
     frozen = (~trained).nonzero().flatten()
     return frozen.to(entries[0].param.device) if len(frozen) else None
 
@@ -195,7 +191,7 @@ class _SliceGradHook:
         if param.grad is None:
             return
         if self.frozen is not None:
-            param.grad.index_fill_(self.entries[0].cut[0], self.frozen, 0)
+            param.grad.index_fill_(self.entries[0].local.dim, self.frozen, 0)
         for entry in self.entries:
             # a view even for a copied entry: unscaling (GradScaler) must reach param.grad
             entry.tensor.grad = entry.grad_of(param.grad)
@@ -295,8 +291,8 @@ class HFTOptimizer(torch.optim.Optimizer):
                 group = [_entry(name, name, param, None)]
             else:
                 group = [
-                    _entry(key, name, param, cut)
-                    for key, cut in _range_cuts(name, param, plan[name])
+                    _entry(key, name, param, local)
+                    for key, local in _local_ranges(name, param, plan[name])
                 ]
             entries += group
             (plain if name in self._no_decay else decay).extend(group)
@@ -354,7 +350,7 @@ class HFTOptimizer(torch.optim.Optimizer):
                 _SliceGradHook(
                     entries,
                     None
-                    if entries[0].cut is None or entries[0].name in sliced
+                    if entries[0].local is None or entries[0].name in sliced
                     else _frozen_index(entries),
                 )
             )

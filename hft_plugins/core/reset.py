@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .compare import check_same_shapes, shapes
-from .mask import Mask, range_view
+from .mask import Mask
+from .shapes import check_same_shapes, shapes
+from .units import range_view
 
 
 @torch.no_grad()
@@ -25,7 +26,7 @@ def half_reset(base_model: nn.Module, tuned_model: nn.Module, mask: Mask) -> nn.
     )
     base = dict(base_model.named_parameters())
     tuned = dict(tuned_model.named_parameters())
-    for unit in mask.layout.block_units():
+    for unit in mask.partition.block_units():
         if unit.key not in mask.trainable:
             continue
         for part in unit.parts:

@@ -13,26 +13,18 @@ restores the module's own forward.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .mask import Mask
+from .units import Slices
 
 _ATTR = "_hft_sliced_grad"
 # Above this many ranges one gathered GEMM beats a GEMM per range (GPT-NeoX
 # interleaves q, k and v per head, so its ranges are one per head).
 _MAX_NARROWED_RANGES = 4
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """Where a module's outputs sit in its weight, and which output ranges train."""
-
-    out_dim: int  # 0: nn.Linear, weight [out, in]; 1: GPT-2's Conv1D, weight [in, out]
-    ranges: tuple[tuple[int, int], ...]
 
 
 def install(model: nn.Module, mask: Mask) -> list[str]:
@@ -48,7 +40,7 @@ def install(model: nn.Module, mask: Mask) -> list[str]:
             continue  # whole, strided (plain autograd, then the optimizer's hook), or no module
         if not _supports(module, slices.dim) or "forward" in module.__dict__:
             continue  # another wrapper owns the forward, or an unknown layer: plain autograd
-        setattr(module, _ATTR, _Spec(slices.dim, slices.ranges))
+        setattr(module, _ATTR, slices)
         module.forward = functools.partial(_sliced_forward, module)
         names.append(module_name)
     return names
@@ -96,7 +88,9 @@ class _SlicedProjection(torch.autograd.Function):
     """y = x W (+ b); backward: full input gradient, weight/bias gradient of trained ranges."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, spec: _Spec):
+    def forward(ctx, x, weight, bias, slices: Slices):
+        """``slices``: the trainable output ranges, along the weight's output dim (0 for
+        nn.Linear's [out, in], 1 for GPT-2's Conv1D [in, out])."""
         device = x.device.type
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         if torch.is_autocast_enabled(device):  # behave as autocast does for a linear layer
@@ -104,46 +98,46 @@ class _SlicedProjection(torch.autograd.Function):
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
         with torch.autocast(device, enabled=False):
-            y = _project(x, weight, bias, spec.out_dim)
+            y = _project(x, weight, bias, slices.dim)
         ctx.save_for_backward(x, weight)
-        ctx.spec = spec
+        ctx.slices = slices
         ctx.has_bias = bias is not None
         return y
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        spec = ctx.spec
+        slices = ctx.slices
         x_dtype, w_dtype, b_dtype = ctx.dtypes
         go = grad_out.reshape(-1, grad_out.shape[-1]).to(weight.dtype)
         flat_x = x.reshape(-1, x.shape[-1])
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            w = weight if spec.out_dim == 0 else weight.t()
+            w = weight if slices.dim == 0 else weight.t()
             grad_x = (go @ w).view(x.shape).to(x_dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = _weight_grad(go, flat_x, weight.shape, w_dtype, spec)
+            grad_w = _weight_grad(go, flat_x, weight.shape, w_dtype, slices)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = go.sum(0).to(b_dtype)
-            for a, b in _complement(spec.ranges, grad_b.shape[0]):
+            for a, b in _complement(slices.ranges, grad_b.shape[0]):
                 grad_b[a:b] = 0
         return grad_x, grad_w, grad_b, None
 
 
-def _weight_grad(go, x, shape, dtype, spec: _Spec) -> torch.Tensor:
-    """The weight gradient with only ``spec.ranges`` of the outputs computed, the rest zero."""
-    dim = spec.out_dim
+def _weight_grad(go, x, shape, dtype, slices: Slices) -> torch.Tensor:
+    """The weight gradient with only ``slices.ranges`` of the outputs computed, the rest zero."""
+    dim = slices.dim
     grad = torch.empty(shape, dtype=dtype, device=go.device)
-    for a, b in _complement(spec.ranges, shape[dim]):
+    for a, b in _complement(slices.ranges, shape[dim]):
         grad.narrow(dim, a, b - a).zero_()
-    if len(spec.ranges) > _MAX_NARROWED_RANGES:
+    if len(slices.ranges) > _MAX_NARROWED_RANGES:
         index = torch.tensor(
-            [i for a, b in spec.ranges for i in range(a, b)], device=go.device, dtype=torch.long
+            [i for a, b in slices.ranges for i in range(a, b)], device=go.device, dtype=torch.long
         )
         picked = go.index_select(1, index)
         part = picked.t() @ x if dim == 0 else x.t() @ picked
         return grad.index_copy_(dim, index, part.to(dtype))
-    for a, b in spec.ranges:
+    for a, b in slices.ranges:
         target = grad.narrow(dim, a, b - a)
         if dim == 0 and go.dtype == dtype:
             torch.mm(go[:, a:b].t(), x, out=target)  # contiguous rows: no temporary

@@ -27,9 +27,10 @@ from torch import nn
 from ..core.atomic import atomic_files
 from ..core.config import HFTConfig, checked_config
 from ..core.errors import HFTError
-from ..core.mask import Mask, Slices, range_view, select
+from ..core.mask import Mask, select
 from ..core.optim import release
 from ..core.stage import MASK_NAME
+from ..core.units import Slices, range_view
 from .model_card import hft_model_card
 from .models import _first_line, _looks_local, load_model, plain_weights
 
@@ -257,7 +258,7 @@ class HFTModel(nn.Module):
             )
         trains_outer = any(
             u.block is None and u.category in ("embed", "head") and self.hft_mask.is_trainable(u)
-            for u in self.hft_mask.layout.units
+            for u in self.hft_mask.partition.units
         )
         if embedding_layers is False and trains_outer:
             raise HFTError(

@@ -26,8 +26,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..core.errors import HFTError
-from ..core.mask import Mask, Slices
+from ..core.mask import Mask
 from ..core.stage import MASK_NAME
+from ..core.units import Slices
 
 logger = logging.getLogger(__name__)
 

@@ -48,10 +48,10 @@ from trl import (
     SFTTrainer,
 )
 
-from ..core.compare import check_same_shapes, shapes
 from ..core.config import HFTArguments, HFTConfig, get_hft_config
 from ..core.errors import HFTError
 from ..core.mask import Mask
+from ..core.shapes import check_same_shapes, shapes
 from .models import RECORD_ATTR
 from .peft_style import HFTModel
 from .sharded import args_engine

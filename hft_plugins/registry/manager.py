@@ -34,7 +34,6 @@ DISABLE_ENV = "HFT_DISABLE_PLUGINS"
 BUILTIN = "builtin"
 DEFAULT_PLUGINS = (
     "hft_plugins.builtin.strategies",
-    "hft_plugins.builtin.layouts",
     "hft_plugins.builtin.families",
 )
 

@@ -18,7 +18,7 @@ def test_drawn_block_half_returns_to_base_and_the_rest_stays_tuned(family):
     assert half_reset(base, tuned, mask) is tuned
     base_p, tuned_p = dict(base.named_parameters()), dict(tuned.named_parameters())
     reset_numel = 0
-    for unit in mask.layout.units:
+    for unit in mask.partition.units:
         to_base = unit.block is not None and unit.key in mask.trainable
         for part in unit.parts:
             got, want = tuned_p[part.param], (base_p if to_base else before)[part.param]

@@ -29,7 +29,7 @@ def _trainable_rows(mask: Mask) -> dict[str, torch.Tensor]:
     """Parameter name -> boolean tensor of its trainable elements."""
     plan = mask.params()
     where = {}
-    for name, shape in mask.layout.shapes.items():
+    for name, shape in mask.partition.shapes.items():
         flags = torch.zeros(shape, dtype=torch.bool)
         if name in plan:
             if plan[name] is None:
@@ -57,11 +57,11 @@ def _check_stage(mask: Mask, start, sharded, single) -> None:
 def test_fsdp2_matches_one_process_and_keeps_the_frozen_half(fsdp2_runs, family):
     weights, info = fsdp2_runs[family]
     mask = Mask.from_json(info["mask"])
-    units = mask.layout.block_units()
+    units = mask.partition.block_units()
     mixed = {u.block for u in units if u.key in mask.trainable} & {
         u.block for u in units if u.key not in mask.trainable
     }
-    assert mixed == set(range(mask.layout.num_blocks))  # frozen and trainable in every block
+    assert mixed == set(range(mask.partition.num_blocks))  # frozen and trainable in every block
     _check_stage(mask, weights["initial"], weights["sharded0"], weights["single0"])
 
 

@@ -2,7 +2,8 @@
 
 import torch
 
-from hft_plugins.core.mask import Mask, range_view
+from hft_plugins.core.mask import Mask
+from hft_plugins.core.units import range_view
 
 
 def lm_dataset(n: int = 8, length: int = 12, seed: int = 0):

@@ -17,7 +17,7 @@ from transformers import Trainer, TrainingArguments
 from trl import DPOConfig, SFTConfig
 
 from hft_plugins import HFTConfig, HFTOptimizer, hookimpl, registry, select
-from hft_plugins.core import mask as mask_module
+from hft_plugins.core import catalog
 from hft_plugins.core.mask import Mask
 from hft_plugins.integrations import axolotl as hft_axolotl
 from hft_plugins.integrations.peft_style import get_hft_model
@@ -59,18 +59,18 @@ class Recorder:
 def events(monkeypatch):
     """(event, stage) in order: every mask drawn, every stage_begin and stage_end."""
     seen = []
-    original = mask_module.registered_strategy
+    original = catalog.strategy
 
     def counting(name):
         strategy = original(name)
 
-        def draw(layout, config, rng):
+        def draw(partition, config, rng):
             seen.append((DRAW, config.stage))
-            return strategy(layout, config, rng)
+            return strategy(partition, config, rng)
 
         return draw
 
-    monkeypatch.setattr(mask_module, "registered_strategy", counting)
+    monkeypatch.setattr(catalog, "strategy", counting)
     registry.reset()
     registry.manager().register(Recorder(seen))
     yield seen

@@ -95,7 +95,7 @@ def draw_mask(model):
 
 
 def block_prefixes(model) -> list[list[str]]:
-    from hft_plugins.core.layouts import find_blocks
+    from hft_plugins.core.partition import find_blocks
 
     name, blocks = find_blocks(model)
     return [[f"{name}.{i}."] for i in range(len(blocks))]

@@ -75,7 +75,7 @@ def _in_blocks(mask, name: str) -> bool:
         u.block is not None
         and u.category in ("attention", "ffn")
         and any(p.param == name for p in u.parts)
-        for u in mask.layout.units
+        for u in mask.partition.units
     )
 
 

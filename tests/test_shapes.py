@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from hft_plugins import HFTConfig, HFTError, select
-from hft_plugins.core.compare import Difference, check_same_shapes, first_difference, shapes
 from hft_plugins.core.reset import half_reset
+from hft_plugins.core.shapes import Difference, check_same_shapes, first_difference, shapes
 from hft_plugins.integrations.trl import _check_same_shapes
 from hft_plugins.tiny import tiny_model
 

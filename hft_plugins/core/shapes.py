@@ -1,4 +1,4 @@
-"""Comparing two models' parameters by name and shape: the one check, one-line errors.
+"""Parameter shapes: a tensor's full shape, a model's, their fingerprint, and comparing two.
 
 A mask against the model it is applied to, a DPO reference against its policy, a base
 model against the tuned one to half-reset: each names the first parameter that differs
@@ -7,15 +7,26 @@ model against the tuned one to half-reset: each names the first parameter that d
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import nn
 
-from .blocks import shape_of
 from .errors import HFTError
 
 Shapes = Mapping[str, tuple[int, ...]]
+
+
+def shape_of(param) -> tuple[int, ...]:
+    """A parameter's full shape, also under DeepSpeed ZeRO-3 (which empties ``.shape``)."""
+    return tuple(getattr(param, "ds_shape", None) or param.shape)
+
+
+def fingerprint(shapes: Shapes) -> str:
+    """A short hash of parameter names and shapes: which model a mask belongs to."""
+    text = "\n".join(f"{name}:{list(shape)}" for name, shape in sorted(shapes.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
