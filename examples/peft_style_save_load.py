@@ -8,8 +8,7 @@ import tempfile
 
 import torch
 
-from hft_plugins import HFTConfig, HFTOptimizer
-from hft_plugins.integrations.peft_style import HFTModel, get_hft_model
+from hft_plugins import HFTConfig, HFTModel, HFTOptimizer, get_hft_model
 from hft_plugins.testing import tiny_model
 
 model = get_hft_model(tiny_model("phi3"), HFTConfig(seed=0))  # phi3: fused qkv / gate_up

@@ -4,19 +4,39 @@ The public API; the layers below it are ``registry/`` (hook specs and the plugin
 manager), ``core/`` (config, layouts, mask, optimizer), ``builtin/`` (the built-in
 strategies and layouts, as plugins) and ``integrations/`` (one adapter per framework).
 See docs/architecture.md.
+
+    from hft_plugins import HFTConfig, get_hft_model
+    model = get_hft_model(model, HFTConfig())   # PEFT-style; needs no framework
+    model.print_trainable_parameters()
+
+The trainers live in their adapters, each imported when used:
+``hft_plugins.integrations.transformers.HFTTrainer``, ``hft_plugins.integrations.trl``'s
+``HFT*Trainer``s, and the Axolotl plugin ``hft_plugins.integrations.axolotl.HFTPlugin``.
 """
 
-from . import _moved
-from .core.config import HFTConfig
+from .core.config import HFTConfig, get_hft_config
 from .core.errors import HFTError
+from .core.layouts import Layout
 from .core.mask import Mask, select
 from .core.optim import HFTOptimizer
+from .integrations.peft_style import AutoHFTModelForCausalLM, HFTModel, get_hft_model
 from .registry import hookimpl
 
-__all__ = ["HFTConfig", "HFTError", "HFTOptimizer", "Mask", "apply_hft", "hookimpl", "select"]
+__all__ = [
+    "AutoHFTModelForCausalLM",
+    "HFTConfig",
+    "HFTError",
+    "HFTModel",
+    "HFTOptimizer",
+    "Layout",
+    "Mask",
+    "apply_hft",
+    "get_hft_config",
+    "get_hft_model",
+    "hookimpl",
+    "select",
+]
 __version__ = "0.1.0"
-
-_moved.install()
 
 
 def apply_hft(model, config: HFTConfig | None = None) -> Mask:

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import registry
 from .core import catalog
 from .core.atomic import atomic_directory
-from .core.config import HFTConfig
+from .core.config import SETTINGS, HFTConfig
 from .core.errors import HFTError
 from .core.mask import select
 from .registry.manager import BUILTIN
@@ -39,8 +39,6 @@ WEIGHT_SUFFIXES = (
 
 def _add_selection_args(parser: argparse.ArgumentParser) -> None:
     """One option per HFTConfig field, with its default and help: the config is the source."""
-    from .integrations._common import SETTINGS
-
     for setting in SETTINGS:
         if setting.type is bool:
             parser.add_argument(

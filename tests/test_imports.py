@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "hft_plugins"
 FRAMEWORKS = ("transformers", "trl", "peft", "accelerate", "datasets", "axolotl", "matplotlib")
@@ -29,6 +27,7 @@ THIRD_PARTY = {
 FRAMEWORK_OF = {
     "hft_plugins.integrations.transformers": {"transformers"},
     "hft_plugins.integrations.trl": {"trl", "transformers"},
+    "hft_plugins.integrations.axolotl.plugin": {"axolotl"},
 }
 
 
@@ -82,7 +81,7 @@ def test_every_import_goes_down_or_sideways():
     rank = {layer: i for i, layer in enumerate(LAYERS)}
     upward = []
     for module, imports in _graph().items():
-        if module == "hft_plugins" or module == "hft_plugins._moved":
+        if module == "hft_plugins":
             continue  # the facade re-exports from every layer
         for target, _ in imports:
             if target.startswith("hft_plugins") and target != "hft_plugins":
@@ -95,7 +94,7 @@ def test_no_import_circles():
     graph = {
         module: {t for t, _ in imports if t.startswith("hft_plugins.") and t in _graph_keys()}
         for module, imports in _graph().items()
-        if module not in ("hft_plugins", "hft_plugins._moved")
+        if module != "hft_plugins"
     }
     seen, stack, circles = set(), [], []
 
@@ -166,44 +165,22 @@ def test_core_and_cli_import_no_framework():
     assert _run(code) == "[]"
 
 
-def test_shared_adapter_module_imports_no_framework():
-    """integrations/_common.py serves every adapter: none of their frameworks (nor pydantic)."""
+def test_config_surface_imports_no_framework():
+    """core/config.py gives every adapter its settings: none of their frameworks (nor pydantic)."""
     code = (
-        "import sys, hft_plugins.integrations._common as c\n"
-        "c.settings(); c.HFTArguments()\n"
+        "import sys, hft_plugins.core.config as c\n"
+        "c.SETTINGS; c.HFTArguments(); c.get_hft_config({'hft': True})\n"
         f"print(sorted(m for m in {(*FRAMEWORKS, 'pydantic')!r} if m in sys.modules))"
     )
     assert _run(code) == "[]"
 
 
-@pytest.mark.parametrize(
-    "old, new",
-    [
-        ("hft_plugins.mask", "hft_plugins.core.mask"),
-        ("hft_plugins.architectures", "hft_plugins.core.layouts"),
-        ("hft_plugins.distributed", "hft_plugins.core.distributed"),
-        ("hft_plugins.family_layouts", "hft_plugins.builtin.families"),
-    ],
-)
-def test_old_module_paths_import_the_moved_module_with_a_warning(old, new):
+def test_the_public_api_needs_no_framework():
+    """The top level, PEFT-style wrapper included, imports no framework."""
     code = (
-        "import importlib, warnings\n"
-        "with warnings.catch_warnings(record=True) as caught:\n"
-        "    warnings.simplefilter('always')\n"
-        f"    old = importlib.import_module({old!r})\n"
-        f"print(old is importlib.import_module({new!r}), "
-        "[str(w.message) for w in caught if w.category is DeprecationWarning])"
+        "import sys\n"
+        "from hft_plugins import HFTConfig, HFTOptimizer, get_hft_model, HFTModel, Layout, select\n"
+        "from hft_plugins import get_hft_config\n"
+        f"print(sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))"
     )
-    assert (
-        _run(code)
-        == f"True ['{old} moved to {new}; the old path will be removed in a later release']"
-    )
-
-
-def test_the_old_plugins_module_keeps_its_functions():
-    code = (
-        "import warnings\nwarnings.simplefilter('ignore')\n"
-        "from hft_plugins.plugins import strategies, layouts, call, hookimpl, reset\n"
-        "print(sorted(strategies()), len(layouts()) > 10)"
-    )
-    assert _run(code) == "['category', 'layer', 'matrix'] True"
+    assert _run(code) == "[]"

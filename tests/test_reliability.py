@@ -55,8 +55,8 @@ def _saved_hft(tmp_path: Path, model, break_it) -> Path:
     return tmp_path / "hft"
 
 
-def _old_format_without_mask(directory: Path) -> None:
-    """A save as written before the weights carried their mask, its mask file deleted."""
+def _weights_without_mask(directory: Path) -> None:
+    """A save whose weights file lost the mask it carries, its mask file deleted."""
     from safetensors.torch import load_file, save_file
 
     save_file(load_file(directory / WEIGHTS_NAME), directory / WEIGHTS_NAME, {"format": "pt"})
@@ -149,12 +149,12 @@ CASES = [
         "corrupt HFT save",
     ),
     (
-        "hft-save-of-the-old-format-without-its-mask",
+        "hft-save-whose-weights-carry-no-mask",
         lambda t, m, o: HFTModel.from_pretrained(
             tiny_model("llama", num_hidden_layers=2),
-            _saved_hft(t, m, _old_format_without_mask),
+            _saved_hft(t, m, _weights_without_mask),
         ),
-        "no HFT mask at",
+        "corrupt HFT save",
     ),
     (
         "hft-save-onto-a-file",

@@ -507,11 +507,6 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore state saved by :meth:`state_dict`; redraws to its mask if it differs."""
-        if isinstance(state_dict, dict) and state_dict.get("format") == "hft-optimizer/1":
-            raise HFTError(
-                "optimizer state saved by an older hft-plugins (hft-optimizer/1, state keyed by "
-                "merged ranges); load the checkpoint's weights and start a fresh optimizer"
-            )
         if not isinstance(state_dict, dict) or state_dict.get("format") != FORMAT:
             raise HFTError(f"not an HFT optimizer state: expected format {FORMAT!r}")
         mask = Mask.from_json(state_dict["mask"])

@@ -1,6 +1,7 @@
 """Naming a model as Hugging Face tools do: a directory, a config.json, a Hub id or a GGUF file.
 
-Every entry point that names a model (``hft inspect``, ``hft reset``, the stage rule,
+Every entry point that names a model (``hft inspect``, ``hft reset``, the stage rule's
+:func:`previous_stage`,
 ``HFTModel.from_pretrained`` and ``AutoHFTModelForCausalLM``, the harness's ``--model``)
 resolves the name here and loads through transformers' and huggingface_hub's own
 functions, so the Hub cache, ``HF_HUB_OFFLINE``, ``revision`` and ``token`` behave as
@@ -17,6 +18,10 @@ fine-tune it and ``save_pretrained`` to write it. :func:`plain_weights` clears t
 (saying so once), so HFT trains the dequantized weights and saves a normal checkpoint; a
 model whose GGUF weights stay quantized is refused in one line.
 
+The previous HFT stage of a model (what the stage rule, ``core/stage.py``, follows) is
+found here too: the mask an HFT trainer recorded on the model object, else ``hft_mask.json``
+beside its weights.
+
 Only transformers and huggingface_hub are imported, inside the functions.
 """
 
@@ -28,8 +33,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..core.errors import HFTError
+from ..core.mask import Mask
+from ..core.stage import MASK_NAME, PreviousStage
 
-__all__ = ["ModelRef", "load_config", "load_model", "load_tokenizer", "model_file", "plain_weights"]
+__all__ = [
+    "ModelRef",
+    "load_config",
+    "load_model",
+    "load_tokenizer",
+    "model_file",
+    "plain_weights",
+    "previous_stage",
+    "record_trained_mask",
+]
 
 logger = logging.getLogger(__name__)
 GGUF_SUFFIX = ".gguf"
@@ -203,6 +219,29 @@ def model_file(model, filename: str) -> Path | None:
         return None
     except Exception as exc:  # no such repo, no access: huggingface_hub's own errors
         raise HFTError(f"cannot look for {filename} in {ref.name}: {_first_line(exc)}") from None
+
+
+# Where an HFT trainer's train() records the mask it trained with, on the model object.
+RECORD_ATTR = "_hft_trained_mask"
+
+
+def record_trained_mask(model, mask: Mask) -> None:
+    """Note on ``model`` that it was trained with ``mask`` (read by the next stage's rule)."""
+    setattr(model, RECORD_ATTR, mask)
+
+
+def previous_stage(model) -> PreviousStage | None:
+    """The model's previous HFT stage: recorded on the object, else ``hft_mask.json`` beside
+    its weights, in its directory or its Hub repo (:func:`model_file`). ``model`` is a model
+    or a name; None for a model without one."""
+    if model is None:
+        return None
+    if not isinstance(model, str | os.PathLike):
+        recorded = model.__dict__.get(RECORD_ATTR) if hasattr(model, "__dict__") else None
+        if isinstance(recorded, Mask):
+            return PreviousStage(recorded, "recorded on the model by its last HFT training")
+    found = model_file(model, MASK_NAME)
+    return PreviousStage(Mask.load(found), str(found)) if found is not None else None
 
 
 def _gguf_source(model) -> str | None:

@@ -25,15 +25,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..core.atomic import atomic_files
-from ..core.config import HFTConfig
+from ..core.config import HFTConfig, checked_config
 from ..core.errors import HFTError
 from ..core.mask import Mask, select
 from ..core.optim import release
+from ..core.stage import MASK_NAME
 from ..core.units import Slices, range_view
-from ._common import MASK_NAME, check_hft_config, hft_model_card, reject_peft
+from .model_card import hft_model_card
 from .models import _first_line, _looks_local, load_model, plain_weights
 
-__all__ = ["AutoHFTModelForCausalLM", "HFTModel", "get_hft_model"]
+__all__ = ["AutoHFTModelForCausalLM", "HFTModel", "get_hft_model", "reject_peft"]
 
 WEIGHTS_NAME = "hft_model.safetensors"
 CONFIG_NAME = "hft_config.json"
@@ -45,12 +46,22 @@ SAVE_FILES = (WEIGHTS_NAME, CONFIG_NAME, MASK_NAME, CARD_NAME)
 
 def get_hft_model(model: nn.Module, config: HFTConfig | None = None) -> HFTModel:
     """Draw ``config``'s half of ``model``, freeze the rest and wrap it PEFT-style."""
-    config = check_hft_config(config)
+    config = checked_config(config) or HFTConfig()
     if isinstance(model, HFTModel):
         raise HFTError("the model is already an HFTModel; unwrap it with merge_and_unload() first")
     reject_peft(model)
     plain_weights(model)  # a GGUF-loaded model: trained and saved as a plain one (said once)
     return HFTModel(model, select(model, config))
+
+
+def reject_peft(model: nn.Module) -> None:
+    """HFT trains half of the base weights; a PEFT adapter freezes them all: refuse the mix."""
+    if hasattr(model, "peft_config") or any(
+        "lora_" in name for name, _ in model.named_parameters()
+    ):
+        raise HFTError(
+            "HFT cannot be combined with a PEFT adapter on the same model: use one or the other"
+        )
 
 
 def _pieces(mask: Mask, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -110,7 +121,7 @@ def _save_directory(model_id, subfolder, **hub) -> Path:
 
 def _read_save(directory: Path) -> tuple[Mask, dict[str, torch.Tensor]]:
     """The mask and tensors of an HFT save. The weights file carries the mask it was saved
-    with; ``hft_mask.json`` is its readable copy (and the mask of saves made before)."""
+    with; ``hft_mask.json`` is its readable copy."""
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise HFTError(f"no HFT save in {directory}: {WEIGHTS_NAME} is missing")
@@ -121,7 +132,7 @@ def _read_save(directory: Path) -> tuple[Mask, dict[str, torch.Tensor]]:
     except Exception as exc:  # safetensors raises its own error type for a bad file
         raise HFTError(f"corrupt HFT save {weights}: {exc}") from None
     if "hft_mask" not in metadata:
-        return Mask.load(directory / MASK_NAME), tensors
+        raise HFTError(f"corrupt HFT save {weights}: it carries no mask")
     try:
         mask = Mask.from_json(json.loads(metadata["hft_mask"]))
     except json.JSONDecodeError as exc:
@@ -354,7 +365,8 @@ class HFTModel(nn.Module):
         hub = {"revision": revision, "token": token, "cache_dir": cache_dir}
         directory = _save_directory(model_id, subfolder, **hub)
         mask, saved = _read_save(directory)
-        if config is not None and check_hft_config(config) != mask.config:
+        config = checked_config(config)
+        if config is not None and config != mask.config:
             raise HFTError(
                 f"config= (stage {config.stage}, seed {config.seed}) differs from the saved mask "
                 f"(stage {mask.config.stage}, seed {mask.config.seed}); leave it out"

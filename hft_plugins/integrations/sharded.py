@@ -22,27 +22,25 @@ Each refusal is one ``HFTError`` line naming the engine and what to use instead.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..core.errors import HFTError
 from ..core.mask import Mask
+from ..core.stage import MASK_NAME
 from ..core.units import Slices
-from ._common import MASK_NAME
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "adopt_checkpoint_mask",
     "args_engine",
-    "check_trainer",
-    "fsdp_engine",
     "check_mask",
-    "mask_logs",
+    "check_trainer",
+    "checkpoint_mask",
+    "deepspeed_engine",
+    "fsdp_engine",
     "redraw_refusal",
-    "save_mask_in_checkpoint",
-    "start_line",
     "trainer_engine",
-    "zero_engine",
 ]
 
 
@@ -52,11 +50,10 @@ def trainer_engine(trainer) -> str | None:
     FSDP1 and ZeRO-0/1 are refused here, in one line.
     """
     if getattr(trainer, "is_deepspeed_enabled", False):
-        config = getattr(getattr(trainer.args, "hf_deepspeed_config", None), "config", None) or {}
-        return _zero(int((config.get("zero_optimization") or {}).get("stage", 0)))
+        return deepspeed_engine(_deepspeed_config(trainer.args))
     if getattr(trainer, "is_fsdp_enabled", False):
         plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
-        return _fsdp(int(getattr(plugin, "fsdp_version", 1) or 1))
+        return fsdp_engine(getattr(plugin, "fsdp_version", 1))
     return None
 
 
@@ -69,38 +66,37 @@ def args_engine(args) -> str | None:
     if args is None:
         return None
     if getattr(args, "deepspeed", None):
-        config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None) or {}
-        return _zero(int((config.get("zero_optimization") or {}).get("stage", 0)))
+        return deepspeed_engine(_deepspeed_config(args))
     if getattr(args, "fsdp", None):
         config = getattr(args, "fsdp_config", None) or {}
-        return _fsdp(int(config.get("fsdp_version", config.get("version", 1)) or 1))
+        return fsdp_engine(config.get("fsdp_version", config.get("version")))
     return None
 
 
-def zero_engine(stage: int) -> str:
-    """ "DeepSpeed ZeRO-2" / "-3" for a ZeRO stage; ZeRO-0/1 refused in one line."""
-    return _zero(stage)
+def _deepspeed_config(args) -> Mapping:
+    return getattr(getattr(args, "hf_deepspeed_config", None), "config", None) or {}
 
 
-def fsdp_engine(version: int) -> str:
-    """ "FSDP2" for ``fsdp_version: 2``; FSDP1 refused in one line."""
-    return _fsdp(version)
-
-
-def _zero(stage: int) -> str:
+def deepspeed_engine(config: Mapping) -> str:
+    """ "DeepSpeed ZeRO-2" / "-3" for a DeepSpeed config (its ``zero_optimization.stage``);
+    ZeRO-0/1 refused in one line."""
+    stage = int((config.get("zero_optimization") or {}).get("stage", 0) or 0)
     if stage not in (2, 3):
         raise HFTError(
             f"HFT under DeepSpeed ZeRO-{stage} is not supported: use ZeRO-2 or ZeRO-3 "
-            "(integrations/deepspeed/zero2.json, zero3.json) or DDP"
+            "(zero_optimization.stage in the DeepSpeed config) or DDP"
         )
     return f"DeepSpeed ZeRO-{stage}"
 
 
-def _fsdp(version: int) -> str:
+def fsdp_engine(version) -> str:
+    """ "FSDP2" for ``fsdp_version: 2``; FSDP1 (the default when not given) refused in one line."""
+    version = int(version or 1)
     if version != 2:
         raise HFTError(
             f"HFT under FSDP{version} is not supported: FSDP1 flattens parameters and loses "
-            "requires_grad per tensor; set fsdp_version: 2 (integrations/accelerate/fsdp2.yaml)"
+            "requires_grad per tensor; set fsdp_version: 2 (in the accelerate config, or "
+            "fsdp_config of the TrainingArguments)"
         )
     return "FSDP2"
 
@@ -108,9 +104,15 @@ def _fsdp(version: int) -> str:
 def check_trainer(engine: str, *, given, hft_model: bool, redraw_every_epoch: bool) -> None:
     """What HFTTrainer refuses under ``engine``, before any training (one line each)."""
     if given is not None:
-        raise refuse_given_optimizer(engine)
+        raise HFTError(
+            f"an HFTOptimizer in optimizers= cannot run under {engine}: the engine builds its "
+            "own optimizer over the trainable half; pass hft_config and no optimizer"
+        )
     if hft_model:
-        raise refuse_hft_model(engine)
+        raise HFTError(
+            f"an HFTModel cannot train under {engine}: its save holds only the trained tensors "
+            "and the engine saves whole sharded states; pass the plain model and hft_config"
+        )
     if redraw_every_epoch:
         raise redraw_refusal(engine, "redraw_every_epoch")
 
@@ -135,73 +137,22 @@ def redraw_refusal(engine: str, what: str = "a redraw inside one run") -> HFTErr
     )
 
 
-def refuse_given_optimizer(engine: str) -> HFTError:
-    return HFTError(
-        f"an HFTOptimizer in optimizers= cannot run under {engine}: the engine builds its own "
-        "optimizer over the trainable half; pass hft_config and no optimizer"
-    )
-
-
-def refuse_hft_model(engine: str) -> HFTError:
-    return HFTError(
-        f"an HFTModel cannot train under {engine}: its save holds only the trained tensors "
-        "and the engine saves whole sharded states; pass the plain model and hft_config"
-    )
-
-
-def start_line(mask: Mask, engine: str) -> str:
-    """One line: the draw, the trainable fraction and who builds the optimizer."""
-    c = mask.config
-    done, total = mask.fractions()["total"]
-    return (
-        f"HFT: strategy={c.strategy} ratio={c.ratio} seed={c.seed} stage={c.stage}; "
-        f"trainable {done / total:.4f} of all parameters ({done:,} of {total:,}); "
-        f"under {engine}: the engine's optimizer over the trainable whole matrices"
-    )
-
-
-def mask_logs(mask: Mask) -> dict[str, float]:
-    done, total = mask.fractions()["total"]
-    return {"hft_trainable_fraction": done / total, "hft_stage": mask.config.stage}
-
-
-def checkpoint_path(trainer, checkpoint) -> Path | None:
-    if checkpoint is True:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        checkpoint = get_last_checkpoint(trainer.args.output_dir)
-    return Path(checkpoint) if checkpoint else None
-
-
-def adopt_checkpoint_mask(trainer, checkpoint, model, engine: str) -> Mask | None:
-    """Before a resume: train the half saved in the checkpoint (a later stage, another seed).
+def checkpoint_mask(checkpoint, model, engine: str) -> Mask | None:
+    """The half a resumed run trains: the one saved in the checkpoint's ``hft_mask.json``
+    (another stage or seed than the config's, after a redraw or a change of config).
 
     The engine's optimizer state in the checkpoint covers that half, so it must be the one
-    that requires grad when the engine is built. Returns the adopted mask, or None when the
-    checkpoint has no ``hft_mask.json`` or holds the current one.
+    that requires grad when the engine is built. ``checkpoint`` is a directory (or None: no
+    resume); None when it holds no ``hft_mask.json``.
     """
-    path = checkpoint_path(trainer, checkpoint)
-    if path is None or not (path / MASK_NAME).is_file():
+    path = Path(str(checkpoint)) / MASK_NAME if checkpoint else None
+    if path is None or not path.is_file():
         return None
-    saved = Mask.load(path / MASK_NAME)
+    saved = Mask.load(path)
     saved.check(model)
     check_mask(saved, engine)
-    saved.apply(model)
     logger.info(
-        f"HFT: resuming {path} with its saved half (stage {saved.config.stage}, "
+        f"HFT: resuming {checkpoint} with its saved half (stage {saved.config.stage}, "
         f"seed {saved.config.seed})"
     )
     return saved
-
-
-def save_mask_in_checkpoint(trainer, trial, mask: Mask) -> None:
-    """``hft_mask.json`` in the checkpoint just written (FSDP2's sharded checkpoints and
-    DeepSpeed's do not all go through ``_save``)."""
-    if not trainer.args.should_save:
-        return
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    run_dir = Path(trainer._get_output_dir(trial=trial))
-    folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
-    if folder.is_dir():
-        mask.save(folder / MASK_NAME)

@@ -9,6 +9,11 @@ redraws the half at epoch boundaries when asked to.
 
     trainer = HFTTrainer(model=model, args=TrainingArguments(...), train_dataset=ds,
                          hft_config=HFTConfig(ratio=0.5, seed=0))
+
+Every trainer that goes through the Trainer (this mixin, TRL's through it, Axolotl's
+plugin) checks and wraps its optimizer choice with :func:`check_optimizer_class` and
+:func:`build_hft_optimizer`, and says what trains with :func:`start_line` and
+:func:`hft_logs`.
 """
 
 from __future__ import annotations
@@ -17,42 +22,37 @@ import inspect
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from ..core.atomic import atomic_write_text
-from ..core.config import HFTConfig
+from ..core.config import HFTConfig, checked_config, get_hft_config
 from ..core.distributed import check_redraw_supported, redraw
 from ..core.errors import HFTError
 from ..core.mask import Mask, select
-from ..core.optim import HFTOptimizer
+from ..core.optim import HFTOptimizer, qualified_name
+from ..core.stage import MASK_NAME, decide_stage
 from ..registry import notify
 from . import sharded
-from ._common import (
-    HFT_TAG,
-    MASK_NAME,
-    build_hft_optimizer,
-    check_hft_config,
-    check_optimizer_class,
-    hft_model_card,
-    hft_start_line,
-    reject_peft,
-    unwrap_optimizer,
-)
-from .models import plain_weights
+from .model_card import HFT_TAG, hft_model_card
+from .models import plain_weights, previous_stage, record_trained_mask
+from .peft_style import HFTModel, reject_peft
 
 __all__ = [
     "HFTCallback",
+    "HFTEngineCallback",
     "HFTStageCallback",
     "HFTTrainer",
     "HFTTrainerMixin",
-    "check_hft_config",
+    "build_hft_optimizer",
     "check_optimizer_class",
-    "hft_model_card",
-    "resolve_hft_config",
+    "hft_logs",
+    "start_line",
     "unwrap_optimizer",
 ]
 
@@ -60,33 +60,106 @@ _UNSET = object()  # hft_config not passed at all (None passed: HFT off, silentl
 logger = logging.getLogger(__name__)
 
 
-def resolve_hft_config(hft_config, args) -> HFTConfig | None:
-    """The stage's config: ``hft_config`` if given, else the ``hft``/``hft_*`` arguments of an
-    HFT*Config (None when ``hft`` is off), else None: HFT off. The stage may still be None
-    ("not given"); the trainer resolves it by the stage rule."""
-    from ._common import config_from_trainer_args
+# ---- the optimizer: what every trainer wraps, and how ------------------------------
 
-    return config_from_trainer_args(hft_config, args)
+# Keys the optimizer factory of ``get_optimizer_cls_and_kwargs`` uses to hand over its own groups.
+_SPECIAL_OPTIMIZER_KEYS = ("params", "model", "optimizer_dict")
 
 
-def _is_hft_model(model) -> bool:
-    from .peft_style import HFTModel
+def check_optimizer_class(optimizer_cls, kwargs, source: str = "the optimizer class") -> None:
+    """Refuse, in one line, an optimizer HFT cannot wrap with its frozen half left exact.
 
-    return isinstance(model, HFTModel)
+    ``source`` says where the class came from (``optim='sgd'``, ``optimizer_cls_and_kwargs``).
+    """
+    name = qualified_name(optimizer_cls)
+    if callable(getattr(optimizer_cls, "train", None)) or "schedule_free" in source:
+        raise HFTError(
+            f"HFT cannot wrap schedule-free optimizers ({source} gives {name!r}): they swap "
+            "the weights between their train() and eval() modes, which HFTOptimizer does not "
+            "pass on; use e.g. adamw_torch"
+        )
+    if not (
+        isinstance(optimizer_cls, type)
+        and issubclass(optimizer_cls, torch.optim.Optimizer)
+        and not any(k in kwargs for k in _SPECIAL_OPTIMIZER_KEYS)
+    ):
+        raise HFTError(
+            f"HFT wraps torch optimizer classes; {source} gives {name!r}, which builds its own "
+            "parameter groups (GaLore, LOMO, Muon...); use e.g. adamw_torch"
+        )
 
 
-def _multi_process() -> bool:
+def _register_bnb_embedding_overrides(model: nn.Module, optimizer_cls, kwargs) -> None:
+    """As the Trainer does: bitsandbytes keeps embeddings' state in 32 bits under 8-bit optim."""
+    if "bitsandbytes" not in str(optimizer_cls) or kwargs.get("optim_bits") != 8:
+        return
+    import bitsandbytes
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            manager.register_module_override(module, "weight", {"optim_bits": 32})
+
+
+def build_hft_optimizer(
+    model: nn.Module, mask: Mask, optimizer_cls, kwargs: Mapping[str, Any], *, weight_decay: float
+) -> HFTOptimizer:
+    """A trainer's optimizer choice as an HFTOptimizer over ``mask``'s half: the one way every
+    adapter wraps it (this mixin, and so TRL, and the Axolotl plugin's factory).
+
+    ``optimizer_cls`` and ``kwargs`` are what the trainer would build (its
+    ``get_optimizer_cls_and_kwargs``, or ``optimizer_cls_and_kwargs``; check them first with
+    :func:`check_optimizer_class`). ``weight_decay`` (the TrainingArguments') goes to the decay
+    group and none to biases and norms, as in the Trainer's own groups, whose
+    ``weight_decay`` wins over one in ``kwargs``.
+    """
+    kwargs = {**kwargs, "weight_decay": weight_decay}
+    optimizer = HFTOptimizer(model, mask, optimizer_cls, **kwargs)
+    _register_bnb_embedding_overrides(model, optimizer_cls, kwargs)
+    return optimizer
+
+
+def unwrap_optimizer(optimizer) -> HFTOptimizer | None:
+    """The HFTOptimizer inside accelerate's (or any) ``.optimizer`` wrappers, or None."""
+    seen = 0
+    while optimizer is not None and seen < 8:
+        if isinstance(optimizer, HFTOptimizer):
+            return optimizer
+        optimizer = getattr(optimizer, "optimizer", None)
+        seen += 1
+    return None
+
+
+# ---- what a run says about its half ---------------------------------------------------
+
+
+def start_line(mask: Mask, steps_with: str) -> str:
+    """One line: the draw, the trainable fraction and ``steps_with`` (what steps the half)."""
+    c = mask.config
+    done, total = mask.fractions()["total"]
     return (
-        torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-        and torch.distributed.get_world_size() > 1
+        f"HFT: strategy={c.strategy} ratio={c.ratio} seed={c.seed} stage={c.stage}; "
+        f"trainable {done / total:.4f} of all parameters ({done:,} of {total:,}); {steps_with}"
     )
 
 
-def hft_logs(optimizer: HFTOptimizer) -> dict[str, float]:
+def _optimizer_steps(optimizer: HFTOptimizer) -> str:
+    inner = type(optimizer.inner)
+    fused = " (fused)" if optimizer.inner.defaults.get("fused") else ""
+    return f"optimizer {inner.__module__}.{inner.__qualname__}{fused}"
+
+
+def _engine_steps(engine: str) -> str:
+    return f"under {engine}: the engine's optimizer over the trainable whole matrices"
+
+
+def hft_logs(mask: Mask) -> dict[str, float]:
     """What the Trainer's logs get: the trainable fraction of all parameters and the stage."""
-    done, total = optimizer.mask.fractions()["total"]
-    return {"hft_trainable_fraction": done / total, "hft_stage": optimizer.mask.config.stage}
+    done, total = mask.fractions()["total"]
+    return {"hft_trainable_fraction": done / total, "hft_stage": mask.config.stage}
+
+
+# ---- callbacks ------------------------------------------------------------------------
 
 
 class HFTStageCallback(TrainerCallback):
@@ -112,57 +185,49 @@ class HFTCallback(HFTStageCallback):
     An epoch redraw moves to the next stage of the optimizer's current mask, so a run
     resumed mid-epoch keeps the mask saved in its checkpoint and a run resumed at an
     epoch boundary redraws exactly as the uninterrupted run did.
+
+    ``trainer`` is the Trainer it serves (an HFT trainer builds its own callback with it,
+    taking ``redraw_every_epoch`` from one you pass): under DDP a redraw re-syncs its
+    wrapped model. ``before_redraw`` is called with the new mask before each redraw (a TRL
+    trainer gives its shared reference model its own copy of what the mask will train).
     """
 
-    def __init__(self, redraw_every_epoch: bool = False):
+    def __init__(
+        self,
+        redraw_every_epoch: bool = False,
+        *,
+        trainer: Trainer | None = None,
+        before_redraw: Callable[[Mask], None] | None = None,
+    ):
         if not isinstance(redraw_every_epoch, bool):
             raise HFTError(f"redraw_every_epoch must be true or false, got {redraw_every_epoch!r}")
         self.redraw_every_epoch = redraw_every_epoch
-        # Called with the new mask before each redraw (e.g. to unshare a DPO reference).
-        self.before_redraw: list[Callable[[Mask], None]] = []
-        # The model the training loop calls (DDP-wrapped under torchrun); HFTTrainer sets it.
-        self.wrapped_model: Callable[[], object] | None = None
-        # Under DeepSpeed ZeRO / FSDP2 (no HFTOptimizer): (engine, the mask); HFTTrainer sets it.
-        self.sharded: Callable[[], tuple[str, Mask]] | None = None
+        self.trainer = trainer
+        self.before_redraw = before_redraw
 
     def redraw(self, optimizer: HFTOptimizer, mask: Mask) -> None:
         """Switch to ``mask``; under DDP the wrapper's gradient sync follows the new half."""
-        wrapped = self.wrapped_model() if self.wrapped_model is not None else None
+        wrapped = self.trainer.model_wrapped if self.trainer is not None else None
         if wrapped is None and _multi_process():
             raise HFTError(
                 "a redraw with several processes needs the wrapped model: use HFTTrainer "
                 "(or HFTTrainerMixin), or call hft_plugins.core.distributed.redraw yourself"
             )
         check_redraw_supported(optimizer, wrapped)
-        for hook in self.before_redraw:
-            hook(mask)
+        if self.before_redraw is not None:
+            self.before_redraw(mask)
         redraw(optimizer, mask, wrapped)
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         opt = unwrap_optimizer(optimizer)
-        if opt is None and self.sharded is not None:
-            engine, mask = self.sharded()
-            if state.is_world_process_zero:
-                logger.info(sharded.start_line(mask, engine))
-                logger.info(mask.summary())
-            # no HFTOptimizer to begin the stage: the stage is this run (one stage per run)
-            notify("stage_begin", model=kwargs.get("model"), mask=mask, stage=mask.config.stage)
-            return
         if opt is None:
             raise HFTError(
                 "HFTCallback needs an HFTOptimizer: use HFTTrainer or pass optimizers=(HFTOptimizer(...), None)"
             )
         super().on_train_begin(args, state, control, optimizer=optimizer, **kwargs)
         if state.is_world_process_zero:
-            logger.info(hft_start_line(opt))
+            logger.info(start_line(opt.mask, _optimizer_steps(opt)))
             logger.info(opt.mask.summary())
-
-    def on_train_end(self, args, state, control, optimizer=None, **kwargs):
-        if unwrap_optimizer(optimizer) is None and self.sharded is not None:
-            _, mask = self.sharded()
-            notify("stage_end", model=kwargs.get("model"), mask=mask, stage=mask.config.stage)
-            return
-        super().on_train_end(args, state, control, optimizer=optimizer, **kwargs)
 
     def on_epoch_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         opt = unwrap_optimizer(optimizer)
@@ -174,10 +239,56 @@ class HFTCallback(HFTStageCallback):
         opt = unwrap_optimizer(optimizer)
         if opt is None or logs is None or "hft_trainable_fraction" in logs:
             return
-        extra = hft_logs(opt)
+        extra = hft_logs(opt.mask)
         logs.update(extra)
         if state.log_history:
             state.log_history[-1].update(extra)
+
+
+class HFTEngineCallback(TrainerCallback):
+    """The stage of a run under DeepSpeed ZeRO-2/3 or FSDP2, where no HFTOptimizer holds the
+    mask (integrations/sharded.py): the run is the stage, so ``stage_begin`` and
+    ``stage_end`` fire with ``train()``; the start line says who steps the half; every
+    checkpoint gets ``hft_mask.json``, which a resumed run trains.
+
+    ``engine`` names the engine; ``mask`` gives the half the run trains (a resumed run's
+    is its checkpoint's).
+    """
+
+    def __init__(self, engine: str, mask: Callable[[], Mask]):
+        self.engine = engine
+        self.mask = mask
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        mask = self.mask()
+        if state.is_world_process_zero:
+            logger.info(start_line(mask, _engine_steps(self.engine)))
+            logger.info(mask.summary())
+        notify("stage_begin", model=model, mask=mask, stage=mask.config.stage)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        mask = self.mask()
+        notify("stage_end", model=model, mask=mask, stage=mask.config.stage)
+
+    def on_save(self, args, state, control, **kwargs):
+        # the engine's checkpoints (FSDP2's sharded ones, DeepSpeed's) do not all go through
+        # the Trainer's _save, which writes the mask beside the weights
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if args.should_save and folder.is_dir():
+            self.mask().save(folder / MASK_NAME)
+
+
+def _multi_process() -> bool:
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
+# ---- the trainer ----------------------------------------------------------------------
 
 
 class HFTTrainerMixin:
@@ -185,9 +296,14 @@ class HFTTrainerMixin:
 
     ``hft_config`` (an :class:`HFTConfig`) draws the mask; None (the default) leaves HFT off
     and the trainer is the plain one, unless ``args`` is an HFT*Config with ``hft`` on. A
-    stage of None is decided by the stage rule (``_common.resolve_stage``). An optimizer
-    passed in ``optimizers=`` must be an HFTOptimizer. The optimizer class and its lr/betas/eps/weight decay come from the TrainingArguments,
-    as the plain Trainer's do; only torch optimizer classes can be wrapped.
+    stage of None is decided by the stage rule (:func:`hft_plugins.core.stage.decide_stage`).
+    An optimizer passed in ``optimizers=`` must be an HFTOptimizer. The optimizer class and
+    its lr/betas/eps/weight decay come from the TrainingArguments, as the plain Trainer's
+    do; only torch optimizer classes can be wrapped.
+
+    The half that trains is :attr:`hft_mask`: the stage's mask, drawn once, and the
+    HFTOptimizer's once it holds one (after a resume or a redraw it may be a later stage);
+    :attr:`hft_config` is that mask's config.
     """
 
     # True where a model may start its HFT history (stage 0 by default): SFT and the plain
@@ -195,94 +311,37 @@ class HFTTrainerMixin:
     hft_first_stage = True
 
     def __init__(self, *args, hft_config: HFTConfig | None = _UNSET, **kwargs):
-        from ._common import trainer_config
-
         bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
         given = unwrap_optimizer((bound.get("optimizers") or (None, None))[0])
-        passed = hft_config is not _UNSET
-        hft_config = None if hft_config is _UNSET else hft_config
-        if hft_config is None and given is not None:
-            hft_config = given.mask.config
-        elif hft_config is None and _is_hft_model(bound.get("model")):
-            hft_config = bound["model"].hft_config
-        elif hft_config is not None or hasattr(bound.get("args"), "hft"):
-            hft_config = trainer_config(  # None when off; the stage decided by the stage rule
-                hft_config,
-                bound.get("args"),
-                bound.get("model"),
-                trainer=type(self).__name__,
-                first_stage=self.hft_first_stage,
-            )
-        elif not passed:
-            warnings.warn(
-                f"{type(self).__name__} got no hft_config: HFT is off and it trains as a plain "
-                "Trainer; pass hft_config=HFTConfig() for the paper's half",
-                stacklevel=2,
-            )
-        self.hft_config = hft_config
-        self.hft_callback = None
-        self._hft_engine = None  # "DeepSpeed ZeRO-3", "FSDP2": no HFTOptimizer (sharded.py)
-        if self.hft_config is None:  # hft_config=None, or an HFT*Config with hft off
+        self._hft_config = self._hft_config_of(hft_config, bound, given)
+        self._hft_mask: Mask | None = None  # drawn on first use (_hft_drawn_mask)
+        self._hft_engine: str | None = None  # "DeepSpeed ZeRO-3", "FSDP2": no HFTOptimizer
+        self.hft_callback: TrainerCallback | None = None
+        if self._hft_config is None:  # hft_config=None, or an HFT*Config with hft off
             super().__init__(**bound)
             return
-        if bound.get("peft_config") is not None:
-            raise HFTError(
-                "HFT cannot be combined with peft_config: HFT trains half of the base weights, "
-                "a PEFT adapter freezes them all; pass one of the two"
-            )
-        if isinstance(bound.get("model"), torch.nn.Module):
-            # A GGUF-loaded model carries a quantized mark the Trainer refuses: cleared, said once
-            plain_weights(bound["model"])
-        if given is not None and given.mask.config != self.hft_config:
-            raise HFTError(
-                f"hft_config (stage {self.hft_config.stage}, seed {self.hft_config.seed}) differs "
-                "from the mask of the HFTOptimizer passed in optimizers=; pass one of the two"
-            )
-        callbacks = list(bound.get("callbacks") or [])
-        mine = [cb for cb in callbacks if isinstance(cb, HFTCallback)]
-        if not mine:
-            mine = [HFTCallback()]
-            callbacks.append(mine[0])
-        self.hft_callback = mine[0]
-        self.hft_callback.wrapped_model = lambda: self.model_wrapped
-        # The stage's mask: a given optimizer's, an HFTModel's of this config, else drawn once
-        # on first use (by TRL's reference sharing during __init__, or below) and kept.
-        self._hft_mask = given.mask if given is not None else None
         model = bound.get("model")
-        if given is None and _is_hft_model(model) and model.hft_config == self.hft_config:
+        self._hft_check_arguments(bound, given)
+        if given is not None:
+            self._hft_mask = given.mask
+        elif isinstance(model, HFTModel) and model.hft_config == self._hft_config:
             self._hft_mask = model.hft_mask
+        redraw_every_epoch = any(
+            isinstance(cb, HFTCallback) and cb.redraw_every_epoch
+            for cb in bound.get("callbacks") or ()
+        )
         # DeepSpeed ZeRO / FSDP2: no HFTOptimizer; what they cannot do is refused before the
         # Trainer builds its Accelerator, and again if the Trainer's view differs (sharded.py)
         self._hft_engine = sharded.args_engine(bound.get("args"))
-        self._hft_check_sharded(given, model)
-        super().__init__(**{**bound, "callbacks": callbacks})
+        self._hft_check_engine(given, model, redraw_every_epoch)
+        super().__init__(**bound)
         reject_peft(self._hft_target())
         engine = sharded.trainer_engine(self)
         if engine != self._hft_engine:
             self._hft_engine = engine
-            self._hft_check_sharded(given, self.model)
-        if self._hft_engine is not None:
-            self.hft_callback.sharded = lambda: (self._hft_engine, self.hft_mask)
-        if self.optimizer is not None and unwrap_optimizer(self.optimizer) is None:
-            raise HFTError(
-                f"optimizers= holds {type(self.optimizer).__name__}; HFTTrainer needs an "
-                "HFTOptimizer (or none, to build one from the TrainingArguments)"
-            )
-        if self.optimizer is None:
-            self._hft_optimizer_cls_and_kwargs()  # an optimizer HFT cannot wrap fails now
-        if _is_hft_model(self.model):
-            # The Trainer reads the labels from the model class's forward (unwrapping PEFT's
-            # models only): an HFTModel's would give none, and evaluation no loss.
-            from transformers.utils import can_return_loss, find_labels
-
-            if self.args.label_names is None:
-                self.label_names = find_labels(type(self.model.base_model))
-            self.can_return_loss = can_return_loss(type(self.model.base_model))
-        if _is_hft_model(self.model) and self.hft_callback.redraw_every_epoch:
-            raise HFTError(
-                "an HFTModel trains one stage: redraw_every_epoch would train tensors its "
-                "save_pretrained() does not hold; pass the plain model and hft_config instead"
-            )
+            self._hft_check_engine(given, self.model, redraw_every_epoch)
+        self.hft_callback = self._hft_install_callback(redraw_every_epoch)
+        self._hft_check_trainer(redraw_every_epoch)
         if hasattr(self._hft_target(), "add_model_tags"):
             self._hft_target().add_model_tags([HFT_TAG])  # model.push_to_hub's card says it too
         # Freeze now so that anything that counts trainable parameters before training sees
@@ -292,39 +351,148 @@ class HFTTrainerMixin:
             sharded.check_mask(mask, self._hft_engine)
         mask.apply(self._hft_target())
 
-    def _hft_drawn_mask(self, model=None) -> Mask:
-        """The mask of the stage ``hft_config`` names: drawn (for ``model``, default the
-        trainer's) the first time it is needed and kept, so a stage draws once."""
-        if self._hft_mask is None:
-            self._hft_mask = select(self._hft_target(model), self.hft_config)
-        return self._hft_mask
+    # ---- the steps of __init__ --------------------------------------------------------
 
-    def _hft_check_sharded(self, given, model) -> None:
+    def _hft_config_of(self, hft_config, bound, given: HFTOptimizer | None) -> HFTConfig | None:
+        """The stage's config: ``hft_config``, else a given HFTOptimizer's or HFTModel's,
+        else the ``hft`` arguments of ``args``; None: HFT off (with a warning when nothing
+        said so)."""
+        passed = hft_config is not _UNSET
+        hft_config = checked_config(hft_config if passed else None)
+        model, args = bound.get("model"), bound.get("args")
+        if hft_config is None and given is not None:
+            return given.mask.config
+        if hft_config is None and isinstance(model, HFTModel):
+            return model.hft_config
+        if hft_config is None and not hasattr(args, "hft"):
+            if not passed:
+                warnings.warn(
+                    f"{type(self).__name__} got no hft_config: HFT is off and it trains as a "
+                    "plain Trainer; pass hft_config=HFTConfig() for the paper's half",
+                    stacklevel=3,
+                )
+            return None
+        from_args = get_hft_config(args)
+        if hft_config is not None and from_args is not None and from_args != hft_config:
+            raise HFTError(
+                "hft_config differs from the --hft_* arguments of args; pass one of the two "
+                "(hft_config=get_hft_config(args) is the same config)"
+            )
+        config = hft_config if hft_config is not None else from_args
+        if config is None:
+            return None
+        how = "pass HFTConfig(stage={n})"
+        if hasattr(args, "hft"):
+            how = "pass --hft_stage {n} (hft_config=HFTConfig(stage={n}) in Python)"
+        return decide_stage(
+            config,
+            previous_stage(model),
+            trainer=type(self).__name__,
+            first_stage=self.hft_first_stage,
+            how=how,
+        )
+
+    def _hft_check_arguments(self, bound, given: HFTOptimizer | None) -> None:
+        """What HFT refuses among the Trainer's arguments, before the Trainer is built."""
+        if bound.get("peft_config") is not None:
+            raise HFTError(
+                "HFT cannot be combined with peft_config: HFT trains half of the base weights, "
+                "a PEFT adapter freezes them all; pass one of the two"
+            )
+        if isinstance(bound.get("model"), torch.nn.Module):
+            # A GGUF-loaded model carries a quantized mark the Trainer refuses: cleared, said once
+            plain_weights(bound["model"])
+        if given is not None and given.mask.config != self._hft_config:
+            raise HFTError(
+                f"hft_config (stage {self._hft_config.stage}, seed {self._hft_config.seed}) "
+                "differs from the mask of the HFTOptimizer passed in optimizers=; pass one of "
+                "the two"
+            )
+
+    def _hft_check_engine(self, given, model, redraw_every_epoch: bool) -> None:
         if self._hft_engine is None:
             return
         sharded.check_trainer(
             self._hft_engine,
             given=given,
-            hft_model=_is_hft_model(model),
-            redraw_every_epoch=self.hft_callback.redraw_every_epoch,
+            hft_model=isinstance(model, HFTModel),
+            redraw_every_epoch=redraw_every_epoch,
         )
-        if model is not None:  # (model_init: checked when the mask is drawn below)
+        if model is not None:  # (model_init: checked when the mask is drawn)
             sharded.check_mask(self._hft_drawn_mask(model), self._hft_engine)
+
+    def _hft_install_callback(self, redraw_every_epoch: bool) -> TrainerCallback:
+        """The job's one HFT callback, in place of an HFTCallback passed in ``callbacks``."""
+        if self._hft_engine is not None:
+            callback = HFTEngineCallback(self._hft_engine, lambda: self.hft_mask)
+        else:
+            callback = HFTCallback(
+                redraw_every_epoch, trainer=self, before_redraw=self._hft_before_redraw
+            )
+        callbacks = self.callback_handler.callbacks
+        passed = [i for i, cb in enumerate(callbacks) if isinstance(cb, HFTCallback)]
+        if passed:
+            callbacks[passed[0]] = callback
+        else:
+            self.add_callback(callback)
+        return callback
+
+    def _hft_check_trainer(self, redraw_every_epoch: bool) -> None:
+        """What HFT refuses, or sets right, on the Trainer once it is built."""
+        if self.optimizer is not None and unwrap_optimizer(self.optimizer) is None:
+            raise HFTError(
+                f"optimizers= holds {type(self.optimizer).__name__}; HFTTrainer needs an "
+                "HFTOptimizer (or none, to build one from the TrainingArguments)"
+            )
+        if self.optimizer is None:
+            self._hft_optimizer_cls_and_kwargs()  # an optimizer HFT cannot wrap fails now
+        if not isinstance(self.model, HFTModel):
+            return
+        # The Trainer reads the labels from the model class's forward (unwrapping PEFT's
+        # models only): an HFTModel's would give none, and evaluation no loss.
+        from transformers.utils import can_return_loss, find_labels
+
+        if self.args.label_names is None:
+            self.label_names = find_labels(type(self.model.base_model))
+        self.can_return_loss = can_return_loss(type(self.model.base_model))
+        if redraw_every_epoch:
+            raise HFTError(
+                "an HFTModel trains one stage: redraw_every_epoch would train tensors its "
+                "save_pretrained() does not hold; pass the plain model and hft_config instead"
+            )
+
+    # ---- the half ---------------------------------------------------------------------
+
+    def _hft_drawn_mask(self, model=None) -> Mask:
+        """The mask of the stage's config: drawn (for ``model``, default the trainer's) the
+        first time it is needed and kept, so a stage draws once."""
+        if self._hft_mask is None:
+            self._hft_mask = select(self._hft_target(model), self._hft_config)
+        return self._hft_mask
 
     def _hft_target(self, model=None):
         """The model the mask is drawn for: an HFTModel's wrapped model, else the model."""
         model = self.model if model is None else model
-        return model.base_model if _is_hft_model(model) else model
+        return model.base_model if isinstance(model, HFTModel) else model
+
+    def _hft_before_redraw(self, mask: Mask) -> None:
+        """Called with the new mask before the optimizer moves to it (TRL: unshare)."""
 
     @property
     def hft_optimizer(self) -> HFTOptimizer | None:
-        return unwrap_optimizer(self.optimizer)
+        return unwrap_optimizer(getattr(self, "optimizer", None))  # (None while __init__ runs)
 
     @property
-    def hft_mask(self) -> Mask:
+    def hft_mask(self) -> Mask | None:
         """The half that trains now (after a resume or a redraw, the optimizer's)."""
         opt = self.hft_optimizer
         return opt.mask if opt is not None else self._hft_mask
+
+    @property
+    def hft_config(self) -> HFTConfig | None:
+        """The config of the half that trains now; None: HFT is off."""
+        mask = self.hft_mask
+        return mask.config if mask is not None else self._hft_config
 
     def create_optimizer(self, model=None):
         if self.hft_config is None or self._hft_engine is not None:
@@ -364,7 +532,7 @@ class HFTTrainerMixin:
         """Start the next stage: a fresh half for the next ``train()`` call (optimizer kept)."""
         if self.hft_config is None:
             raise HFTError("next_stage() needs HFT turned on (hft_config or --hft)")
-        if _is_hft_model(self.model):
+        if isinstance(self.model, HFTModel):
             raise HFTError(
                 "an HFTModel trains one stage: its save_pretrained() holds that stage's half; "
                 "start the next with get_hft_model(model.merge_and_unload(), "
@@ -373,8 +541,8 @@ class HFTTrainerMixin:
         if self._hft_engine is not None:
             raise sharded.redraw_refusal(self._hft_engine, "next_stage()")
         # from the stage training is at: epoch redraws or a resume may have moved it on
-        self.hft_config = self.hft_mask.config.next_stage()
-        self._hft_mask = select(self._hft_target(), self.hft_config)
+        self._hft_config = self.hft_config.next_stage()
+        self._hft_mask = select(self._hft_target(), self._hft_config)
         opt = self.hft_optimizer
         if opt is not None:
             self.hft_callback.redraw(opt, self._hft_mask)
@@ -387,30 +555,26 @@ class HFTTrainerMixin:
             return super().train(*args, **kwargs)
         resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
         if self._hft_engine is not None and resume:
-            adopted = sharded.adopt_checkpoint_mask(
-                self, resume, self._hft_target(), self._hft_engine
-            )
-            self._hft_mask = adopted or self._hft_mask
+            if resume is True:
+                from transformers.trainer_utils import get_last_checkpoint
+
+                resume = get_last_checkpoint(self.args.output_dir)
+            adopted = sharded.checkpoint_mask(resume, self._hft_target(), self._hft_engine)
+            if adopted is not None:
+                adopted.apply(self._hft_target())
+                self._hft_mask = adopted
         try:
             return super().train(*args, **kwargs)
         finally:
-            if self.state.global_step > 0:  # the next stage's rule reads it (_common.py)
-                from ._common import record_trained_mask
-
+            if self.state.global_step > 0:  # the next stage's rule reads it
                 record_trained_mask(self._hft_target(), self.hft_mask)
 
     def log(self, logs, *args, **kwargs):
-        opt = self.hft_optimizer
-        if opt is not None:
-            logs.update(hft_logs(opt))
-        elif self.hft_config is not None and self._hft_engine is not None:
-            logs.update(sharded.mask_logs(self.hft_mask))
+        if self.hft_optimizer is not None or (
+            self.hft_config is not None and self._hft_engine is not None
+        ):
+            logs.update(hft_logs(self.hft_mask))
         return super().log(logs, *args, **kwargs)
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.hft_config is not None and self._hft_engine is not None:
-            sharded.save_mask_in_checkpoint(self, trial, self.hft_mask)
 
     # ---- saving -------------------------------------------------------------------
 
@@ -422,7 +586,7 @@ class HFTTrainerMixin:
         if self.hft_config is None:
             return super()._save(output_dir, state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not _is_hft_model(self.model):
+        if not isinstance(self.model, HFTModel):
             super()._save(output_dir, state_dict)
             if self.args.should_save:
                 self.hft_mask.save(Path(output_dir) / MASK_NAME)
@@ -447,14 +611,14 @@ class HFTTrainerMixin:
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         target = self.model if model is None else model
-        if _is_hft_model(target) and target.holds_hft_save(resume_from_checkpoint):
+        if isinstance(target, HFTModel) and target.holds_hft_save(resume_from_checkpoint):
             target.load_hft_save(resume_from_checkpoint)
             return None
         return super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_best_model(self):
         best = self.state.best_model_checkpoint
-        if _is_hft_model(self.model) and best and self.model.holds_hft_save(best):
+        if isinstance(self.model, HFTModel) and best and self.model.holds_hft_save(best):
             logger.info(
                 f"Loading the best HFT model from {best} (score: {self.state.best_metric})."
             )

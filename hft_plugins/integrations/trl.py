@@ -10,8 +10,8 @@ front of a TRL trainer class; ``HFTSFTTrainer``, ``HFTDPOTrainer``,
 ``HFTGRPOTrainer``, ``HFTRLOOTrainer``, ``HFTKTOTrainer``, ``HFTRewardTrainer`` and
 ``HFTDistillationTrainer`` are made that way, and :func:`hft_config_class` makes
 the matching ``HFT*Config`` (the TRL config plus ``hft`` and ``hft_<field>`` for
-every HFTConfig field). :func:`get_hft_config` reads those arguments, as TRL's
-``get_peft_config`` reads the PEFT ones.
+every HFTConfig field). ``hft_plugins.get_hft_config`` reads those arguments, as
+TRL's ``get_peft_config`` reads the PEFT ones.
 
 Reference models: where TRL builds the reference itself from the policy's path
 (DPO and KTO without ``ref_model``, GRPO and RLOO with ``beta != 0``), the HFT
@@ -25,6 +25,7 @@ stays the model training started from.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import os
 import sys
@@ -47,12 +48,14 @@ from trl import (
     SFTTrainer,
 )
 
-from ..core.config import HFTConfig
+from ..core.config import HFTArguments, HFTConfig, get_hft_config
 from ..core.errors import HFTError
 from ..core.mask import Mask
 from ..core.shapes import check_same_shapes, shapes
-from ._common import HFTArguments, config_from_settings, shared_reference, unshare
-from .transformers import _UNSET, HFTTrainerMixin, _is_hft_model
+from .models import RECORD_ATTR
+from .peft_style import HFTModel
+from .sharded import args_engine
+from .transformers import _UNSET, HFTTrainerMixin
 
 try:  # TRL 1.16; older releases have no stable distillation trainer
     from trl import DistillationConfig, DistillationTrainer
@@ -60,12 +63,11 @@ except ImportError:  # pragma: no cover - depends on the TRL version
     DistillationConfig = DistillationTrainer = None
 
 __all__ = [
-    "HFTArguments",
     "HFTTRLMixin",
-    "get_hft_config",
     "hft_config_class",
     "hft_trainer",
     "shared_reference",
+    "unshare",
     # generated below, one per TRL trainer
     "HFTSFTConfig",
     "HFTSFTTrainer",
@@ -87,21 +89,6 @@ __all__ = [
 _REFERENCE_TRAINERS = (DPOTrainer, KTOTrainer, GRPOTrainer, RLOOTrainer)
 
 
-def get_hft_config(args) -> HFTConfig | None:
-    """The HFTConfig of an HFT*Config's ``hft`` and ``hft_*`` arguments; None when HFT is off.
-
-    The counterpart of TRL's ``get_peft_config``::
-
-        trainer = HFTDPOTrainer(..., args=training_args, hft_config=get_hft_config(training_args))
-
-    A stage that was not given stays None: the trainer decides it by the stage rule.
-    Arguments without the ``hft`` fields (a plain TRL config) give None.
-    """
-    if not hasattr(args, "hft"):
-        return None
-    return config_from_settings(vars(args), turn_on="--hft")
-
-
 def hft_config_class(config_cls: type) -> type:
     """``config_cls`` (a TRL config dataclass) plus ``hft`` and ``hft_<field>`` per HFTConfig field.
 
@@ -114,17 +101,12 @@ def hft_config_class(config_cls: type) -> type:
         super(cls, self).__post_init__()
         get_hft_config(self)
 
-    def to_hft_config(self) -> HFTConfig | None:
-        """Same as ``get_hft_config(self)`` (kept for older code)."""
-        return get_hft_config(self)
-
     namespace = {
         "__module__": __name__,
         "__qualname__": name,
         "__doc__": f"TRL's {config_cls.__name__} plus ``hft`` and one ``hft_<field>`` argument "
         "per HFTConfig field (None: not given).",
         "__post_init__": __post_init__,
-        "to_hft_config": to_hft_config,
     }
     cls = dataclass(
         types.new_class(name, (HFTArguments, config_cls), {}, lambda ns: ns.update(namespace))
@@ -134,7 +116,7 @@ def hft_config_class(config_cls: type) -> type:
 
 def _refuse_hft_model(model) -> None:
     """TRL reads ``model.base_model`` as the backbone; an HFTModel's is the whole model."""
-    if _is_hft_model(model):
+    if isinstance(model, HFTModel):
         raise HFTError(
             "TRL trainers cannot take an HFTModel (TRL reads model.base_model as the backbone); "
             "pass model.base_model and hft_config=model.hft_config"
@@ -156,7 +138,7 @@ class HFTTRLMixin(HFTTrainerMixin):
         _refuse_hft_model(kwargs.get("model", args[0] if args else None))
         self._hft_reference = None
         share = self.hft_share_reference and not self._hft_sharded_args(args, kwargs)
-        building = _reference_shared_with(self) if share else _nothing()
+        building = _reference_shared_with(self) if share else contextlib.nullcontext()
         with building:
             super().__init__(*args, hft_config=hft_config, **kwargs)
         given_ref = getattr(self, "ref_model", None)  # passed by name or by position
@@ -165,14 +147,11 @@ class HFTTRLMixin(HFTTrainerMixin):
         if self._hft_reference is not None:
             # The mixin may apply another mask than the one drawn for the reference (that of an
             # HFTOptimizer in optimizers=): nothing it trains may be shared.
-            self._unshare_reference(self._hft_mask)
-            self.hft_callback.before_redraw.append(self._unshare_reference)
+            self._hft_before_redraw(self.hft_mask)
 
     def _hft_sharded_args(self, args, kwargs) -> bool:
         """Under DeepSpeed ZeRO / FSDP2 the reference is not shared with the policy: the
         engine partitions each model's parameters on its own, so TRL builds its own copy."""
-        from .sharded import args_engine
-
         bound = inspect.signature(super(HFTTrainerMixin, self).__init__).bind_partial(
             *args, **kwargs
         )
@@ -218,15 +197,45 @@ class HFTTRLMixin(HFTTrainerMixin):
                     "holds; pass ref_model= (a copy of the model training started from)"
                 )
 
-    def _unshare_reference(self, mask: Mask) -> None:
-        """Give the reference its own copy of every shared tensor the new mask will train."""
-        params = dict(self.model.named_parameters())
-        unshare(self._hft_reference, [params[name] for name in mask.params()])
+    def _hft_before_redraw(self, mask: Mask) -> None:
+        """Give a shared reference its own copy of every shared tensor ``mask`` will train."""
+        if self._hft_reference is not None:
+            params = dict(self.model.named_parameters())
+            unshare(self._hft_reference, [params[name] for name in mask.params()])
 
 
-@contextlib.contextmanager
-def _nothing():
-    yield
+def shared_reference(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model`` that shares every frozen tensor and buffer with it.
+
+    Only the parameters with ``requires_grad`` (the trainable half, whole fused tensors
+    included) are copied, so the reference costs exactly their bytes.
+    """
+    memo = {id(p): p for p in model.parameters() if not p.requires_grad}
+    memo.update({id(b): b for b in model.buffers()})
+    for module in model.modules():
+        recorded = module.__dict__.get(RECORD_ATTR)
+        if recorded is not None:
+            memo[id(recorded)] = recorded
+    reference = copy.deepcopy(model, memo)
+    for module in reference.modules():
+        # A forward patched onto the instance as a closure (TRL's fused LM head from an
+        # earlier trainer) would still run the policy; the class's forward runs the copy.
+        if isinstance(module.__dict__.get("forward"), types.FunctionType):
+            del module.__dict__["forward"]
+    for param in reference.parameters():
+        param.requires_grad_(False)
+    return reference.eval()
+
+
+def unshare(reference: nn.Module, tensors: list[nn.Parameter]) -> None:
+    """Replace, everywhere in ``reference``, each of ``tensors`` by a private frozen copy."""
+    copies = {id(t): None for t in tensors}
+    for module in reference.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and id(param) in copies:
+                if copies[id(param)] is None:
+                    copies[id(param)] = nn.Parameter(param.detach().clone(), requires_grad=False)
+                module._parameters[name] = copies[id(param)]
 
 
 @contextlib.contextmanager

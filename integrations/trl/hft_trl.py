@@ -22,14 +22,8 @@ from pathlib import Path
 from datasets import load_dataset
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-from hft_plugins import HFTError
-from hft_plugins.integrations.trl import (
-    HFTDPOConfig,
-    HFTDPOTrainer,
-    HFTSFTConfig,
-    HFTSFTTrainer,
-    get_hft_config,
-)
+from hft_plugins import HFTError, get_hft_config
+from hft_plugins.integrations.trl import HFTDPOConfig, HFTDPOTrainer, HFTSFTConfig, HFTSFTTrainer
 
 MODES = {"sft": (HFTSFTConfig, HFTSFTTrainer), "dpo": (HFTDPOConfig, HFTDPOTrainer)}
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from hft_plugins import HFTConfig, HFTError, HFTOptimizer, apply_hft
+from hft_plugins import HFTConfig, HFTError, HFTOptimizer, apply_hft, get_hft_config
 from hft_plugins.integrations import axolotl as hft_axolotl
-from hft_plugins.integrations.axolotl import HFTArgs, check_config, hft_config
+from hft_plugins.integrations.axolotl import HFTArgs, check_config
 from hft_plugins.testing import tiny_model
 
 
@@ -94,7 +94,7 @@ def test_bad_hft_values_are_rejected(cfg, named):
 
 def test_hft_config_ignores_lisa_defaults_of_the_validated_config():
     # axolotl's validated config fills lisa_layers_attribute; only check_config (raw YAML) rejects it
-    assert hft_config({"hft": True, "lisa_layers_attribute": "model.layers"}) == HFTConfig(
+    assert get_hft_config({"hft": True, "lisa_layers_attribute": "model.layers"}) == HFTConfig(
         stage=None
     )
 

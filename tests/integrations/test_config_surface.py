@@ -8,13 +8,12 @@ import warnings
 import pytest
 from trl import SFTConfig, TrlParser
 
-from hft_plugins import HFTConfig, HFTError
+from hft_plugins import HFTConfig, HFTError, get_hft_config
 from hft_plugins.cli import build_parser
+from hft_plugins.core.config import SETTINGS
 from hft_plugins.integrations import trl as hft_trl
-from hft_plugins.integrations._common import SETTINGS
-from hft_plugins.integrations.axolotl import HFTArgs, check_config, hft_config
+from hft_plugins.integrations.axolotl import HFTArgs, check_config
 from hft_plugins.integrations.transformers import HFTTrainer
-from hft_plugins.integrations.trl import get_hft_config
 from hft_plugins.testing import tiny_model, tiny_tokenizer
 from tests.helpers import lm_dataset
 
@@ -89,7 +88,7 @@ def test_axolotl_keys_are_the_fields():
     assert set(HFTArgs.model_fields) == {"hft", *(f"hft_{n}" for n in FIELDS)}
     assert all(spec.default is None for spec in HFTArgs.model_fields.values())
     for name in FIELDS:
-        assert hft_config({"hft": True, f"hft_{name}": OTHER[name]}) == HFTConfig(
+        assert get_hft_config({"hft": True, f"hft_{name}": OTHER[name]}) == HFTConfig(
             **{"stage": None, name: OTHER[name]}
         )
 
@@ -100,7 +99,7 @@ def test_nothing_given_is_hftconfigs_default_everywhere():
     cli = build_parser().parse_args(["inspect", "tiny:llama"])
     from_cli = HFTConfig(**{n: getattr(cli, n) for n in FIELDS})
     assert from_cli == HFTConfig()
-    assert get_hft_config(args) == hft_config({"hft": True}) == HFTConfig(stage=None)
+    assert get_hft_config(args) == get_hft_config({"hft": True}) == HFTConfig(stage=None)
     assert check_config({"hft": True}) == HFTConfig()  # axolotl SFT on a fresh model: stage 0
 
 

@@ -7,6 +7,7 @@ recorder plugin on the registry. Both land in one list, so each test asserts the
 sequence of (event, stage).
 """
 
+import importlib
 import sys
 import types
 
@@ -234,6 +235,9 @@ class _Cfg(dict):
         return self.get(name)
 
 
+PLUGIN_MODULE = "hft_plugins.integrations.axolotl.plugin"
+
+
 @pytest.fixture
 def plugin_class(monkeypatch):
     """HFTPlugin on axolotl's BasePlugin, or, without axolotl, on a stand-in for it."""
@@ -245,7 +249,10 @@ def plugin_class(monkeypatch):
         for name in ("axolotl", "axolotl.integrations"):
             monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
         monkeypatch.setitem(sys.modules, "axolotl.integrations.base", base)
-    return hft_axolotl._build_plugin_class()
+        # the plugin module imported on the stand-in is dropped again afterwards
+        monkeypatch.setitem(sys.modules, PLUGIN_MODULE, None)
+        monkeypatch.delitem(sys.modules, PLUGIN_MODULE)
+    return importlib.import_module(PLUGIN_MODULE).HFTPlugin
 
 
 def test_axolotl_plugin_draws_once_and_ends_its_stage(events, plugin_class, tmp_path):

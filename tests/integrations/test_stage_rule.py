@@ -10,16 +10,16 @@ from datasets import Dataset
 from transformers import TrainingArguments
 from trl import DPOConfig, SFTConfig
 
-from hft_plugins import HFTConfig, HFTError, Mask, select
-from hft_plugins.integrations._common import previous_stage, resolve_stage
+from hft_plugins import HFTConfig, HFTError, Mask, get_hft_config, select
+from hft_plugins.core.stage import decide_stage
 from hft_plugins.integrations.axolotl import check_config
+from hft_plugins.integrations.models import previous_stage
 from hft_plugins.integrations.transformers import HFTTrainer
 from hft_plugins.integrations.trl import (
     HFTDPOConfig,
     HFTDPOTrainer,
     HFTGRPOTrainer,
     HFTSFTTrainer,
-    get_hft_config,
 )
 from hft_plugins.testing import tiny_model, tiny_tokenizer
 from tests.helpers import (
@@ -188,12 +188,12 @@ def test_dpo_from_a_saved_hft_model_directory_follows_on(tmp_path):
     assert sft.hft_config.stage == 3  # SFT on a tuned model follows on as well
 
 
-def test_resolve_stage_reads_the_directory_of_a_path(tmp_path):
+def test_the_stage_rule_reads_the_directory_of_a_path(tmp_path):
     model_dir = saved_tuned_model(tmp_path / "m", stage=0, seed=4)
     found = previous_stage(str(model_dir))
     assert found.mask == Mask.load(model_dir / "hft_mask.json")
-    config = resolve_stage(
-        HFTConfig(stage=None, seed=4), str(model_dir), trainer="X", first_stage=False, how="{n}"
+    config = decide_stage(
+        HFTConfig(stage=None, seed=4), found, trainer="X", first_stage=False, how="{n}"
     )
     assert config.stage == 1
     assert previous_stage(str(tmp_path / "nowhere")) is None

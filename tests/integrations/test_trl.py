@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, SFTConfig, TrlParser
 
-from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
+from hft_plugins import HFTConfig, HFTError, HFTOptimizer, get_hft_config, select
 from hft_plugins.integrations.peft_style import get_hft_model
 from hft_plugins.integrations.trl import (
     HFTDPOConfig,
@@ -62,9 +62,9 @@ def test_sft_config_flag_turns_hft_on_and_off(tmp_path):
     parse = TrlParser((HFTSFTConfig,)).parse_args_and_config
     common = ["--output_dir", str(tmp_path), "--use_cpu", "--bf16", "false"]
     (on,) = parse([*common, "--hft", "--hft_ratio", "0.25", "--hft_seed", "4"])
-    assert on.to_hft_config() == HFTConfig(ratio=0.25, seed=4, stage=None)  # stage: the rule
+    assert get_hft_config(on) == HFTConfig(ratio=0.25, seed=4, stage=None)  # stage: the rule
     (off,) = parse(common)
-    assert off.to_hft_config() is None
+    assert get_hft_config(off) is None
     model = tiny_model()
     trainer = HFTSFTTrainer(
         model=model,
@@ -74,7 +74,7 @@ def test_sft_config_flag_turns_hft_on_and_off(tmp_path):
     )
     assert trainer.hft_config is None and all(p.requires_grad for p in model.parameters())
     (dpo,) = TrlParser((HFTDPOConfig,)).parse_args_and_config([*common, "--hft"])
-    assert dpo.to_hft_config() == HFTConfig(stage=None)  # DPO no longer defaults to a stage
+    assert get_hft_config(dpo) == HFTConfig(stage=None)  # DPO no longer defaults to a stage
 
 
 def test_bad_hft_field_fails_at_parse_time(tmp_path):

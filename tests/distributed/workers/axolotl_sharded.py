@@ -49,7 +49,7 @@ def record(result_path: Path, base_dir: Path) -> None:
             events.append(["stage_end", stage])
 
     hft_plugins.registry.manager().register(StageRecorder())
-    from hft_plugins.integrations import axolotl as plugin
+    from hft_plugins.integrations.axolotl import plugin
 
     drawn = {}
     select = plugin.select
