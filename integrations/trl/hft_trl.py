@@ -11,12 +11,10 @@ file of the same keys goes in ``--config``. ``--hft_stage`` may be left out: the
 then follows the one in the model directory's ``hft_mask.json`` (DPO on the SFT output
 is stage 1); SFT on a fresh model starts at 0, DPO on a fresh model needs it given.
 ``--dataset_name`` takes a hub id, a local directory, or a ``.jsonl``/``.json``/
-``.csv``/``.parquet`` file; ``--dataset`` is its deprecated old name.
+``.csv``/``.parquet`` file.
 """
 
 import sys
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import load_dataset
@@ -27,15 +25,6 @@ from hft_plugins.integrations.trl import HFTDPOConfig, HFTDPOTrainer, HFTSFTConf
 
 MODES = {"sft": (HFTSFTConfig, HFTSFTTrainer), "dpo": (HFTDPOConfig, HFTDPOTrainer)}
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-@dataclass
-class OldArguments:
-    """Arguments of earlier versions of this script, still accepted."""
-
-    dataset: str | None = field(
-        default=None, metadata={"help": "Deprecated: use --dataset_name (same values)."}
-    )
 
 
 def load(script: ScriptArguments):
@@ -58,13 +47,8 @@ def main(argv: list[str]) -> None:
             f"usage: hft_trl.py {{{'|'.join(MODES)}}} [options]; --help after the mode lists them"
         )
     config_cls, trainer_cls = MODES[argv[0]]
-    parser = TrlParser((ScriptArguments, config_cls, ModelConfig, OldArguments))
-    script, args, model_args, old = parser.parse_args_and_config(argv[1:])
-    if old.dataset is not None:
-        if script.dataset_name is not None:
-            raise HFTError("--dataset is the old name of --dataset_name; pass only --dataset_name")
-        warnings.warn("--dataset is deprecated; use --dataset_name", FutureWarning, stacklevel=1)
-        script.dataset_name = old.dataset
+    parser = TrlParser((ScriptArguments, config_cls, ModelConfig))
+    script, args, model_args = parser.parse_args_and_config(argv[1:])
     if script.dataset_name is None:
         raise HFTError("--dataset_name is required (a hub id, a directory or a data file)")
     if model_args.model_name_or_path is None:

@@ -119,14 +119,3 @@ def test_trl_script_bad_hft_value_is_one_line(mode, flags, message, tmp_path):
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert f"hft_trl.py: error: {message}" in done.stderr.strip().splitlines()[-1]
-
-
-def test_trl_script_old_dataset_flag_still_works(tmp_path):
-    trl_dir = ROOT / "integrations" / "trl"
-    run(trl_dir / "make_tiny_model.py", tmp_path / "tiny", cwd=ROOT)
-    argv = ["sft", "--model_name_or_path", tmp_path / "tiny", "--dataset", trl_dir / "sft.jsonl"]
-    argv += ["--output_dir", tmp_path / "out", "--use_cpu", "--report_to", "none"]
-    argv += ["--bf16", "false", "--max_steps", "1", "--save_strategy", "no"]
-    done = _script(argv)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "--dataset is deprecated; use --dataset_name" in done.stderr
