@@ -17,7 +17,7 @@ The trainers live in their adapters, each imported when used:
 from .core.config import HFTConfig, get_hft_config
 from .core.errors import HFTError
 from .core.layouts import Layout
-from .core.mask import Mask, select
+from .core.mask import HFTMask, select
 from .core.optim import HFTOptimizer
 from .integrations.peft_style import AutoHFTModelForCausalLM, HFTModel, get_hft_model
 from .registry import hookimpl
@@ -27,9 +27,9 @@ __all__ = [
     "HFTConfig",
     "HFTError",
     "HFTModel",
+    "HFTMask",
     "HFTOptimizer",
     "Layout",
-    "Mask",
     "apply_hft",
     "get_hft_config",
     "get_hft_model",
@@ -39,7 +39,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def apply_hft(model, config: HFTConfig | None = None) -> Mask:
+def apply_hft(model, config: HFTConfig | None = None) -> HFTMask:
     """Draw the mask of ``config`` for ``model`` and apply it; returns the mask."""
     mask = select(model, config)
     mask.apply(model)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hft_plugins import HFTConfig, Mask
+from hft_plugins import HFTConfig, HFTMask
 from hft_plugins.core.units import Part, Partition, Unit
 
 EXPERTS, HIDDEN, FFN = 3, 8, 6
@@ -57,10 +57,10 @@ def units(gate_up_ranges=((0, FFN), (FFN, 2 * FFN)), gate_up_dim: int = 1) -> li
     ]
 
 
-def mask(module: nn.Module, trainable, stage: int = 0, layout_units=None) -> Mask:
+def mask(module: nn.Module, trainable, stage: int = 0, layout_units=None) -> HFTMask:
     """A mask of ``module`` training the units named in ``trainable`` (gate, up, down, norm)."""
     layout_units = layout_units or units()
     shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
     layout = Partition("experts", layout_units, 1, shapes, {})
     keys = {u.key for u in layout_units if u.key.rsplit(".", 1)[-1] in set(trainable)}
-    return Mask(HFTConfig(stage=stage), layout, frozenset(keys))
+    return HFTMask(HFTConfig(stage=stage), layout, frozenset(keys))

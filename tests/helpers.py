@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from hft_plugins.core.mask import Mask
+from hft_plugins.core.mask import HFTMask
 from hft_plugins.core.units import range_view
 
 # TrainingArguments (or a TRL config) keywords for a short reproducible run on CPU: every
@@ -71,7 +71,7 @@ def snapshot(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def assert_half_trained(mask: Mask, before: dict, model) -> None:
+def assert_half_trained(mask: HFTMask, before: dict, model) -> None:
     """Frozen parameters and frozen slices are bit-identical; every trainable tensor moved."""
     plan = mask.params()
     after = dict(model.named_parameters())

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hft_plugins import HFTConfig, Mask, select
+from hft_plugins import HFTConfig, HFTMask, select
 from hft_plugins.cli import main
 from hft_plugins.testing import tiny_model
 from tests.helpers import hub_snapshot, require_real_model
@@ -92,7 +92,7 @@ def test_reset_writes_half_reset_model(saved_models, tmp_path):
     tuned = AutoModelForCausalLM.from_pretrained(saved_models / "tuned")
     reset = AutoModelForCausalLM.from_pretrained(out)
     mask = select(reset, HFTConfig(seed=1))
-    assert Mask.load(out / "hft_reset_mask.json") == mask
+    assert HFTMask.load(out / "hft_reset_mask.json") == mask
     drawn = {
         p.param for u in mask.partition.block_units() if u.key in mask.trainable for p in u.parts
     }

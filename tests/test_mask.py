@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from hft_plugins import HFTConfig, HFTError, Mask, apply_hft, select
+from hft_plugins import HFTConfig, HFTError, HFTMask, apply_hft, select
 from hft_plugins.testing import tiny_model
 
 
@@ -20,7 +20,7 @@ def test_json_round_trip(tmp_path):
     model = tiny_model("gpt2")
     mask = select(model, HFTConfig(strategy="matrix", ratio=0.4, seed=2, stage=3))
     mask.save(tmp_path / "mask.json")
-    loaded = Mask.load(tmp_path / "mask.json")
+    loaded = HFTMask.load(tmp_path / "mask.json")
     assert loaded == mask
     assert loaded.params() == mask.params()
     assert loaded.config == HFTConfig(strategy="matrix", ratio=0.4, seed=2, stage=3)
@@ -53,12 +53,12 @@ def test_corrupt_mask_json(tmp_path, text, match):
     path = tmp_path / "mask.json"
     path.write_text(text)
     with pytest.raises(HFTError, match=match):
-        Mask.load(path)
+        HFTMask.load(path)
 
 
 def test_mask_load_of_a_directory_is_one_line(tmp_path):
     with pytest.raises(HFTError, match=r"^cannot read HFT mask .*: Is a directory$"):
-        Mask.load(tmp_path)
+        HFTMask.load(tmp_path)
 
 
 def test_edited_shapes_fail_the_fingerprint(tmp_path):
@@ -66,7 +66,7 @@ def test_edited_shapes_fail_the_fingerprint(tmp_path):
     data["shapes"]["model.norm.weight"] = [33]
     (tmp_path / "m.json").write_text(json.dumps(data))
     with pytest.raises(HFTError, match="fingerprint does not match"):
-        Mask.load(tmp_path / "m.json")
+        HFTMask.load(tmp_path / "m.json")
 
 
 def test_summary_shows_blocks_and_totals():

@@ -8,7 +8,7 @@ import weakref
 import pytest
 import torch
 
-from hft_plugins import HFTConfig, HFTError, HFTOptimizer, Mask, select
+from hft_plugins import HFTConfig, HFTError, HFTMask, HFTOptimizer, select
 from hft_plugins.core import sliced_grad
 from hft_plugins.core.units import Part
 from hft_plugins.testing import tiny_model
@@ -159,7 +159,7 @@ def test_redraw_keeps_each_group_its_own_weight_decay():
     norms = frozenset(u.key for u in full.partition.units if u.category in ("norm", "final_norm"))
     opt = HFTOptimizer(
         model,
-        Mask(full.config, full.partition, norms),
+        HFTMask(full.config, full.partition, norms),
         torch.optim.AdamW,
         lr=1e-3,
         weight_decay=0.1,
@@ -204,8 +204,8 @@ def test_a_fused_unit_trained_in_both_stages_keeps_its_state(family):
     fused = [u for u in drawn.partition.units if u.block == 0 and u.parts[0].ranges is not None]
     kept, joining = fused[0], fused[1]
     siblings = {u.key for u in fused if u.parts[0].param == kept.parts[0].param}
-    first = Mask(drawn.config, drawn.partition, (drawn.trainable - siblings) | {kept.key})
-    second = Mask(drawn.config.next_stage(), drawn.partition, first.trainable | {joining.key})
+    first = HFTMask(drawn.config, drawn.partition, (drawn.trainable - siblings) | {kept.key})
+    second = HFTMask(drawn.config.next_stage(), drawn.partition, first.trainable | {joining.key})
     opt = HFTOptimizer(model, first, torch.optim.AdamW, lr=1e-2, weight_decay=0.1, fused=True)
     _train(model, opt, 2)
     keys = [f"{p.param}[{p.dim}:{a}:{b}]" for p in kept.parts for a, b in p.ranges]
@@ -271,7 +271,7 @@ def test_state_dict_keys_are_names_and_slices():
 def test_bad_inputs():
     model = tiny_model("llama")
     mask = select(model, HFTConfig())
-    with pytest.raises(HFTError, match="mask must be an hft_plugins Mask"):
+    with pytest.raises(HFTError, match="mask must be an hft_plugins HFTMask"):
         HFTOptimizer(model, {"a": 1})
     with pytest.raises(HFTError, match="optimizer_cls must be a torch optimizer class"):
         HFTOptimizer(model, mask, "adamw")
@@ -312,9 +312,9 @@ def test_repr_and_errors_name_the_wrapped_class_with_its_module():
     bnb_adamw = type("AdamW", (torch.optim.AdamW,), {"__module__": "bitsandbytes.optim.adamw"})
     model = tiny_model("llama")
     opt = HFTOptimizer(model, select(model), bnb_adamw, lr=1e-3)
-    assert repr(opt).startswith("HFTOptimizer(bitsandbytes.optim.adamw.AdamW, Mask(")
+    assert repr(opt).startswith("HFTOptimizer(bitsandbytes.optim.adamw.AdamW, HFTMask(")
     assert repr(HFTOptimizer(model, select(model), lr=1e-3)).startswith(
-        "HFTOptimizer(torch.optim.adamw.AdamW, Mask("
+        "HFTOptimizer(torch.optim.adamw.AdamW, HFTMask("
     )
     with pytest.raises(HFTError, match=r"^bitsandbytes\.optim\.adamw\.AdamW rejected its arg"):
         HFTOptimizer(model, select(model), bnb_adamw, lrr=1e-3)
@@ -460,7 +460,7 @@ def test_a_new_optimizer_replaces_the_previous_ones_hooks(sliced):
     q = "block.0.attn.c_attn[q]"
     assert q not in first.mask.trainable  # so the first optimizer's hook zeroes its range
     drawn = first.mask
-    second_mask = Mask(drawn.config.next_stage(), drawn.partition, drawn.trainable | {q})
+    second_mask = HFTMask(drawn.config.next_stage(), drawn.partition, drawn.trainable | {q})
     second = HFTOptimizer(model, second_mask, lr=1e-2, sliced_grad=sliced)
     assert first.closed and not second.closed
     untouched = tiny_model("gpt2", seed=9)

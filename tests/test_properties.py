@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from hft_plugins import HFTConfig, Mask, select
+from hft_plugins import HFTConfig, HFTMask, select
 from hft_plugins.testing import FAMILIES, tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -106,7 +106,7 @@ seeds = st.integers(0, 2**31 - 1)
 stages = st.integers(0, 50)
 
 
-def _per_block(mask: Mask) -> dict[str, dict[int, tuple[int, int]]]:
+def _per_block(mask: HFTMask) -> dict[str, dict[int, tuple[int, int]]]:
     """category -> block -> (trained matrices, all matrices)."""
     counts: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for unit in mask.partition.block_units():
@@ -229,7 +229,7 @@ def test_outer_parameters_stay_trainable_and_out_of_the_draw(model, seed):
 )
 def test_json_round_trip_is_equal(model, strategy, ratio, seed, stage):
     mask = select(model, HFTConfig(strategy=strategy, ratio=ratio, seed=seed, stage=stage))
-    again = Mask.from_json(json.loads(json.dumps(mask.to_json())))
+    again = HFTMask.from_json(json.loads(json.dumps(mask.to_json())))
     assert again == mask
     assert again.params() == mask.params()
     assert again.fractions() == mask.fractions()

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from hft_plugins import HFTConfig, HFTError, HFTOptimizer, Mask, select
+from hft_plugins import HFTConfig, HFTError, HFTMask, HFTOptimizer, select
 from hft_plugins.integrations.peft_style import MASK_NAME, WEIGHTS_NAME, HFTModel, get_hft_model
 from hft_plugins.integrations.transformers import HFTCallback
 from hft_plugins.testing import tiny_model
@@ -93,20 +93,20 @@ CASES = [
         lambda t, m, o: select(nn.Linear(3, 3)),
         "no transformer blocks found in Linear",
     ),
-    ("mask-missing", lambda t, m, o: Mask.load(t / "none.json"), "no HFT mask at"),
+    ("mask-missing", lambda t, m, o: HFTMask.load(t / "none.json"), "no HFT mask at"),
     (
         "mask-is-a-model-config",
-        lambda t, m, o: Mask.load(_write(t, "config.json", '{"model_type": "llama"}')),
+        lambda t, m, o: HFTMask.load(_write(t, "config.json", '{"model_type": "llama"}')),
         "not an HFT mask: expected format 'hft-mask/1'",
     ),
     (
         "mask-truncated",
-        lambda t, m, o: Mask.load(_truncated_mask(t, m)),
+        lambda t, m, o: HFTMask.load(_truncated_mask(t, m)),
         "corrupt HFT mask",
     ),
     (
         "mask-binary",
-        lambda t, m, o: Mask.load(_write(t, "m.bin", b"\xff\xfe\x00garbage")),
+        lambda t, m, o: HFTMask.load(_write(t, "m.bin", b"\xff\xfe\x00garbage")),
         "corrupt HFT mask",
     ),
     (
@@ -223,10 +223,10 @@ def test_mask_save_killed_midway_keeps_the_previous_mask(tmp_path):
     )
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
     model = tiny_model("llama", num_hidden_layers=2)
-    assert Mask.load(target) == select(model, HFTConfig(stage=0))
+    assert HFTMask.load(target) == select(model, HFTConfig(stage=0))
     stage1 = select(model, HFTConfig(stage=1))
     stage1.save(target)  # the crash's leftover temporary does not stop the next save
-    assert Mask.load(target) == stage1
+    assert HFTMask.load(target) == stage1
 
 
 def test_mask_save_that_fails_midway_keeps_the_previous_mask(tmp_path, monkeypatch):
@@ -243,7 +243,7 @@ def test_mask_save_that_fails_midway_keeps_the_previous_mask(tmp_path, monkeypat
     with pytest.raises(OSError, match="No space left"):
         select(model, HFTConfig(stage=1)).save(target)
     monkeypatch.undo()
-    assert Mask.load(target) == select(model, HFTConfig(stage=0))
+    assert HFTMask.load(target) == select(model, HFTConfig(stage=0))
     assert os.listdir(tmp_path) == ["mask.json"]  # no temporary left behind
 
 
@@ -302,7 +302,7 @@ def test_save_pretrained_killed_after_committing_its_weights_loads_the_new_save(
     for name in loaded.hft_mask.params():
         assert torch.equal(loaded.base_model.get_parameter(name), base[name] + 1.0), name
     loaded.save_pretrained(target)  # rewrites the copies; the dead save's temporaries go
-    assert Mask.load(target / MASK_NAME) == loaded.hft_mask
+    assert HFTMask.load(target / MASK_NAME) == loaded.hft_mask
     assert not [p.name for p in target.iterdir() if p.name.startswith(".")]
 
 

@@ -203,7 +203,7 @@ def test_a_strided_slice_of_a_linear_trains_through_plain_autograd():
     interleave two matrices so) falls back to plain autograd and the optimizer's hook."""
     from torch import nn
 
-    from hft_plugins import Mask
+    from hft_plugins import HFTMask
     from hft_plugins.core.units import Part, Partition, Unit
 
     model = nn.Sequential(nn.Linear(4, 6))
@@ -219,7 +219,7 @@ def test_a_strided_slice_of_a_linear_trains_through_plain_autograd():
         for first, name in enumerate(("even", "odd"))
     ]
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    mask = Mask(
+    mask = HFTMask(
         HFTConfig(), Partition("interleaved", units, 1, shapes, {}), frozenset({"block.0.even"})
     )
     before = model[0].weight.detach().clone()

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .errors import HFTError
-from .mask import Mask
+from .mask import HFTMask
 from .optim import HFTOptimizer
 
 _DEEPSPEED_REDRAW = (
@@ -27,7 +27,7 @@ _DEEPSPEED_REDRAW = (
 )
 
 
-def redraw(optimizer: HFTOptimizer, mask: Mask, model: nn.Module | None = None) -> None:
+def redraw(optimizer: HFTOptimizer, mask: HFTMask, model: nn.Module | None = None) -> None:
     """``optimizer.redraw(mask)``, then re-register DDP's gradient sync for the new half.
 
     ``model`` is the wrapped model the training loop calls (a DDP module, or the plain

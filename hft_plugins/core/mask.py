@@ -73,7 +73,7 @@ def _tied_overrides(model: nn.Module, partitioned: Partition, config: HFTConfig)
     return notes
 
 
-def select(model: nn.Module, config: HFTConfig | None = None) -> Mask:
+def select(model: nn.Module, config: HFTConfig | None = None) -> HFTMask:
     """Draw the mask of ``config`` (default: the paper's rule at 0.5) for ``model``."""
     config = config or HFTConfig()
     if not isinstance(config, HFTConfig):
@@ -101,7 +101,7 @@ def select(model: nn.Module, config: HFTConfig | None = None) -> Mask:
     for unit in partitioned.units:
         if unit.block is None and getattr(config, _OUTER_FLAGS[unit.category]):
             chosen.add(unit.key)
-    mask = Mask(config, partitioned, frozenset(chosen))
+    mask = HFTMask(config, partitioned, frozenset(chosen))
     done, total = mask.fractions()["blocks"]
     if abs(done / total - config.ratio) > RATIO_TOLERANCE:
         _warn_once(
@@ -114,7 +114,7 @@ def select(model: nn.Module, config: HFTConfig | None = None) -> Mask:
     return mask
 
 
-class Mask:
+class HFTMask:
     """A drawn half: units of a model and which of them train."""
 
     def __init__(self, config: HFTConfig, partition: Partition, trainable: frozenset[str]):
@@ -309,7 +309,7 @@ class Mask:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> Mask:
+    def from_json(cls, data: dict) -> HFTMask:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise HFTError(f"not an HFT mask: expected format {FORMAT!r}")
         try:
@@ -348,7 +348,7 @@ class Mask:
         atomic_write_text(Path(path), json.dumps(self.to_json()))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Mask:
+    def load(cls, path: str | os.PathLike) -> HFTMask:
         try:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:
@@ -361,7 +361,7 @@ class Mask:
 
     def __eq__(self, other) -> bool:
         return (
-            isinstance(other, Mask)
+            isinstance(other, HFTMask)
             and self.config == other.config
             and self.fingerprint == other.fingerprint
             and self.trainable == other.trainable
@@ -370,7 +370,7 @@ class Mask:
     def __repr__(self) -> str:
         done, total = self.fractions()["blocks"]
         return (
-            f"Mask(strategy={self.config.strategy!r}, stage={self.config.stage}, "
+            f"HFTMask(strategy={self.config.strategy!r}, stage={self.config.stage}, "
             f"blocks trainable {done}/{total})"
         )
 

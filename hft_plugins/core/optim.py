@@ -26,7 +26,7 @@ from torch import nn
 from ..registry import notify
 from . import sliced_grad
 from .errors import HFTError
-from .mask import Mask
+from .mask import HFTMask
 from .units import Part, Slices, range_view
 
 try:
@@ -240,7 +240,7 @@ class HFTOptimizer(torch.optim.Optimizer):
     def __init__(
         self,
         model: nn.Module,
-        mask: Mask,
+        mask: HFTMask,
         optimizer_cls=torch.optim.AdamW,
         *,
         sliced_grad: bool = True,
@@ -248,8 +248,8 @@ class HFTOptimizer(torch.optim.Optimizer):
     ):
         if not isinstance(sliced_grad, bool):
             raise HFTError(f"sliced_grad must be True or False, got {sliced_grad!r}")
-        if not isinstance(mask, Mask):
-            raise HFTError(f"mask must be an hft_plugins Mask, got {type(mask).__name__}")
+        if not isinstance(mask, HFTMask):
+            raise HFTError(f"mask must be an hft_plugins HFTMask, got {type(mask).__name__}")
         if not (
             isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)
         ):
@@ -278,7 +278,7 @@ class HFTOptimizer(torch.optim.Optimizer):
         self.state = self.inner.state
         self.defaults = self.inner.defaults
 
-    def _prepare(self, mask: Mask) -> tuple[list[_Entry], torch.optim.Optimizer]:
+    def _prepare(self, mask: HFTMask) -> tuple[list[_Entry], torch.optim.Optimizer]:
         """The tensors to step and the wrapped optimizer over them; the model is untouched."""
         mask.check(self.model)
         params = dict(self.model.named_parameters())
@@ -316,7 +316,7 @@ class HFTOptimizer(torch.optim.Optimizer):
                 f"{sorted(self.optimizer_kwargs)}: {exc}"
             ) from None
 
-    def _attach(self, mask: Mask, entries: list[_Entry], inner: torch.optim.Optimizer) -> None:
+    def _attach(self, mask: HFTMask, entries: list[_Entry], inner: torch.optim.Optimizer) -> None:
         """Freeze by ``mask``, and give the model the sliced backward and gradient hooks."""
         mask.apply(self.model)
         if self.sliced_grad:
@@ -396,11 +396,11 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     # ---- stages ------------------------------------------------------------
 
-    def redraw(self, mask: Mask) -> None:
+    def redraw(self, mask: HFTMask) -> None:
         """Switch to a new stage's mask: free state of newly frozen parts, keep the rest."""
         self._check_open()
-        if not isinstance(mask, Mask):
-            raise HFTError(f"redraw needs an hft_plugins Mask, got {type(mask).__name__}")
+        if not isinstance(mask, HFTMask):
+            raise HFTError(f"redraw needs an hft_plugins HFTMask, got {type(mask).__name__}")
         mask.check(self.model)
         handed = {id(p) for g in self.inner.param_groups for p in g["params"]}
         if handed != {id(e.tensor) for e in self._entries}:
@@ -509,7 +509,7 @@ class HFTOptimizer(torch.optim.Optimizer):
         """Restore state saved by :meth:`state_dict`; redraws to its mask if it differs."""
         if not isinstance(state_dict, dict) or state_dict.get("format") != FORMAT:
             raise HFTError(f"not an HFT optimizer state: expected format {FORMAT!r}")
-        mask = Mask.from_json(state_dict["mask"])
+        mask = HFTMask.from_json(state_dict["mask"])
         mask.check(self.model)
         saved, current = mask.config, self.mask.config
         if dataclasses.replace(saved, stage=current.stage) != current:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .mask import Mask
+from .mask import HFTMask
 from .shapes import check_same_shapes, shapes
 from .units import range_view
 
 
 @torch.no_grad()
-def half_reset(base_model: nn.Module, tuned_model: nn.Module, mask: Mask) -> nn.Module:
+def half_reset(base_model: nn.Module, tuned_model: nn.Module, mask: HFTMask) -> nn.Module:
     """Copy the base values of ``mask``'s trainable block parts into ``tuned_model``.
 
     Only the block draw is reset; embeddings, heads and the final norm are not part

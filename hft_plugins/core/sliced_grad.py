@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mask import Mask
+from .mask import HFTMask
 from .units import Slices
 
 _ATTR = "_hft_sliced_grad"
@@ -27,7 +27,7 @@ _ATTR = "_hft_sliced_grad"
 _MAX_NARROWED_RANGES = 4
 
 
-def install(model: nn.Module, mask: Mask) -> list[str]:
+def install(model: nn.Module, mask: HFTMask) -> list[str]:
     """Give every partly trainable projection of ``mask`` the sliced backward; returns their names."""
     uninstall(model)
     plan = mask.params()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .config import HFTConfig
 from .errors import HFTError
-from .mask import Mask
+from .mask import HFTMask
 
 # The mask of the half a saved model trained; a next stage's rule reads this file.
 MASK_NAME = "hft_mask.json"
@@ -29,7 +29,7 @@ MASK_NAME = "hft_mask.json"
 class PreviousStage:
     """The mask of a model's previous HFT stage and where it was found."""
 
-    mask: Mask
+    mask: HFTMask
     source: str
 
 

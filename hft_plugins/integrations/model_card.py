@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from ..core.mask import Mask
+from ..core.mask import HFTMask
 
 PAPER_URL = "https://arxiv.org/abs/2404.18466"
 HFT_TAG = "hft"
 _CARD_HEADING = "## Half Fine-Tuning (HFT)"
 
 
-def hft_card_section(mask: Mask) -> str:
+def hft_card_section(mask: HFTMask) -> str:
     """The model card's HFT section: the draw and the trainable fraction, with the paper."""
     c = mask.config
     done, total = mask.fractions()["total"]
@@ -32,7 +32,7 @@ def hft_card_section(mask: Mask) -> str:
 
 
 def hft_model_card(
-    existing: str | None, mask: Mask, base_model: str | None = None, tags: Iterable[str] = ()
+    existing: str | None, mask: HFTMask, base_model: str | None = None, tags: Iterable[str] = ()
 ) -> str:
     """``existing`` model card text (or a new card) with the ``hft`` tag and the HFT section.
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..core.errors import HFTError
-from ..core.mask import Mask
+from ..core.mask import HFTMask
 from ..core.stage import MASK_NAME, PreviousStage
 
 __all__ = [
@@ -225,7 +225,7 @@ def model_file(model, filename: str) -> Path | None:
 RECORD_ATTR = "_hft_trained_mask"
 
 
-def record_trained_mask(model, mask: Mask) -> None:
+def record_trained_mask(model, mask: HFTMask) -> None:
     """Note on ``model`` that it was trained with ``mask`` (read by the next stage's rule)."""
     setattr(model, RECORD_ATTR, mask)
 
@@ -238,10 +238,10 @@ def previous_stage(model) -> PreviousStage | None:
         return None
     if not isinstance(model, str | os.PathLike):
         recorded = model.__dict__.get(RECORD_ATTR) if hasattr(model, "__dict__") else None
-        if isinstance(recorded, Mask):
+        if isinstance(recorded, HFTMask):
             return PreviousStage(recorded, "recorded on the model by its last HFT training")
     found = model_file(model, MASK_NAME)
-    return PreviousStage(Mask.load(found), str(found)) if found is not None else None
+    return PreviousStage(HFTMask.load(found), str(found)) if found is not None else None
 
 
 def _gguf_source(model) -> str | None:

@@ -27,7 +27,7 @@ from torch import nn
 from ..core.atomic import atomic_files
 from ..core.config import HFTConfig, checked_config
 from ..core.errors import HFTError
-from ..core.mask import Mask, select
+from ..core.mask import HFTMask, select
 from ..core.optim import release
 from ..core.stage import MASK_NAME
 from ..core.units import Slices, range_view
@@ -64,13 +64,13 @@ def reject_peft(model: nn.Module) -> None:
         )
 
 
-def _pieces(mask: Mask, model: nn.Module) -> dict[str, torch.Tensor]:
+def _pieces(mask: HFTMask, model: nn.Module) -> dict[str, torch.Tensor]:
     """Tensor key -> view of what trains: whole tensors by name, slices as ``name[dim:a:b]``."""
     params = dict(model.named_parameters())
     return _cut(mask, lambda name: params[name].detach())
 
 
-def _cut(mask: Mask, tensor_of) -> dict[str, torch.Tensor]:
+def _cut(mask: HFTMask, tensor_of) -> dict[str, torch.Tensor]:
     out = {}
     for name, slices in mask.params().items():
         tensor = tensor_of(name)
@@ -88,7 +88,7 @@ def _slice_key(name: str, slices: Slices, a: int, b: int) -> str:
     return f"{name}[{slices.dim}:{a}:{b}{step}]"
 
 
-def _of_state_dict(mask: Mask, state_dict: dict) -> dict[str, torch.Tensor]:
+def _of_state_dict(mask: HFTMask, state_dict: dict) -> dict[str, torch.Tensor]:
     """What trains, taken from a full state dict (the model's, or the HFTModel's keys)."""
     prefix = "base_model." if all(k.startswith("base_model.") for k in state_dict) else ""
 
@@ -119,7 +119,7 @@ def _save_directory(model_id, subfolder, **hub) -> Path:
     return Path(root) / subfolder if subfolder else Path(root)
 
 
-def _read_save(directory: Path) -> tuple[Mask, dict[str, torch.Tensor]]:
+def _read_save(directory: Path) -> tuple[HFTMask, dict[str, torch.Tensor]]:
     """The mask and tensors of an HFT save. The weights file carries the mask it was saved
     with; ``hft_mask.json`` is its readable copy."""
     weights = directory / WEIGHTS_NAME
@@ -134,13 +134,13 @@ def _read_save(directory: Path) -> tuple[Mask, dict[str, torch.Tensor]]:
     if "hft_mask" not in metadata:
         raise HFTError(f"corrupt HFT save {weights}: it carries no mask")
     try:
-        mask = Mask.from_json(json.loads(metadata["hft_mask"]))
+        mask = HFTMask.from_json(json.loads(metadata["hft_mask"]))
     except json.JSONDecodeError as exc:
         raise HFTError(f"corrupt HFT save {weights}: its mask: {exc}") from None
     readable = directory / MASK_NAME
     if readable.is_file():
         try:
-            same = Mask.load(readable) == mask
+            same = HFTMask.load(readable) == mask
         except HFTError:
             same = False
         if not same:
@@ -156,7 +156,7 @@ def _read_save(directory: Path) -> tuple[Mask, dict[str, torch.Tensor]]:
 class HFTModel(nn.Module):
     """A model training one HFT half; forwards and answers attributes like the model itself."""
 
-    def __init__(self, model: nn.Module, mask: Mask, *, is_trainable: bool = True):
+    def __init__(self, model: nn.Module, mask: HFTMask, *, is_trainable: bool = True):
         super().__init__()
         if is_trainable:
             mask.apply(model)

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..core.errors import HFTError
-from ..core.mask import Mask
+from ..core.mask import HFTMask
 from ..core.stage import MASK_NAME
 from ..core.units import Slices
 
@@ -117,7 +117,7 @@ def check_trainer(engine: str, *, given, hft_model: bool, redraw_every_epoch: bo
         raise redraw_refusal(engine, "redraw_every_epoch")
 
 
-def check_mask(mask: Mask, engine: str) -> None:
+def check_mask(mask: HFTMask, engine: str) -> None:
     """Refuse a mask that trains slices of fused tensors: the engine steps whole tensors."""
     sliced = sorted(name for name, part in mask.params().items() if isinstance(part, Slices))
     if sliced:
@@ -137,7 +137,7 @@ def redraw_refusal(engine: str, what: str = "a redraw inside one run") -> HFTErr
     )
 
 
-def checkpoint_mask(checkpoint, model, engine: str) -> Mask | None:
+def checkpoint_mask(checkpoint, model, engine: str) -> HFTMask | None:
     """The half a resumed run trains: the one saved in the checkpoint's ``hft_mask.json``
     (another stage or seed than the config's, after a redraw or a change of config).
 
@@ -148,7 +148,7 @@ def checkpoint_mask(checkpoint, model, engine: str) -> Mask | None:
     path = Path(str(checkpoint)) / MASK_NAME if checkpoint else None
     if path is None or not path.is_file():
         return None
-    saved = Mask.load(path)
+    saved = HFTMask.load(path)
     saved.check(model)
     check_mask(saved, engine)
     logger.info(

@@ -34,7 +34,7 @@ from ..core.atomic import atomic_write_text
 from ..core.config import HFTConfig, checked_config, get_hft_config
 from ..core.distributed import check_redraw_supported, redraw
 from ..core.errors import HFTError
-from ..core.mask import Mask, select
+from ..core.mask import HFTMask, select
 from ..core.optim import HFTOptimizer, qualified_name
 from ..core.stage import MASK_NAME, decide_stage
 from ..registry import notify
@@ -102,7 +102,12 @@ def _register_bnb_embedding_overrides(model: nn.Module, optimizer_cls, kwargs) -
 
 
 def build_hft_optimizer(
-    model: nn.Module, mask: Mask, optimizer_cls, kwargs: Mapping[str, Any], *, weight_decay: float
+    model: nn.Module,
+    mask: HFTMask,
+    optimizer_cls,
+    kwargs: Mapping[str, Any],
+    *,
+    weight_decay: float,
 ) -> HFTOptimizer:
     """A trainer's optimizer choice as an HFTOptimizer over ``mask``'s half: the one way every
     adapter wraps it (this mixin, and so TRL, and the Axolotl plugin's factory).
@@ -133,7 +138,7 @@ def unwrap_optimizer(optimizer) -> HFTOptimizer | None:
 # ---- what a run says about its half ---------------------------------------------------
 
 
-def start_line(mask: Mask, steps_with: str) -> str:
+def start_line(mask: HFTMask, steps_with: str) -> str:
     """One line: the draw, the trainable fraction and ``steps_with`` (what steps the half)."""
     c = mask.config
     done, total = mask.fractions()["total"]
@@ -153,7 +158,7 @@ def _engine_steps(engine: str) -> str:
     return f"under {engine}: the engine's optimizer over the trainable whole matrices"
 
 
-def hft_logs(mask: Mask) -> dict[str, float]:
+def hft_logs(mask: HFTMask) -> dict[str, float]:
     """What the Trainer's logs get: the trainable fraction of all parameters and the stage."""
     done, total = mask.fractions()["total"]
     return {"hft_trainable_fraction": done / total, "hft_stage": mask.config.stage}
@@ -197,7 +202,7 @@ class HFTCallback(HFTStageCallback):
         redraw_every_epoch: bool = False,
         *,
         trainer: Trainer | None = None,
-        before_redraw: Callable[[Mask], None] | None = None,
+        before_redraw: Callable[[HFTMask], None] | None = None,
     ):
         if not isinstance(redraw_every_epoch, bool):
             raise HFTError(f"redraw_every_epoch must be true or false, got {redraw_every_epoch!r}")
@@ -205,7 +210,7 @@ class HFTCallback(HFTStageCallback):
         self.trainer = trainer
         self.before_redraw = before_redraw
 
-    def redraw(self, optimizer: HFTOptimizer, mask: Mask) -> None:
+    def redraw(self, optimizer: HFTOptimizer, mask: HFTMask) -> None:
         """Switch to ``mask``; under DDP the wrapper's gradient sync follows the new half."""
         wrapped = self.trainer.model_wrapped if self.trainer is not None else None
         if wrapped is None and _multi_process():
@@ -255,7 +260,7 @@ class HFTEngineCallback(TrainerCallback):
     is its checkpoint's).
     """
 
-    def __init__(self, engine: str, mask: Callable[[], Mask]):
+    def __init__(self, engine: str, mask: Callable[[], HFTMask]):
         self.engine = engine
         self.mask = mask
 
@@ -314,7 +319,7 @@ class HFTTrainerMixin:
         bound = inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments
         given = unwrap_optimizer((bound.get("optimizers") or (None, None))[0])
         self._hft_config = self._hft_config_of(hft_config, bound, given)
-        self._hft_mask: Mask | None = None  # drawn on first use (_hft_drawn_mask)
+        self._hft_mask: HFTMask | None = None  # drawn on first use (_hft_drawn_mask)
         self._hft_engine: str | None = None  # "DeepSpeed ZeRO-3", "FSDP2": no HFTOptimizer
         self.hft_callback: TrainerCallback | None = None
         if self._hft_config is None:  # hft_config=None, or an HFT*Config with hft off
@@ -463,7 +468,7 @@ class HFTTrainerMixin:
 
     # ---- the half ---------------------------------------------------------------------
 
-    def _hft_drawn_mask(self, model=None) -> Mask:
+    def _hft_drawn_mask(self, model=None) -> HFTMask:
         """The mask of the stage's config: drawn (for ``model``, default the trainer's) the
         first time it is needed and kept, so a stage draws once."""
         if self._hft_mask is None:
@@ -475,7 +480,7 @@ class HFTTrainerMixin:
         model = self.model if model is None else model
         return model.base_model if isinstance(model, HFTModel) else model
 
-    def _hft_before_redraw(self, mask: Mask) -> None:
+    def _hft_before_redraw(self, mask: HFTMask) -> None:
         """Called with the new mask before the optimizer moves to it (TRL: unshare)."""
 
     @property
@@ -483,7 +488,7 @@ class HFTTrainerMixin:
         return unwrap_optimizer(getattr(self, "optimizer", None))  # (None while __init__ runs)
 
     @property
-    def hft_mask(self) -> Mask | None:
+    def hft_mask(self) -> HFTMask | None:
         """The half that trains now (after a resume or a redraw, the optimizer's)."""
         opt = self.hft_optimizer
         return opt.mask if opt is not None else self._hft_mask

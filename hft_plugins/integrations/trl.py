@@ -50,7 +50,7 @@ from trl import (
 
 from ..core.config import HFTArguments, HFTConfig, get_hft_config
 from ..core.errors import HFTError
-from ..core.mask import Mask
+from ..core.mask import HFTMask
 from ..core.shapes import check_same_shapes, shapes
 from .models import RECORD_ATTR
 from .peft_style import HFTModel
@@ -186,7 +186,7 @@ class HFTTRLMixin(HFTTrainerMixin):
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         if not isinstance(state, dict) or "mask" not in state:
             return  # HFTOptimizer.load_state_dict refuses it with one line
-        saved = Mask.from_json(state["mask"])
+        saved = HFTMask.from_json(state["mask"])
         shared = {id(p) for p in self._hft_reference.parameters()}
         params = dict(self.model.named_parameters())
         for name in saved.params():
@@ -197,7 +197,7 @@ class HFTTRLMixin(HFTTrainerMixin):
                     "holds; pass ref_model= (a copy of the model training started from)"
                 )
 
-    def _hft_before_redraw(self, mask: Mask) -> None:
+    def _hft_before_redraw(self, mask: HFTMask) -> None:
         """Give a shared reference its own copy of every shared tensor ``mask`` will train."""
         if self._hft_reference is not None:
             params = dict(self.model.named_parameters())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hft_plugins import Mask
+from hft_plugins import HFTMask
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def _same_on_all_ranks(ranks, snapshot) -> bool:
 
 def test_ddp_trains_the_half_and_ranks_agree(ddp_runs):
     ranks = ddp_runs["rebuild"]["ranks"]
-    trainable = set(Mask.from_json(ddp_runs["rebuild"]["masks"][0]).params())
+    trainable = set(HFTMask.from_json(ddp_runs["rebuild"]["masks"][0]).params())
     assert _same_on_all_ranks(ranks, "stage0")
     start, after = ranks[0]["snapshots"]["start"], ranks[0]["snapshots"]["stage0"]
     for name in start:
@@ -43,7 +43,7 @@ def test_ddp_redraw_trains_the_new_half_in_sync(ddp_runs):
     run = ddp_runs["rebuild"]
     ranks = run["ranks"]
     assert [r["error"] for r in ranks] == [None, None]
-    old, new = (set(Mask.from_json(m).params()) for m in run["masks"])
+    old, new = (set(HFTMask.from_json(m).params()) for m in run["masks"])
     newly_trainable = new - old
     assert newly_trainable and old - new  # the redraw really changed the half
     assert _same_on_all_ranks(ranks, "stage1")

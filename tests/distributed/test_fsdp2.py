@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from hft_plugins import Mask
+from hft_plugins import HFTMask
 
 FAMILIES = ("llama", "phi3", "gpt2", "gpt_oss")  # whole; fused rows; fused columns; strided experts
 
@@ -25,7 +25,7 @@ def fsdp2_runs(tmp_path_factory, torchrun):
     }
 
 
-def _trainable_rows(mask: Mask) -> dict[str, torch.Tensor]:
+def _trainable_rows(mask: HFTMask) -> dict[str, torch.Tensor]:
     """Parameter name -> boolean tensor of its trainable elements."""
     plan = mask.params()
     where = {}
@@ -41,7 +41,7 @@ def _trainable_rows(mask: Mask) -> dict[str, torch.Tensor]:
     return where
 
 
-def _check_stage(mask: Mask, start, sharded, single) -> None:
+def _check_stage(mask: HFTMask, start, sharded, single) -> None:
     """Sharded == one process (float tolerance); frozen elements bit-identical; the rest moved."""
     trainable = _trainable_rows(mask)
     moved = 0
@@ -56,7 +56,7 @@ def _check_stage(mask: Mask, start, sharded, single) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fsdp2_matches_one_process_and_keeps_the_frozen_half(fsdp2_runs, family):
     weights, info = fsdp2_runs[family]
-    mask = Mask.from_json(info["mask"])
+    mask = HFTMask.from_json(info["mask"])
     units = mask.partition.block_units()
     mixed = {u.block for u in units if u.key in mask.trainable} & {
         u.block for u in units if u.key not in mask.trainable
@@ -68,15 +68,15 @@ def test_fsdp2_matches_one_process_and_keeps_the_frozen_half(fsdp2_runs, family)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fsdp2_redraw_trains_the_new_half(fsdp2_runs, family):
     weights, info = fsdp2_runs[family]
-    mask1 = Mask.from_json(info["mask1"])
-    assert mask1.config.stage == 1 and mask1.trainable != Mask.from_json(info["mask"]).trainable
+    mask1 = HFTMask.from_json(info["mask1"])
+    assert mask1.config.stage == 1 and mask1.trainable != HFTMask.from_json(info["mask"]).trainable
     _check_stage(mask1, weights["sharded0"], weights["sharded"], weights["single"])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fsdp2_optimizer_state_covers_only_trainable_shards(fsdp2_runs, family):
     _, info = fsdp2_runs[family]
-    mask = Mask.from_json(info["mask1"])  # the state after the redraw
+    mask = HFTMask.from_json(info["mask1"])  # the state after the redraw
     keys = set()  # whole tensors by name; fused ones per unit range
     for name, parts in mask.trainable_parts().items():
         if parts is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hft_plugins import Mask
+from hft_plugins import HFTMask
 
 from .test_ddp import _same_on_all_ranks
 
@@ -34,15 +34,15 @@ def test_trainer_runs_ddp_with_unused_parameter_search(run):
 
 def test_trainer_ddp_ranks_agree_and_train_the_half(run):
     ranks = run["ranks"]
-    first, second = (set(Mask.from_json(m).params()) for m in run["masks"])
-    assert Mask.from_json(run["masks"][1]).config.stage == 1 and first != second
+    first, second = (set(HFTMask.from_json(m).params()) for m in run["masks"])
+    assert HFTMask.from_json(run["masks"][1]).config.stage == 1 and first != second
     assert _same_on_all_ranks_plain(ranks, "stage0")
     _check(ranks[0]["start"], ranks[0]["stage0"], first)
 
 
 def test_trainer_ddp_redraw_trains_the_new_half_on_every_rank(run):
     ranks = run["ranks"]
-    second = set(Mask.from_json(run["masks"][1]).params())
+    second = set(HFTMask.from_json(run["masks"][1]).params())
     assert _same_on_all_ranks_plain(ranks, "stage1")
     for rank in ranks:
         _check(rank["stage0"], rank["stage1"], second)

@@ -20,7 +20,7 @@ import torch
 
 pytest.importorskip("deepspeed")
 
-from hft_plugins import Mask  # noqa: E402
+from hft_plugins import HFTMask  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ def fsdp2(tmp_path_factory, torchrun):
 
 def _check_half(run, engine: str) -> None:
     assert run["engine"] == engine
-    mask = Mask.from_json(run["mask"])
+    mask = HFTMask.from_json(run["mask"])
     assert mask.trainable_numel == TRAINABLE and mask.total_numel == TOTAL
     assert all(v is None for v in mask.params().values())  # whole matrices only
     trained = set(mask.params())
@@ -139,7 +139,7 @@ def test_zero3_partitioned_model_trains_the_half(zero3):
 
 def test_zero3_resume_is_bit_exact_with_the_checkpoints_half(zero3):
     straight, resumed = zero3
-    assert Mask.from_json(resumed["mask"]) == Mask.from_json(straight["mask"])  # stage 0 kept
+    assert HFTMask.from_json(resumed["mask"]) == HFTMask.from_json(straight["mask"])  # stage 0 kept
     for name, tensor in straight["final"].items():
         assert torch.equal(tensor, resumed["final"][name]), name
 
@@ -155,7 +155,7 @@ def test_fsdp2_trainer_trains_the_half(fsdp2):
 
 def test_fsdp2_resume_from_sharded_checkpoint_is_bit_exact(fsdp2):
     straight, resumed = fsdp2
-    assert Mask.from_json(resumed["mask"]) == Mask.from_json(straight["mask"])
+    assert HFTMask.from_json(resumed["mask"]) == HFTMask.from_json(straight["mask"])
     for name, tensor in straight["final"].items():
         assert torch.equal(tensor, resumed["final"][name]), name
 

@@ -141,7 +141,7 @@ def test_factory_logs_the_wrapped_class_with_its_module(tmp_path, caplog):
     bnb_adamw = type("AdamW", (torch.optim.AdamW,), {"__module__": "bitsandbytes.optim.adamw"})
     with caplog.at_level("INFO", logger="axolotl.hft_plugins"):
         factory()(trainer.model, **{**kwargs, "optimizer_cls": bnb_adamw})
-    assert "HFT: training with HFTOptimizer(bitsandbytes.optim.adamw.AdamW, Mask(" in caplog.text
+    assert "HFT: training with HFTOptimizer(bitsandbytes.optim.adamw.AdamW, HFTMask(" in caplog.text
 
 
 def test_an_optimizer_factory_cannot_be_wrapped(tmp_path):

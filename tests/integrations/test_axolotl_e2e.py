@@ -23,7 +23,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from hft_plugins import HFTConfig, Mask, select
+from hft_plugins import HFTConfig, HFTMask, select
 
 pytestmark = [pytest.mark.axolotl, pytest.mark.slow]
 
@@ -86,18 +86,18 @@ def _frozen_and_trainable(value: torch.Tensor, slices) -> tuple[list, list]:
     return frozen, trainable
 
 
-def _frozen_tensors(model_dir: Path, mask: Mask) -> list[torch.Tensor]:
+def _frozen_tensors(model_dir: Path, mask: HFTMask) -> list[torch.Tensor]:
     """The whole tensors of a saved model that ``mask`` leaves frozen (not the sliced ones:
     a fused tensor with a trainable slice is trained, and so copied, as a whole)."""
     plan = mask.params()
     return [t for n, t in load_file(model_dir / "model.safetensors").items() if n not in plan]
 
 
-def assert_half_trained(model_dir: Path, out_dir: Path, config: HFTConfig, steps: int) -> Mask:
+def assert_half_trained(model_dir: Path, out_dir: Path, config: HFTConfig, steps: int) -> HFTMask:
     """The saved output of an HFT run: the mask asked for, half moved, optimizer state of that half."""
     from transformers import AutoModelForCausalLM
 
-    mask = Mask.load(out_dir / "hft_mask.json")
+    mask = HFTMask.load(out_dir / "hft_mask.json")
     expected = select(AutoModelForCausalLM.from_pretrained(model_dir), config)
     assert mask == expected and mask.trainable == expected.trainable
     plan = mask.params()
@@ -120,7 +120,7 @@ def assert_half_trained(model_dir: Path, out_dir: Path, config: HFTConfig, steps
     checkpoint = out_dir / f"checkpoint-{steps}"
     saved = torch.load(checkpoint / "optimizer.pt", weights_only=True)
     assert saved["format"] == "hft-optimizer/2"
-    assert Mask.from_json(saved["mask"]) == mask
+    assert HFTMask.from_json(saved["mask"]) == mask
     keys = set()
     for name, parts in mask.trainable_parts().items():  # one state per unit range
         if parts is None:
@@ -154,7 +154,7 @@ def test_dpo_stage_trains_a_new_half_of_the_policy_only(workdir, sft_output):
     _train(workdir, "dpo.yml")
     dpo_output = workdir / "outputs" / "dpo"
     mask = assert_half_trained(sft_output, dpo_output, HFTConfig(stage=1), steps=2)
-    assert mask.trainable != Mask.load(sft_output / "hft_mask.json").trainable
+    assert mask.trainable != HFTMask.load(sft_output / "hft_mask.json").trainable
     log = (dpo_output / "debug.log").read_text()
     assert log.count("HFT: mask applied to the policy model") == 1
     assert "HFT: leaving the reference model untouched" in log

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hft_plugins import HFTConfig, HFTError, Mask
+from hft_plugins import HFTConfig, HFTError, HFTMask
 from hft_plugins.integrations.axolotl import check_config, config_engine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -180,13 +180,13 @@ def _train(work: Path, config: str) -> dict:
     return result
 
 
-def _check_half(work: Path, result: dict, engine: str) -> Mask:
+def _check_half(work: Path, result: dict, engine: str) -> HFTMask:
     from safetensors.torch import load_file
 
     assert result["engine"] == engine
     out = result["out"]
-    mask = Mask.load(out / "hft_mask.json")
-    assert Mask.load(out / "checkpoint-2" / "hft_mask.json") == mask
+    mask = HFTMask.load(out / "hft_mask.json")
+    assert HFTMask.load(out / "checkpoint-2" / "hft_mask.json") == mask
     assert mask.config == HFTConfig(stage=0)
     assert not any(s is not None for s in mask.params().values())  # whole matrices only
     trained = set(mask.params())
@@ -232,7 +232,9 @@ def test_zero2_trains_the_half_with_the_engines_optimizer(workdir):
             resume_from_checkpoint=str(result["out"] / "checkpoint-2"),
         ),
     )
-    assert Mask.load(resumed["out"] / "hft_mask.json") == Mask.load(result["out"] / "hft_mask.json")
+    assert HFTMask.load(resumed["out"] / "hft_mask.json") == HFTMask.load(
+        result["out"] / "hft_mask.json"
+    )
     straight = load_file(result["out"] / "model.safetensors")
     for name, value in load_file(resumed["out"] / "model.safetensors").items():
         assert (value == straight[name]).all(), f"{name} differs after resume"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hft_plugins.core.mask import Mask
+from hft_plugins.core.mask import HFTMask
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true"}
@@ -75,8 +75,8 @@ def test_trl_script_sft_then_dpo(tmp_path):
         *common,
         cwd=ROOT,
     )
-    sft_mask = Mask.load(tmp_path / "sft" / "hft_mask.json")
-    dpo_mask = Mask.load(tmp_path / "dpo" / "hft_mask.json")
+    sft_mask = HFTMask.load(tmp_path / "sft" / "hft_mask.json")
+    dpo_mask = HFTMask.load(tmp_path / "dpo" / "hft_mask.json")
     # neither YAML gives hft_stage: SFT starts at 0, DPO follows the SFT output's mask file
     assert "hft_stage" not in (trl_dir / "dpo.yaml").read_text().split("#")[0]
     assert (sft_mask.config.stage, dpo_mask.config.stage) == (0, 1)

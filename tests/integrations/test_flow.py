@@ -1,4 +1,4 @@
-"""Data flows once: each entry point draws a stage's mask once and hands that Mask on, and
+"""Data flows once: each entry point draws a stage's mask once and hands that HFTMask on, and
 ``stage_begin`` / ``stage_end`` fire exactly once per stage.
 
 The draws are counted by wrapping the strategy lookup inside ``hft_plugins.core.mask.select``
@@ -18,7 +18,7 @@ from trl import DPOConfig, SFTConfig
 
 from hft_plugins import HFTConfig, HFTOptimizer, hookimpl, registry, select
 from hft_plugins.core import catalog
-from hft_plugins.core.mask import Mask
+from hft_plugins.core.mask import HFTMask
 from hft_plugins.integrations import axolotl as hft_axolotl
 from hft_plugins.integrations.peft_style import get_hft_model
 from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer
@@ -116,13 +116,13 @@ def test_an_optimizer_build_works_out_the_masks_params_once(monkeypatch):
     model = tiny_model("phi3")  # fused projections: sliced backward and gradient hooks too
     mask = select(model, HFTConfig())
     calls = []
-    original = Mask._work_out_params
+    original = HFTMask._work_out_params
 
     def counted(self):
         calls.append(self)
         return original(self)
 
-    monkeypatch.setattr(Mask, "_work_out_params", counted)
+    monkeypatch.setattr(HFTMask, "_work_out_params", counted)
     opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-3)
     assert calls == [mask]
     _step(model, opt)
@@ -143,7 +143,7 @@ def test_hf_trainer_draws_once_and_ends_its_stage(events, tmp_path):
     before = snapshot(trainer.model)
     trainer.train()
     assert events == one_stage(0)
-    assert trainer.hft_optimizer.mask is trainer._hft_mask  # the one Mask, handed on
+    assert trainer.hft_optimizer.mask is trainer._hft_mask  # the one HFTMask, handed on
     assert_frozen_half_kept(before, trainer.model, trainer._hft_mask)
     trainer.next_stage()
     trainer.train()

@@ -12,7 +12,7 @@ import pytest
 from transformers import TrainingArguments
 from trl import DPOConfig, SFTConfig
 
-from hft_plugins import HFTConfig, Mask, hookimpl, registry
+from hft_plugins import HFTConfig, HFTMask, hookimpl, registry
 from hft_plugins.integrations.transformers import HFTTrainer
 from hft_plugins.integrations.trl import HFTDPOTrainer, HFTSFTTrainer
 from hft_plugins.testing import tiny_model, tiny_tokenizer
@@ -83,9 +83,9 @@ def test_every_save_and_checkpoint_writes_the_mask(kind, tmp_path):
     trainer.save_model()
     for directory in ("checkpoint-1", "checkpoint-2", "."):
         path = tmp_path / "out" / directory / "hft_mask.json"
-        assert Mask.load(path) == trainer.hft_mask, directory
+        assert HFTMask.load(path) == trainer.hft_mask, directory
     trainer.save_model(str(tmp_path / "elsewhere"))
-    assert Mask.load(tmp_path / "elsewhere" / "hft_mask.json") == trainer.hft_mask
+    assert HFTMask.load(tmp_path / "elsewhere" / "hft_mask.json") == trainer.hft_mask
 
 
 @pytest.mark.parametrize("kind", ["hf", "sft"])

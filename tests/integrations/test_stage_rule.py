@@ -10,7 +10,7 @@ from datasets import Dataset
 from transformers import TrainingArguments
 from trl import DPOConfig, SFTConfig
 
-from hft_plugins import HFTConfig, HFTError, Mask, get_hft_config, select
+from hft_plugins import HFTConfig, HFTError, HFTMask, get_hft_config, select
 from hft_plugins.core.stage import decide_stage
 from hft_plugins.integrations.axolotl import check_config
 from hft_plugins.integrations.models import previous_stage
@@ -191,7 +191,7 @@ def test_dpo_from_a_saved_hft_model_directory_follows_on(tmp_path):
 def test_the_stage_rule_reads_the_directory_of_a_path(tmp_path):
     model_dir = saved_tuned_model(tmp_path / "m", stage=0, seed=4)
     found = previous_stage(str(model_dir))
-    assert found.mask == Mask.load(model_dir / "hft_mask.json")
+    assert found.mask == HFTMask.load(model_dir / "hft_mask.json")
     config = decide_stage(
         HFTConfig(stage=None, seed=4), found, trainer="X", first_stage=False, how="{n}"
     )

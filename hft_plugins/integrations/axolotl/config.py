@@ -23,7 +23,7 @@ from typing import Any
 
 from ...core.config import FLAG, FLAG_HELP, SETTINGS, HFTConfig, get_hft_config
 from ...core.errors import HFTError
-from ...core.mask import Mask
+from ...core.mask import HFTMask
 from ...core.optim import HFTOptimizer
 from ...core.stage import decide_stage
 from .. import sharded
@@ -154,7 +154,7 @@ class HFTOptimizerFactory:
         model,
         training_args=None,
         *,
-        hft_mask: Mask,
+        hft_mask: HFTMask,
         optimizer_cls,
         weight_decay: float = 0.0,
         **kwargs,
@@ -181,7 +181,7 @@ def checked_optimizer_choice(trainer) -> tuple[type, dict[str, Any]]:
     return optimizer_cls, kwargs
 
 
-def optimizer_cls_and_kwargs(trainer, mask: Mask) -> tuple[type, dict[str, Any]]:
+def optimizer_cls_and_kwargs(trainer, mask: HFTMask) -> tuple[type, dict[str, Any]]:
     """The trainer's own optimizer choice, wrapped so that only the mask's half has state."""
     optimizer_cls, kwargs = checked_optimizer_choice(trainer)
     kwargs = {**kwargs, "weight_decay": trainer.args.weight_decay}

@@ -36,7 +36,7 @@ from axolotl.integrations.base import BasePlugin
 
 from ...core.config import HFTConfig, get_hft_config
 from ...core.errors import HFTError
-from ...core.mask import Mask, select
+from ...core.mask import HFTMask, select
 from ...core.stage import MASK_NAME
 from .. import sharded
 from ..models import plain_weights
@@ -62,7 +62,7 @@ class HFTPlugin(BasePlugin):
     def _reset(self):
         self.config: HFTConfig | None = None
         self.policy = None
-        self.mask: Mask | None = None
+        self.mask: HFTMask | None = None
         self.engine: str | None = None  # DeepSpeed ZeRO-2/3, FSDP2: no HFTOptimizer
 
     def get_input_args(self) -> str:
