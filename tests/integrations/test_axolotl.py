@@ -4,6 +4,7 @@ The end-to-end runs of the real ``axolotl train`` CLI are in test_axolotl_e2e.py
 """
 
 import dataclasses
+import subprocess
 import sys
 
 import pytest
@@ -28,6 +29,16 @@ def test_importing_the_module_does_not_import_axolotl():
         pytest.skip("axolotl is already imported in this process")
     assert hft_axolotl.HFTArgs is HFTArgs
     assert "axolotl" not in sys.modules
+
+
+def test_importing_the_adapter_imports_no_pydantic():
+    code = (
+        "import sys, hft_plugins.integrations.axolotl as a\n"
+        "assert 'pydantic' not in sys.modules, 'pydantic imported'\n"
+        "assert a.HFTArgs is a.HFTArgs and 'pydantic' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_args_offer_every_hft_config_field():

@@ -9,11 +9,11 @@ Two modules: :mod:`.config` reads the YAML and builds what the trainer needs (th
 ``hft_*`` keys, the checks, the stage, the engine, the optimizer factory) and imports no
 framework, so it works without axolotl installed; :mod:`.plugin` holds ``HFTPlugin``,
 axolotl's ``BasePlugin`` with HFT's hooks, and is imported when ``HFTPlugin`` is first
-looked up here (axolotl does that when it reads ``plugins:``).
+looked up here (axolotl does that when it reads ``plugins:``). ``HFTArgs`` (pydantic) is
+built when first looked up, too.
 """
 
 from .config import (
-    HFTArgs,
     HFTOptimizerFactory,
     check_config,
     config_engine,
@@ -31,6 +31,10 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    if name == "HFTArgs":  # pydantic, imported only when axolotl reads the schema
+        from .config import args_model
+
+        return args_model()
     if name == "HFTPlugin":
         from .plugin import HFTPlugin
 

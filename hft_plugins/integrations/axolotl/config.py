@@ -1,7 +1,7 @@
 """What the Axolotl plugin reads from an axolotl config, and what it builds for the trainer.
 
-- :data:`HFTArgs`: the YAML keys, ``hft`` and ``hft_<field>`` for every HFTConfig field,
-  as the pydantic model axolotl merges into its config schema;
+- :func:`args_model`: the YAML keys, ``hft`` and ``hft_<field>`` for every HFTConfig field,
+  as the pydantic model axolotl merges into its config schema (the package's ``HFTArgs``);
 - :func:`check_config`: on the raw YAML, before any data or model loads, the options HFT
   conflicts with (adapters, ``unfrozen_parameters``, LISA, per-group learning rates,
   DeepSpeed ZeRO-0/1, FSDP1) fail in one line, and the stage is decided;
@@ -9,12 +9,13 @@
 - :func:`optimizer_cls_and_kwargs`: the trainer's optimizer choice, wrapped by
   :class:`HFTOptimizerFactory` when the trainer builds its optimizer.
 
-No framework is imported at module level (pydantic when the module loads, transformers
-inside the optimizer functions): this works without axolotl installed.
+No framework is imported at module level (pydantic when ``HFTArgs`` is first looked up,
+transformers inside the optimizer functions): this works without axolotl or pydantic installed.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -43,7 +44,8 @@ _CONFLICTS = {
 _LISA = "LISA switches the trainable layers during training; HFT fixes one half per stage"
 
 
-def _args_model():
+@functools.cache
+def args_model():
     """The pydantic model of the YAML keys: ``hft`` and ``hft_<field>``, all optional."""
     from pydantic import Field, create_model
 
@@ -59,9 +61,6 @@ def _args_model():
     model.__module__ = "hft_plugins.integrations.axolotl"  # where the plugin names it
     model.__doc__ = "The YAML keys the HFT plugin adds to axolotl's config schema."
     return model
-
-
-HFTArgs = _args_model()
 
 
 def _run_kind(cfg: Mapping[str, Any]) -> str | None:
