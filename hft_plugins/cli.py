@@ -1,7 +1,7 @@
 """The ``hft`` command: inspect a layout, half-reset a model, list plugins; plugins add more.
 
-``hft demo`` and ``hft bench`` come from the ``hft-bench`` distribution in ``benchmarks/``
-through the ``register_commands`` hook.
+``hft demo`` and ``hft bench`` come from the ``hft-bench`` distribution (the evidence
+harness) through the ``register_commands`` hook.
 """
 
 from __future__ import annotations
@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in HARNESS_COMMANDS and argv[0] not in parser.commands:
         print(
-            f"hft: error: 'hft {argv[0]}' comes with the hft-bench harness: run `make demo` "
-            "in a clone of hft-plugins, or `pip install -e benchmarks` there",
+            f"hft: error: 'hft {argv[0]}' comes with hft-bench, the evidence harness of "
+            "hft-plugins, which is not installed here",
             file=sys.stderr,
         )
         return 2

@@ -81,8 +81,6 @@ __all__ = [
     "HFTKTOTrainer",
     "HFTRewardConfig",
     "HFTRewardTrainer",
-    "HFTDistillationConfig",
-    "HFTDistillationTrainer",
 ]
 
 # TRL trainers that build a reference model from the policy's path when none is given.
@@ -336,3 +334,4 @@ HFTRewardTrainer = hft_trainer(RewardTrainer)
 if DistillationTrainer is not None:
     HFTDistillationConfig = hft_config_class(DistillationConfig)
     HFTDistillationTrainer = hft_trainer(DistillationTrainer)
+    __all__ += ["HFTDistillationConfig", "HFTDistillationTrainer"]

@@ -74,7 +74,7 @@ def test_sft_config_flag_turns_hft_on_and_off(tmp_path):
     )
     assert trainer.hft_config is None and all(p.requires_grad for p in model.parameters())
     (dpo,) = TrlParser((HFTDPOConfig,)).parse_args_and_config([*common, "--hft"])
-    assert get_hft_config(dpo) == HFTConfig(stage=None)  # DPO no longer defaults to a stage
+    assert get_hft_config(dpo) == HFTConfig(stage=None)  # DPO has no default stage
 
 
 def test_bad_hft_field_fails_at_parse_time(tmp_path):
