@@ -52,6 +52,7 @@ __all__ = [
     "build_hft_optimizer",
     "check_optimizer_class",
     "hft_logs",
+    "optimizer_choice",
     "start_line",
     "unwrap_optimizer",
 ]
@@ -99,6 +100,22 @@ def _register_bnb_embedding_overrides(model: nn.Module, optimizer_cls, kwargs) -
     for module in model.modules():
         if isinstance(module, nn.Embedding):
             manager.register_module_override(module, "weight", {"optim_bits": 32})
+
+
+def optimizer_choice(trainer, model, source: str | None = None) -> tuple[type, dict]:
+    """The optimizer class and arguments ``trainer`` would build for ``model`` (its
+    ``optimizer_cls_and_kwargs``, else the TrainingArguments' ``optim``), if HFT can wrap
+    them. ``source`` names the choice in a refusal as the user wrote it (default:
+    ``optimizer_cls_and_kwargs`` or ``optim='...'``)."""
+    optim = str(getattr(trainer.args.optim, "value", trainer.args.optim))
+    if trainer.optimizer_cls_and_kwargs is not None:
+        optimizer_cls, kwargs = trainer.optimizer_cls_and_kwargs
+        source = source or "optimizer_cls_and_kwargs"
+    else:
+        optimizer_cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, model)
+        source = source or f"optim={optim!r}"
+    check_optimizer_class(optimizer_cls, kwargs, source)
+    return optimizer_cls, dict(kwargs)
 
 
 def build_hft_optimizer(
@@ -523,15 +540,7 @@ class HFTTrainerMixin:
 
     def _hft_optimizer_cls_and_kwargs(self, model=None) -> tuple[type, dict]:
         """The optimizer class and arguments the Trainer would use, if HFT can wrap them."""
-        if self.optimizer_cls_and_kwargs is not None:
-            optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
-            source = "optimizer_cls_and_kwargs"
-        else:
-            model = self._hft_target(model)
-            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-            source = f"optim={str(getattr(self.args.optim, 'value', self.args.optim))!r}"
-        check_optimizer_class(optimizer_cls, kwargs, source)
-        return optimizer_cls, dict(kwargs)
+        return optimizer_choice(self, self._hft_target(model))
 
     def next_stage(self) -> HFTConfig:
         """Start the next stage: a fresh half for the next ``train()`` call (optimizer kept)."""

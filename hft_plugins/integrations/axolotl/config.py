@@ -168,16 +168,12 @@ class HFTOptimizerFactory:
 
 
 def checked_optimizer_choice(trainer) -> tuple[type, dict[str, Any]]:
-    """The optimizer class and arguments the trainer would use, if HFT can wrap them."""
-    from ..transformers import check_optimizer_class
+    """The optimizer class and arguments the trainer would use, if HFT can wrap them; a
+    refusal names the YAML's ``optimizer:`` (an axolotl custom optimizer included)."""
+    from ..transformers import optimizer_choice
 
-    if trainer.optimizer_cls_and_kwargs is not None:  # an axolotl custom optimizer
-        optimizer_cls, kwargs = trainer.optimizer_cls_and_kwargs
-    else:
-        optimizer_cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
     optim = str(getattr(trainer.args.optim, "value", trainer.args.optim))
-    check_optimizer_class(optimizer_cls, kwargs, f"optimizer: {optim}")
-    return optimizer_cls, kwargs
+    return optimizer_choice(trainer, trainer.model, f"optimizer: {optim}")
 
 
 def optimizer_cls_and_kwargs(trainer, mask: HFTMask) -> tuple[type, dict[str, Any]]:
