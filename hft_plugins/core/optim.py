@@ -151,7 +151,7 @@ def _local_ranges(name: str, param: torch.Tensor, parts: tuple[Part, ...]):
         first = a if a >= start else a + -(-(start - a) // step) * step  # first index here
         last = min(b, stop)
         local = ((first - start, last - start),) if first < last else ((0, 0),)
-        key = f"{name}[{dim}:{a}:{b}]" if step == 1 else f"{name}[{dim}:{a}:{b}:{step}]"
+        key = Slices(dim, ((a, b),), step).key(name, a, b)
         found.append((key, Slices(dim, local, step if first < last else 1)))
     return found
 

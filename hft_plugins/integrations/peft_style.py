@@ -30,7 +30,7 @@ from ..core.errors import HFTError
 from ..core.mask import HFTMask, select
 from ..core.optim import release
 from ..core.stage import MASK_NAME
-from ..core.units import Slices, range_view
+from ..core.units import range_view
 from .model_card import hft_model_card
 from .models import _first_line, _looks_local, load_model, plain_weights
 
@@ -79,13 +79,8 @@ def _cut(mask: HFTMask, tensor_of) -> dict[str, torch.Tensor]:
         else:
             for a, b in slices.ranges:
                 view = range_view(tensor, slices.dim, a, b, slices.step)
-                out[_slice_key(name, slices, a, b)] = view
+                out[slices.key(name, a, b)] = view
     return out
-
-
-def _slice_key(name: str, slices: Slices, a: int, b: int) -> str:
-    step = f":{slices.step}" if slices.step != 1 else ""
-    return f"{name}[{slices.dim}:{a}:{b}{step}]"
 
 
 def _of_state_dict(mask: HFTMask, state_dict: dict) -> dict[str, torch.Tensor]:
