@@ -161,3 +161,17 @@ def mark_as_gguf(model, gguf_file: str = "model.Q4_1.gguf"):
     model.is_quantized = True
     model.config.quantization_config = config
     return model
+
+
+def unit_coverage(mask: HFTMask, model) -> dict[str, torch.Tensor]:
+    """How many of the mask's units hold each element of each parameter of ``model``."""
+    counts = {n: torch.zeros(p.shape, dtype=torch.int32) for n, p in model.named_parameters()}
+    for unit in mask.partition.units:
+        for part in unit.parts:
+            count = counts[part.param]
+            if part.ranges is None:
+                count += 1
+            else:
+                for a, b in part.ranges:
+                    range_view(count, part.dim, a, b, part.step).add_(1)
+    return counts

@@ -10,34 +10,16 @@ from torch import nn
 
 from hft_plugins import HFTConfig, HFTError, select
 from hft_plugins.testing import tiny_model
+from tests.helpers import unit_coverage
 
 NEW_FAMILIES = ("mixtral", "qwen2_moe", "deepseek_v3", "gpt_oss", "jamba", "bart", "t5")
-
-
-def coverage(mask, model) -> dict[str, torch.Tensor]:
-    """How many units cover each element of each parameter."""
-    counts = {n: torch.zeros(p.shape, dtype=torch.int32) for n, p in model.named_parameters()}
-    for unit in mask.partition.units:
-        for part in unit.parts:
-            count = counts[part.param]
-            if part.ranges is None:
-                count += 1
-                continue
-            for a, b in part.ranges:
-                index = torch.arange(a, b, part.step)
-                count.index_add_(
-                    part.dim,
-                    index,
-                    torch.ones_like(count.index_select(part.dim, index)),
-                )
-    return counts
 
 
 @pytest.mark.parametrize("family", NEW_FAMILIES)
 def test_every_element_is_in_exactly_one_unit_and_each_category_is_half(family):
     model = tiny_model(family)
     mask = select(model, HFTConfig())
-    for name, count in coverage(mask, model).items():
+    for name, count in unit_coverage(mask, model).items():
         assert torch.all(count == 1), name
     blocks = {u.key for u in mask.partition.block_units()}
     block_params = {p.param for u in mask.partition.block_units() for p in u.parts}

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from hft_plugins import HFTConfig, HFTError, select
-from hft_plugins.core.units import range_view
 from hft_plugins.testing import FAMILIES, tiny_model
+from tests.helpers import unit_coverage
 
 EXPECTED_LAYOUT = {
     "llama": "llama",
@@ -50,15 +50,7 @@ def test_category_rule_exact_half_on_every_family(family):
     # excluded): a whole tensor in one unit, or its ranges split among units
     params = dict(model.named_parameters())
     assert {part.param for unit in mask.partition.units for part in unit.parts} == set(params)
-    units_of = {name: torch.zeros(p.shape, dtype=torch.int16) for name, p in params.items()}
-    for unit in mask.partition.units:
-        for part in unit.parts:
-            count = units_of[part.param]
-            if part.ranges is None:
-                count += 1
-            else:
-                for a, b in part.ranges:
-                    range_view(count, part.dim, a, b, part.step).add_(1)
+    units_of = unit_coverage(mask, model)
     for name, count in units_of.items():
         assert (count == 1).all(), (name, sorted(set(count.flatten().tolist())))
 
