@@ -1,16 +1,21 @@
 """Helpers the tests share: training arguments and data for short CPU runs, snapshots and
-the half-trained check, hub repos in the tests' own cache, the real model."""
+the half-trained check, hub repos in the tests' own cache, the real model, and a
+mixture-of-experts block with a mask built by hand."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from hft_plugins import HFTConfig
 from hft_plugins.core.mask import HFTMask
-from hft_plugins.core.units import range_view
+from hft_plugins.core.units import Part, Partition, Unit, range_view
 
 # TrainingArguments (or a TRL config) keywords for a short reproducible run on CPU: every
 # step logged, nothing saved. TRL's configs keep their default of gradient checkpointing on.
@@ -175,3 +180,72 @@ def unit_coverage(mask: HFTMask, model) -> dict[str, torch.Tensor]:
                 for a, b in part.ranges:
                     range_view(count, part.dim, a, b, part.step).add_(1)
     return counts
+
+
+# ---- a mixture-of-experts block as recent transformers fuse it, with a mask built by hand
+# Routed experts are 3-D parameters: gate_up_proj [E, 2F, H] (gate rows, then up rows,
+# along dim 1) and down_proj [E, H, F]. A unit such as "gate" is rows 0..F of dim 1
+# across all experts: a non-contiguous slice of a 3-D tensor.
+
+EXPERTS, EXPERT_HIDDEN, EXPERT_FFN = 3, 8, 6
+
+
+class ExpertsBlock(nn.Module):
+    """Every expert on every token, averaged: enough to give each tensor a gradient."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.norm = nn.LayerNorm(EXPERT_HIDDEN)
+        self.gate_up_proj = nn.Parameter(
+            torch.randn(EXPERTS, 2 * EXPERT_FFN, EXPERT_HIDDEN, generator=g) / 3
+        )
+        self.down_proj = nn.Parameter(
+            torch.randn(EXPERTS, EXPERT_HIDDEN, EXPERT_FFN, generator=g) / 3
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = torch.einsum("th,efh->etf", self.norm(x), self.gate_up_proj).chunk(2, dim=-1)
+        return x + torch.einsum("etf,ehf->th", F.silu(gate) * up, self.down_proj) / EXPERTS
+
+
+def expert_units(
+    gate_up_ranges=((0, EXPERT_FFN), (EXPERT_FFN, 2 * EXPERT_FFN)), gate_up_dim: int = 1
+) -> list[Unit]:
+    """gate and up as ranges of gate_up_proj (by default along dim 1), down and the norm whole."""
+    per_row = EXPERTS * EXPERT_HIDDEN
+    found = [
+        Unit(
+            f"block.0.mlp.experts.{name}",
+            0,
+            "ffn",
+            f"mlp.experts.{name}",
+            (Part("gate_up_proj", gate_up_dim, (rows,)),),
+            per_row * (rows[1] - rows[0]),
+        )
+        for name, rows in zip(("gate", "up"), gate_up_ranges, strict=True)
+    ]
+    down = Unit("block.0.mlp.experts.down", 0, "ffn", "mlp.experts.down", (Part("down_proj"),), 0)
+    norm = Unit("block.0.norm", 0, "norm", "norm", (Part("norm.weight"), Part("norm.bias")), 0)
+    return [
+        *found,
+        dataclasses.replace(down, numel=EXPERTS * EXPERT_HIDDEN * EXPERT_FFN),
+        dataclasses.replace(norm, numel=2 * EXPERT_HIDDEN),
+    ]
+
+
+def expert_mask(module: nn.Module, trainable, stage: int = 0, units=None) -> HFTMask:
+    """A mask of ``module`` training the units named in ``trainable`` (gate, up, down, norm)."""
+    units = units or expert_units()
+    shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
+    partition = Partition("experts", units, 1, shapes, {})
+    keys = {u.key for u in units if u.key.rsplit(".", 1)[-1] in set(trainable)}
+    return HFTMask(HFTConfig(stage=stage), partition, frozenset(keys))
+
+
+def same_on_all_ranks(snapshots: list[dict], snapshot: str) -> bool:
+    """Whether every rank's ``snapshot`` (parameter name -> tensor) equals rank 0's."""
+    first = snapshots[0][snapshot]
+    return all(
+        torch.equal(first[name], other[snapshot][name]) for other in snapshots[1:] for name in first
+    )

@@ -12,7 +12,7 @@ from hft_plugins import HFTConfig, HFTError, HFTMask, HFTOptimizer, select
 from hft_plugins.core import sliced_grad
 from hft_plugins.core.units import Part
 from hft_plugins.testing import tiny_model
-from tests import _experts
+from tests import helpers
 
 STEPS = 20
 
@@ -286,13 +286,11 @@ def test_bad_inputs():
 @pytest.mark.parametrize("gate_up_ranges, dim", [(((0, 7), (6, 12)), 1), (((0, 6), (6, 12)), 0)])
 def test_units_overlapping_or_along_two_dims_are_refused(gate_up_ranges, dim):
     """State is kept per unit range; overlapping ranges would be stepped twice."""
-    module = _experts.Experts()
-    layout_units = _experts.units(gate_up_ranges)
+    module = helpers.ExpertsBlock()
+    units = helpers.expert_units(gate_up_ranges)
     if dim == 0:  # "up" as the first experts instead: another dim of the same tensor
-        layout_units[1] = dataclasses.replace(
-            layout_units[1], parts=(Part("gate_up_proj", 0, ((0, 1),)),)
-        )
-    mask = _experts.mask(module, {"gate", "up"}, layout_units=layout_units)
+        units[1] = dataclasses.replace(units[1], parts=(Part("gate_up_proj", 0, ((0, 1),)),))
+    mask = helpers.expert_mask(module, {"gate", "up"}, units=units)
     with pytest.raises(HFTError, match="units of gate_up_proj have overlapping ranges or ranges"):
         HFTOptimizer(module, mask, torch.optim.AdamW, lr=1e-3)
 

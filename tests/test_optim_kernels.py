@@ -17,7 +17,7 @@ import torch
 from hft_plugins import HFTConfig, HFTOptimizer, select
 from hft_plugins.core.optim import no_decay_names
 from hft_plugins.testing import tiny_model
-from tests import _experts
+from tests import helpers
 
 WEIGHT_DECAY = 0.1
 STEPS = 3
@@ -95,11 +95,11 @@ class Reference:
 def _setup(model_kind: str, device: str):
     """The model, a loss function of the step number, and the two stages' masks."""
     if model_kind == "experts":
-        model = _experts.Experts().to(device)
+        model = helpers.ExpertsBlock().to(device)
 
         def loss(step):
             g = torch.Generator().manual_seed(step)
-            x = torch.randn(10, _experts.HIDDEN, generator=g).to(device)
+            x = torch.randn(10, helpers.EXPERT_HIDDEN, generator=g).to(device)
             return model(x).pow(2).mean()
 
         # gate trains in both stages (a dim-1 slice of a 3-D tensor); up joins in the second
@@ -107,8 +107,8 @@ def _setup(model_kind: str, device: str):
             model,
             loss,
             [
-                _experts.mask(model, {"gate", "down"}),
-                _experts.mask(model, {"gate", "up", "norm"}, stage=1),
+                helpers.expert_mask(model, {"gate", "down"}),
+                helpers.expert_mask(model, {"gate", "up", "norm"}, stage=1),
             ],
         )
     model = tiny_model(model_kind).to(device)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hft_plugins import HFTMask
+from tests.helpers import same_on_all_ranks
 
 
 @pytest.fixture(scope="module")
@@ -18,19 +19,10 @@ def ddp_runs(tmp_path_factory, torchrun):
     return runs
 
 
-def _same_on_all_ranks(ranks, snapshot) -> bool:
-    first = ranks[0]["snapshots"][snapshot]
-    return all(
-        torch.equal(first[name], other["snapshots"][snapshot][name])
-        for other in ranks[1:]
-        for name in first
-    )
-
-
 def test_ddp_trains_the_half_and_ranks_agree(ddp_runs):
     ranks = ddp_runs["rebuild"]["ranks"]
     trainable = set(HFTMask.from_json(ddp_runs["rebuild"]["masks"][0]).params())
-    assert _same_on_all_ranks(ranks, "stage0")
+    assert same_on_all_ranks([r["snapshots"] for r in ranks], "stage0")
     start, after = ranks[0]["snapshots"]["start"], ranks[0]["snapshots"]["stage0"]
     for name in start:
         if name in trainable:
@@ -46,7 +38,7 @@ def test_ddp_redraw_trains_the_new_half_in_sync(ddp_runs):
     old, new = (set(HFTMask.from_json(m).params()) for m in run["masks"])
     newly_trainable = new - old
     assert newly_trainable and old - new  # the redraw really changed the half
-    assert _same_on_all_ranks(ranks, "stage1")
+    assert same_on_all_ranks([r["snapshots"] for r in ranks], "stage1")
     before, after = ranks[0]["snapshots"]["stage0"], ranks[0]["snapshots"]["stage1"]
     for name in before:
         if name in new:
@@ -59,7 +51,7 @@ def test_ddp_without_the_rebuild_breaks(ddp_runs):
     """What the rebuild prevents: DDP still waits for the old half, and ranks drift."""
     ranks = ddp_runs["plain"]["ranks"]
     assert all("Expected to have finished reduction" in r["error"] for r in ranks)
-    assert not _same_on_all_ranks(ranks, "stage1")
+    assert not same_on_all_ranks([r["snapshots"] for r in ranks], "stage1")
 
 
 def test_redraws_that_cannot_work_are_refused_before_anything_changes(ddp_runs):

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from hft_plugins import HFTMask
-
-from .test_ddp import _same_on_all_ranks
+from tests.helpers import same_on_all_ranks
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +35,13 @@ def test_trainer_ddp_ranks_agree_and_train_the_half(run):
     ranks = run["ranks"]
     first, second = (set(HFTMask.from_json(m).params()) for m in run["masks"])
     assert HFTMask.from_json(run["masks"][1]).config.stage == 1 and first != second
-    assert _same_on_all_ranks_plain(ranks, "stage0")
+    assert same_on_all_ranks(ranks, "stage0")
     _check(ranks[0]["start"], ranks[0]["stage0"], first)
 
 
 def test_trainer_ddp_redraw_trains_the_new_half_on_every_rank(run):
     ranks = run["ranks"]
     second = set(HFTMask.from_json(run["masks"][1]).params())
-    assert _same_on_all_ranks_plain(ranks, "stage1")
+    assert same_on_all_ranks(ranks, "stage1")
     for rank in ranks:
         _check(rank["stage0"], rank["stage1"], second)
-
-
-def _same_on_all_ranks_plain(ranks, snapshot) -> bool:
-    return _same_on_all_ranks([{"snapshots": r} for r in ranks], snapshot)
