@@ -63,6 +63,20 @@ def _weights_without_mask(directory: Path) -> None:
     (directory / MASK_NAME).unlink()
 
 
+def _weights_of_format(name: str):
+    """A save whose weights file says it is of format ``name``."""
+
+    def rewrite(directory: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+
+        with safe_open(directory / WEIGHTS_NAME, framework="pt") as f:
+            metadata = {**f.metadata(), "format": name}
+        save_file(load_file(directory / WEIGHTS_NAME), directory / WEIGHTS_NAME, metadata)
+
+    return rewrite
+
+
 def _frozen_state(optimizer, model) -> dict:
     state = optimizer.state_dict()
     frozen = next(n for n, _ in model.named_parameters() if n not in optimizer.mask.params())
@@ -155,6 +169,14 @@ CASES = [
             _saved_hft(t, m, _weights_without_mask),
         ),
         "corrupt HFT save",
+    ),
+    (
+        "hft-save-of-another-format",
+        lambda t, m, o: HFTModel.from_pretrained(
+            tiny_model("llama", num_hidden_layers=2),
+            _saved_hft(t, m, _weights_of_format("hft-model/2")),
+        ),
+        "unsupported HFT save",
     ),
     (
         "hft-save-onto-a-file",

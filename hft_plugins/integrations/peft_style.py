@@ -128,6 +128,11 @@ def _read_save(directory: Path) -> tuple[HFTMask, dict[str, torch.Tensor]]:
         raise HFTError(f"corrupt HFT save {weights}: {exc}") from None
     if "hft_mask" not in metadata:
         raise HFTError(f"corrupt HFT save {weights}: it carries no mask")
+    if metadata.get("format") != FORMAT:
+        raise HFTError(
+            f"unsupported HFT save {weights}: its format is {metadata.get('format')!r}, "
+            f"this version reads {FORMAT!r}"
+        )
     try:
         mask = HFTMask.from_json(json.loads(metadata["hft_mask"]))
     except json.JSONDecodeError as exc:
