@@ -348,10 +348,12 @@ class HFTTrainerMixin:
             self._hft_mask = given.mask
         elif isinstance(model, HFTModel) and model.hft_config == self._hft_config:
             self._hft_mask = model.hft_mask
-        redraw_every_epoch = any(
-            isinstance(cb, HFTCallback) and cb.redraw_every_epoch
-            for cb in bound.get("callbacks") or ()
-        )
+        passed = [cb for cb in bound.get("callbacks") or () if isinstance(cb, HFTCallback)]
+        if len(passed) > 1:
+            raise HFTError(
+                f"callbacks holds {len(passed)} HFTCallbacks; a trainer runs one: pass one"
+            )
+        redraw_every_epoch = bool(passed) and passed[0].redraw_every_epoch
         # DeepSpeed ZeRO / FSDP2: no HFTOptimizer; what they cannot do is refused before the
         # Trainer builds its Accelerator, and again if the Trainer's view differs (sharded.py)
         self._hft_engine = sharded.args_engine(bound.get("args"))

@@ -366,3 +366,15 @@ def test_a_gguf_loaded_model_trains_and_saves_a_normal_checkpoint(tmp_path):
     )
     with pytest.raises(HFTError, match="keeps its GGUF weights quantized .torch.uint8 tensors.; "):
         HFTTrainer(model=packed, args=training_args(tmp_path), hft_config=HFTConfig())
+
+
+def test_two_hft_callbacks_are_refused(tmp_path):
+    with pytest.raises(HFTError) as info:
+        HFTTrainer(
+            model=tiny_model("llama"),
+            args=training_args(tmp_path),
+            train_dataset=lm_dataset(),
+            hft_config=HFTConfig(),
+            callbacks=[HFTCallback(redraw_every_epoch=True), HFTCallback()],
+        )
+    assert str(info.value) == "callbacks holds 2 HFTCallbacks; a trainer runs one: pass one"
