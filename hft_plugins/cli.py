@@ -7,7 +7,6 @@ harness) through the ``register_commands`` hook.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -54,9 +53,8 @@ def _add_selection_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args) -> HFTConfig:
-    return HFTConfig(
-        **{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(HFTConfig)}
-    )
+    """The HFTConfig of the options :func:`_add_selection_args` added."""
+    return HFTConfig(**{setting.field: getattr(args, setting.field) for setting in SETTINGS})
 
 
 def _load_config(args):
