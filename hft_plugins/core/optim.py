@@ -27,7 +27,7 @@ from ..registry import notify
 from . import sliced_grad
 from .errors import HFTError
 from .mask import HFTMask
-from .units import Part, Slices, range_view
+from .units import Part, Slices, range_key, range_view
 
 try:
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -151,7 +151,7 @@ def _local_ranges(name: str, param: torch.Tensor, parts: tuple[Part, ...]):
         first = a if a >= start else a + -(-(start - a) // step) * step  # first index here
         last = min(b, stop)
         local = ((first - start, last - start),) if first < last else ((0, 0),)
-        key = Slices(dim, ((a, b),), step).key(name, a, b)
+        key = range_key(name, dim, a, b, step)
         found.append((key, Slices(dim, local, step if first < last else 1)))
     return found
 

@@ -29,11 +29,11 @@ class Slices:
         """How many indices of ``dim`` the ranges cover."""
         return sum(len(range(a, b, self.step)) for a, b in self.ranges)
 
-    def key(self, name: str, a: int, b: int) -> str:
-        """The name of range ``[a, b)`` of parameter ``name``: ``name[dim:a:b]``, with
-        ``:step`` when it is not 1 (optimizer state and HFT saves are keyed by it)."""
-        step = f":{self.step}" if self.step != 1 else ""
-        return f"{name}[{self.dim}:{a}:{b}{step}]"
+
+def range_key(name: str, dim: int, a: int, b: int, step: int = 1) -> str:
+    """The name of range ``[a, b)`` of parameter ``name`` along ``dim``: ``name[dim:a:b]``,
+    with ``:step`` when it is not 1 (optimizer state and HFT saves are keyed by it)."""
+    return f"{name}[{dim}:{a}:{b}{f':{step}' if step != 1 else ''}]"
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from ..core.errors import HFTError
 from ..core.mask import HFTMask, select
 from ..core.optim import release
 from ..core.stage import MASK_NAME
-from ..core.units import range_view
+from ..core.units import range_key, range_view
 from .model_card import hft_model_card
 from .models import _first_line, _looks_local, load_model, plain_weights
 
@@ -79,7 +79,7 @@ def _cut(mask: HFTMask, tensor_of) -> dict[str, torch.Tensor]:
         else:
             for a, b in slices.ranges:
                 view = range_view(tensor, slices.dim, a, b, slices.step)
-                out[slices.key(name, a, b)] = view
+                out[range_key(name, slices.dim, a, b, slices.step)] = view
     return out
 
 
