@@ -24,7 +24,14 @@ from hft_plugins.integrations.peft_style import get_hft_model
 from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer
 from hft_plugins.integrations.trl import HFTDPOTrainer, HFTSFTTrainer
 from hft_plugins.testing import tiny_model, tiny_tokenizer
-from tests.helpers import CPU_NO_CHECKPOINTING, dpo_data, lm_dataset, sft_data, snapshot
+from tests.helpers import (
+    CPU_NO_CHECKPOINTING,
+    assert_half_trained,
+    dpo_data,
+    lm_dataset,
+    sft_data,
+    snapshot,
+)
 
 DRAW, BEGIN, END = "draw", "stage_begin", "stage_end"
 
@@ -212,9 +219,11 @@ def test_peft_style_model_draws_once(events, tmp_path):
     model = get_hft_model(tiny_model(), HFTConfig())
     assert events == [(DRAW, 0)]
     trainer = HFTTrainer(model=model, args=_args(tmp_path), train_dataset=lm_dataset())
+    before = snapshot(model.base_model)
     trainer.train()
     assert events == one_stage(0)
     assert trainer.hft_optimizer.mask is model.hft_mask
+    assert_half_trained(model.hft_mask, before, model.base_model)
 
 
 def test_peft_style_model_with_its_own_optimizer(events):

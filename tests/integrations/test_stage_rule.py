@@ -144,7 +144,9 @@ def test_sft_and_the_plain_trainer_start_at_stage_0(tmp_path):
         model=tiny_model(), args=args, train_dataset=lm_dataset(), hft_config=HFTConfig(stage=None)
     )
     assert plain.hft_config == HFTConfig()
+    before = snapshot(plain.model)
     plain.train()
+    assert_half_trained(plain.hft_mask, before, plain.model)
     again = HFTTrainer(
         model=plain.model, args=args, train_dataset=lm_dataset(), hft_config=HFTConfig(stage=None)
     )
