@@ -53,6 +53,26 @@ def test_step_reports_every_method_in_both_regimes(tmp_path):
     assert abs(state / fraction - 1) < 0.01  # HFT keeps state for the trainable part only
 
 
+def test_step_targets_say_the_peak_was_not_measured_when_ffts_peak_did_not_rise(capsys):
+    """On a tiny CPU model the peak RSS may not rise above the footprint: FFT's peak is 0."""
+    from hft_bench.step.report import print_targets
+
+    def regime(step_s, peak):
+        return {"step_s": step_s, "fwd_bwd_s": step_s / 2, "opt_s": step_s / 2, "peak_bytes": peak}
+
+    summary = {
+        "fft": {"regimes": {"optimizer": regime(2.0, 0)}, "state_bytes": 800},
+        "hft": {"regimes": {"optimizer": regime(1.0, 4096)}, "state_bytes": 400},
+    }
+    cost = {"forward_gflop": 1.0, "input_grad_gflop": 1.0, "weight_grad_gflop": 1.0}
+    rows = {"fft": {**cost, "optimizer_mb": 2.0}, "hft": {**cost, "optimizer_mb": 1.0}}
+    print_targets("optimizer", summary, rows, fraction=0.5)
+    out = capsys.readouterr().out
+    assert "target peak HFT/FFT <= 0.70: not measured" in out
+    assert "target HFT/FFT <= 0.70 (30% faster): 0.500 MET" in out
+    assert "within 1%: 0.5000 MET" in out
+
+
 def test_hft_bench_step_takes_the_same_options_and_gives_them_to_the_workers():
     pytest.importorskip("hft_bench", reason="the hft-bench harness is not installed")
     import argparse
