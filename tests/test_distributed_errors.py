@@ -167,5 +167,6 @@ def test_fused_slices_are_refused_under_sharding_engines():
     llama = tiny_model("llama", num_hidden_layers=2)
     check_mask(select(llama, HFTConfig()), "DeepSpeed ZeRO-3")  # whole matrices: fine
     gpt2 = tiny_model("gpt2")
-    with pytest.raises(HFTError, match=r"^HFT under FSDP2 trains whole matrices only; .* use|DDP"):
+    with pytest.raises(HFTError, match=r"^HFT under FSDP2 trains whole tensors only; .* use|DDP"):
         check_mask(select(gpt2, HFTConfig()), "FSDP2")
+    check_mask(select(gpt2, HFTConfig(whole_tensors=True)), "FSDP2")  # the fused tensor whole

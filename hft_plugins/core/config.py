@@ -69,6 +69,14 @@ class HFTConfig:
             "modules, fused projections of unknown split); warns. Off: such models are refused."
         },
     )
+    whole_tensors: bool = field(
+        default=False,
+        metadata={
+            "help": "Train or freeze each fused tensor whole (q|k|v, gate|up, routed experts, "
+            "mamba in_proj) as one unit, instead of its logical slices; needed under DeepSpeed "
+            "ZeRO-2/3 and FSDP2, which step whole tensors. Draws another half than off."
+        },
+    )
 
     def __post_init__(self):
         if not isinstance(self.strategy, str) or not self.strategy:
@@ -83,7 +91,13 @@ class HFTConfig:
                 continue  # "not given": a trainer decides it (core/stage.py)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise HFTError(f"{name} must be a non-negative integer, got {value!r}")
-        for name in ("train_embeddings", "train_head", "train_final_norm", "guess_layout"):
+        for name in (
+            "train_embeddings",
+            "train_head",
+            "train_final_norm",
+            "guess_layout",
+            "whole_tensors",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise HFTError(f"{name} must be true or false, got {getattr(self, name)!r}")
 

@@ -80,7 +80,7 @@ def select(model: nn.Module, config: HFTConfig | None = None) -> HFTMask:
         raise HFTError(f"config must be an HFTConfig, got {type(config).__name__}")
     config.require_stage("select()")
     strategy = catalog.strategy(config.strategy)
-    partitioned = partition(model, guess=config.guess_layout)
+    partitioned = partition(model, guess=config.guess_layout, whole_tensors=config.whole_tensors)
     if partitioned.guessed:
         _warn_once(
             model,

@@ -17,7 +17,13 @@ from .layouts import Layout
 from .shapes import shape_of
 from .units import Part, Partition, Unit
 
-__all__ = ["choose_layout", "find_block_stacks", "find_blocks", "partition"]
+__all__ = [
+    "choose_layout",
+    "find_block_stacks",
+    "find_blocks",
+    "merge_shared_tensors",
+    "partition",
+]
 
 
 def _block_like(module: nn.Module) -> bool:
@@ -83,13 +89,15 @@ def _model_type(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "model_type", None)
 
 
-def partition(model: nn.Module, *, guess: bool = False) -> Partition:
+def partition(model: nn.Module, *, guess: bool = False, whole_tensors: bool = False) -> Partition:
     """Sort every parameter of ``model`` into units of a category, block by block.
 
     Each block gets the registered layout that fits it, and what no layout names is
     sorted by role, as the layouts of the model's type teach. Anything that cannot be
     placed or halved raises one HFTError naming it, unless ``guess``: then it trains as
     its own units under "other" (or whole) and the partition lists what was guessed.
+    With ``whole_tensors`` the units that share a tensor are merged into one
+    (:func:`merge_shared_tensors`).
     """
     layouts = catalog.layouts()
     stacks = find_block_stacks(model)
@@ -110,7 +118,52 @@ def partition(model: nn.Module, *, guess: bool = False) -> Partition:
         )
     num_blocks = sum(len(blocks) for _, blocks in stacks)
     units += _outer_units(model, all_named, tied, claimed, shapes)
+    if whole_tensors:
+        units = merge_shared_tensors(units, shapes)
     return Partition("+".join(used), units, num_blocks, shapes, tied, tuple(issues))
+
+
+def merge_shared_tensors(units: list[Unit], shapes: dict[str, tuple[int, ...]]) -> list[Unit]:
+    """The units with every group that shares a tensor merged into one unit of whole tensors.
+
+    q, k and v of one fused ``qkv_proj`` become ``qkv_proj[q+k+v]``; the gate and up of
+    routed experts' ``gate_up_proj`` become ``gate_up_proj[gate+up]``. The merged unit
+    takes the first unit's place, so the order (and every other unit) is unchanged.
+    Sharded engines step whole tensors, so only such a mask can keep its frozen half exact
+    there. Slices of one tensor in two categories cannot be merged: one-line HFTError.
+    """
+    groups: dict[str, list[Unit]] = {}  # first unit's key -> the units merged into it
+    owner: dict[str, str] = {}  # parameter name -> the group that holds it
+    for unit in units:
+        joined = {owner[p.param] for p in unit.parts if p.param in owner}
+        key = min(joined, key=list(groups).index) if joined else unit.key
+        members = groups.setdefault(key, [])
+        for other in sorted(joined - {key}, key=list(groups).index):
+            members += groups.pop(other)
+        members.append(unit)
+        for member in members:
+            owner.update((p.param, key) for p in member.parts)
+    return [
+        _merged(members, shapes) if len(members) > 1 else members[0] for members in groups.values()
+    ]
+
+
+def _merged(members: list[Unit], shapes) -> Unit:
+    first = members[0]
+    categories = sorted({u.category for u in members})
+    if len(categories) > 1:
+        raise HFTError(
+            f"whole_tensors cannot merge {', '.join(u.key for u in members)}: they share a tensor "
+            f"but belong to categories {' and '.join(categories)}"
+        )
+    params = list(dict.fromkeys(p.param for u in members for p in u.parts))
+    stems = {u.name.partition("[")[0] for u in members}
+    if len(stems) == 1:
+        roles = "+".join(u.name.partition("[")[2].rstrip("]") or u.name for u in members)
+        name = f"{stems.pop()}[{roles}]"
+    else:
+        name = "+".join(u.name for u in members)
+    return _unit(first.block, first.category, name, [Part(p) for p in params], shapes)
 
 
 def _tied(named: list[tuple[str, nn.Parameter]]) -> dict[str, str]:

@@ -122,9 +122,10 @@ def check_mask(mask: HFTMask, engine: str) -> None:
     sliced = sorted(name for name, part in mask.params().items() if isinstance(part, Slices))
     if sliced:
         raise HFTError(
-            f"HFT under {engine} trains whole matrices only; this mask trains slices of "
+            f"HFT under {engine} trains whole tensors only; this mask trains slices of "
             f"{len(sliced)} fused tensor(s) (first: {sliced[0]!r}), whose frozen part the "
-            "engine's optimizer would move; train this family with DDP"
+            "engine's optimizer would move; set whole_tensors=True (hft_whole_tensors: true) "
+            "to train or freeze each fused tensor whole, or train with DDP"
         )
 
 

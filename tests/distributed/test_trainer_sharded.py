@@ -25,7 +25,7 @@ from hft_plugins import HFTMask  # noqa: E402
 pytestmark = pytest.mark.slow
 
 TRAINABLE, TOTAL = 49_344, 86_336  # the tiny Llama's default half
-FUSED = r"^HFT under DeepSpeed ZeRO-2 trains whole matrices only; this mask trains slices of 4"
+FUSED = r"^HFT under DeepSpeed ZeRO-2 trains whole tensors only; this mask trains slices of 4"
 
 
 def _run(torchrun, out, *args):
@@ -120,7 +120,7 @@ def test_zero2_trl_dpo_with_its_own_reference_trains_the_half(zero2_dpo):
 def test_zero2_refusals_are_one_line_before_training(zero2_sft):
     seen = zero2_sft["refusals"]
     assert seen["fused"].startswith(FUSED[1:])
-    assert "train this family with DDP" in seen["fused"]
+    assert "set whole_tensors=True (hft_whole_tensors: true)" in seen["fused"]
     assert seen["redraw_every_epoch"].startswith(
         "HFT redraw_every_epoch is not supported under DeepSpeed ZeRO-2"
     )
@@ -162,7 +162,7 @@ def test_fsdp2_resume_from_sharded_checkpoint_is_bit_exact(fsdp2):
 
 def test_fsdp2_refusals(fsdp2):
     seen = fsdp2[0]["refusals"]
-    assert seen["fused"].startswith("HFT under FSDP2 trains whole matrices only")
+    assert seen["fused"].startswith("HFT under FSDP2 trains whole tensors only")
     assert seen["redraw_every_epoch"].startswith(
         "HFT redraw_every_epoch is not supported under FSDP2"
     )

@@ -267,7 +267,7 @@ def test_fused_projections_are_refused_in_one_line_before_training(workdir):
     done = _launch(workdir, config)
     log = done.stdout + done.stderr
     assert done.returncode != 0
-    line = "HFTError: HFT under DeepSpeed ZeRO-2 trains whole matrices only; this mask trains"
+    line = "HFTError: HFT under DeepSpeed ZeRO-2 trains whole tensors only; this mask trains"
     assert line in log, log[-4000:]
-    assert "train this family with DDP" in log
+    assert "set whole_tensors=True (hft_whole_tensors: true)" in log
     assert not (workdir / "outputs" / "zero2-phi3" / "checkpoint-2").exists()

@@ -28,6 +28,7 @@ OTHER = {
     "train_head": False,
     "train_final_norm": False,
     "guess_layout": True,
+    "whole_tensors": True,
 }
 CONFIGS = [getattr(hft_trl, name) for name in hft_trl.__all__ if name.endswith("Config")]
 CPU = ["--output_dir", "/tmp/unused", "--use_cpu", "--bf16", "false"]
