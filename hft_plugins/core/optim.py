@@ -229,8 +229,8 @@ class HFTOptimizer(torch.optim.Optimizer):
     ``HFTOptimizer(model, mask, torch.optim.AdamW, lr=2e-5, weight_decay=0.1)``;
     at a stage boundary ``redraw(new_mask)``. Weight decay goes to the HF
     Trainer's decay group only (biases and norm weights get none, even by default). With
-    ``sliced_grad`` (default) partly trainable fused projections compute their
-    weight gradient only for the trainable slices (see :mod:`hft_plugins.core.sliced_grad`).
+    ``sliced_grad`` (default) partly trainable fused projections and routed experts compute
+    their weight gradient only for the trainable slices (see :mod:`hft_plugins.core.sliced_grad`).
 
     Its gradient hooks and the sliced backward change how the model backpropagates; they
     leave the model with the optimizer: at :meth:`close` (or the end of a ``with`` block),
@@ -343,8 +343,8 @@ class HFTOptimizer(torch.optim.Optimizer):
             # FSDP2 assigns sharded gradients itself; step() hands those to the views
             if not isinstance(entry.param, DTensor):
                 by_param[id(entry.param)].append(entry)
-        # a projection with the sliced backward already leaves its frozen ranges at zero
-        sliced = {f"{m}.weight" if m else "weight" for m in sliced_grad.installed(self.model)}
+        # a tensor with the sliced backward already has its frozen ranges' gradient at zero
+        sliced = set(sliced_grad.installed(self.model))
         self._grad_hooks[:] = [  # in place: the finalizer holds this list
             entries[0].param.register_post_accumulate_grad_hook(
                 _SliceGradHook(

@@ -3,7 +3,7 @@
 Methods: ``fft`` (torch AdamW over everything), ``frozen`` (torch AdamW over the
 mask's requires_grad parameters, nothing else: what hand-freezing gives),
 ``hft`` (HFTOptimizer), ``hft-fullgrad`` (HFTOptimizer with sliced_grad=False:
-the whole weight gradient of fused projections),
+the whole weight gradient of fused projections and experts),
 ``lora`` (PEFT, r=16 on every block projection) and ``badam`` (the badam
 package's BlockOptimizer, one transformer block at a time).
 
@@ -19,7 +19,7 @@ floor: the HFT / FFT step-time ratio a perfect HFT would reach on this machine.
 
 Full size (CPU, about 100M parameters, fp32):  python -m hft_bench.step
 Fused projections (GPT-2 shaped):               python -m hft_bench.step --arch gpt2
-Routed experts (Mixtral shaped, fft/frozen/hft): python -m hft_bench.step --arch moe
+Routed experts (Mixtral shaped, fft/frozen/hft/hft-fullgrad): python -m hft_bench.step --arch moe
 Smoke:  python -m hft_bench.step --hidden 64 --layers 2 --vocab 128 --steps 1 --repeats 1
 (``hft bench step`` takes the same options.)
 

@@ -40,7 +40,7 @@ def cost_model(args) -> dict:
     def optimizer_elements(method: str) -> int:
         if method == "fft":
             return sum(p.numel() for p in params.values())
-        if method == "hft":
+        if method in ("hft", "hft-fullgrad"):  # HFTOptimizer: state for the trained slices
             return mask.trainable_numel
         return sum(params[n].numel() for n in plan)  # whole tensors, sliced or not
 

@@ -20,7 +20,7 @@ MODEL_DIMS = {
 LLAMA_SHAPED = ("llama", "mistral", "qwen2")
 MOE_SKIPPED = {
     "lora": "not run for --arch moe (PEFT's LoRA targets nn.Linear; the experts are 3-D tensors)",
-    "badam": "not run for --arch moe (the MoE row compares fft, frozen and hft only)",
+    "badam": "not run for --arch moe (the MoE row compares fft, frozen, hft and hft-fullgrad)",
 }
 
 
@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> list[argparse.Action]:
             "--methods",
             help="comma list of: "
             + ", ".join(METHODS)
-            + " (default: all but hft-fullgrad; with it for gpt2; moe: fft, frozen, hft)",
+            + " (default: all but hft-fullgrad; with it for gpt2; moe: fft, frozen, hft, hft-fullgrad)",
         ),
         add(
             "--model-impl",
@@ -121,7 +121,7 @@ def finish(args: argparse.Namespace) -> argparse.Namespace:
             args.intermediate = max(1, args.intermediate // args.experts)
     args.timing = args.timing or ("process" if args.device.startswith("cuda") else "interleaved")
     args.regimes = _choices(args.regime, REGIMES, "--regime")
-    default = [m for m in METHODS if m != "hft-fullgrad" or args.arch == "gpt2"]
+    default = [m for m in METHODS if m != "hft-fullgrad" or args.arch in ("gpt2", "moe")]
     if args.arch == "moe":
         default = [m for m in default if m not in MOE_SKIPPED]
     args.method_list = _choices(args.methods, METHODS, "--methods") if args.methods else default
