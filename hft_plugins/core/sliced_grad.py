@@ -295,8 +295,9 @@ class _ExpertProjection(torch.autograd.Function):
 
 
 def _per_expert_gemms(device: torch.device) -> bool:
-    """Whether a GEMM per expert, written straight into the gradient, beats one grouped GEMM
-    and a copy: on CPU, where torch's grouped GEMM is itself slower than such a loop."""
+    """Whether to run a GEMM per expert, written straight into the gradient, rather than one
+    grouped GEMM whose result is copied in: on CPU, where reading the experts' row counts
+    costs no device sync and the copy is the dearer part."""
     return device.type == "cpu"
 
 
