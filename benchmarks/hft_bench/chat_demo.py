@@ -34,6 +34,7 @@ from hft_plugins.core.optim import state_bytes
 from . import chat_eval
 from .common import progress_bar, writable_dir
 from .demo import make_sft_trainer
+from .engine import score_pairs
 
 TASK_PROMPT = 'Define the word "{word}".'
 TASK_SEED = 18  # the draw of the task's words
@@ -93,7 +94,7 @@ class _Probes:
             [chat_eval.text_pair_ids(tokenizer, f.prompt, " " + w)[1] for w in f.wrong]
             for f in chat_eval.FACTS
         ]
-        known = chat_eval.score(base, self.facts, self.pad)
+        known = score_pairs(base, self.facts, self.pad)
         self.known = [i for i, s in enumerate(known) if s.greedy]
         if not self.known:
             raise HFTError("the base model gets none of the world facts right; nothing to keep")
@@ -147,10 +148,10 @@ def evaluate(model, tokenizer, probes: _Probes, size: Size, label: str) -> dict:
         len(probes.task) + len(probes.drift) + len(facts) + len(choices), f"scoring {label}"
     )
     try:
-        task = chat_eval.score(model, probes.task, probes.pad, progress=bar)
-        drift = chat_eval.score(model, probes.drift, probes.pad, progress=bar)
-        known = chat_eval.score(model, facts, probes.pad, progress=bar)
-        ranked = chat_eval.score(model, choices, probes.pad, progress=bar)
+        task = score_pairs(model, probes.task, probes.pad, progress=bar)
+        drift = score_pairs(model, probes.drift, probes.pad, progress=bar)
+        known = score_pairs(model, facts, probes.pad, progress=bar)
+        ranked = score_pairs(model, choices, probes.pad, progress=bar)
     finally:
         bar.close()
     hits, at = 0, 0

@@ -9,8 +9,8 @@
   with the answer): completion NLL and a 4-way multiple choice (the right answer strictly
   the likeliest of the candidates).
 
-Every score is teacher-forced (one forward pass per batch); answers shown to people come
-from greedy generation. Completions are right-padded with ``engine.pad_batch``.
+Every score is teacher-forced (``engine.score_pairs``, one forward pass per batch); answers
+shown to people come from greedy generation.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .engine import IGNORE, pad_batch
+from .engine import Scored
 
 # held-out general prompts: behaviour drift is read on the base's own answers to these
 GENERAL_PROMPTS = (
@@ -106,41 +106,6 @@ def text_pair_ids(tokenizer, prompt: str, completion: str) -> tuple[list[int], l
     if full[: len(head)] != head:
         raise ValueError(f"{prompt!r} does not tokenize as a prefix of its completion")
     return head, full[len(head) :]
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One completion: the sum of its tokens' log-probabilities, how many tokens, and whether
-    greedy decoding from the prompt reproduces it (the argmax is right at every token)."""
-
-    logprob: float
-    tokens: int
-    greedy: bool
-
-
-@torch.no_grad()
-def score(model, pairs, pad_id: int, batch_size: int = 16, progress=None) -> list[Scored]:
-    """Teacher-forced scores of ``(prompt ids, completion ids)`` pairs, in their order."""
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    out: list[Scored | None] = [None] * len(pairs)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        seqs = [pairs[i][0] + pairs[i][1] for i in idx]
-        labels = [[IGNORE] * len(pairs[i][0]) + pairs[i][1] for i in idx]
-        b = pad_batch(seqs, labels, pad_id, IGNORE)
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        logits, target = logits[:, :-1].float(), b["labels"][:, 1:]
-        keep = target != IGNORE
-        logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
-        right = ((logits.argmax(-1) == target) | ~keep).all(-1)
-        for j, i in enumerate(idx):
-            out[i] = Scored((logp[j] * keep[j]).sum().item(), int(keep[j].sum()), bool(right[j]))
-        if progress is not None:
-            progress.update(len(idx))
-    model.train(was_training)
-    return out
 
 
 def pooled_nll(scores: list[Scored]) -> float:

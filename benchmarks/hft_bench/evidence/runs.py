@@ -2,7 +2,7 @@
 
 The methods are those of the forgetting benchmark (``methods.run_stage``: FFT, HFT
 category/layer/matrix, real PEFT LoRA, real BAdam), run with this benchmark's batches
-through ``run_stage``'s ``train`` hook, plus ``fft-replay``: FFT where each training
+through the harness's one loop (``engine.train_steps``), plus ``fft-replay``: FFT where each training
 example is, with probability 1%, a base item (gloss given headword) instead of a task
 item. All use AdamW (no weight decay, constant lr) with a fresh optimizer per stage;
 the batch order depends only on the seed and stage, so methods see the same batches.
@@ -13,17 +13,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import random
 import time
 import warnings
 from pathlib import Path
-
-import torch
 
 from hft_plugins import HFTError
 from hft_plugins.core.atomic import atomic_write_text
 
 from .. import methods as _methods
+from ..engine import Diverged
 from .base import build_model, make_batch
 from .metrics import evaluate
 
@@ -51,52 +49,16 @@ def check_methods(names) -> tuple[str, ...]:
     return names
 
 
-def make_train(replay_items=None, replay: float = 0.0):
-    """A ``train_steps`` for ``run_stage`` on (prompt, completion) items, completion loss."""
-
-    def train(model, optimizer, rows, steps, batch_size, seed, progress=None):
-        rng = random.Random(seed)
-        mix = random.Random(seed + 7_777_777)
-        order: list[int] = []
-        losses = []
-        model.train()
-        for _ in range(steps):
-            if len(order) < batch_size:
-                fresh = list(range(len(rows)))
-                rng.shuffle(fresh)
-                order += fresh
-            picked, order = order[:batch_size], order[batch_size:]
-            items = [rows[i] for i in picked]
-            if replay:
-                items = [
-                    replay_items[mix.randrange(len(replay_items))] if mix.random() < replay else it
-                    for it in items
-                ]
-            loss = model(**make_batch(items)).loss
-            if not torch.isfinite(loss):
-                raise HFTError(f"training loss became {loss.item()} (lr too high?)")
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if progress is not None:
-                progress.update(1, model)
-        return losses
-
-    return train
-
-
 class _Checkpoints:
-    """``progress`` for ``make_train``'s loop: evaluates the model at the listed step counts."""
+    """``after_step`` for the loop: evaluates the model at the listed step counts."""
 
     def __init__(self, at, evalset, t0):
-        self.at, self.evalset, self.t0, self.n, self.scores = set(at), evalset, t0, 0, {}
+        self.at, self.evalset, self.t0, self.scores = set(at), evalset, t0, {}
 
-    def update(self, k, model):
-        self.n += k
-        if self.n in self.at:
+    def __call__(self, step, model, loss):
+        if step in self.at:
             t = time.perf_counter()
-            self.scores[self.n] = (t - self.t0, evaluate(model, self.evalset))
+            self.scores[step] = (t - self.t0, evaluate(model, self.evalset))
             self.t0 += time.perf_counter() - t  # training time excludes evaluations
 
 
@@ -137,7 +99,6 @@ def run_sequence(
     for stage, domain in enumerate(domains):
         t0 = time.perf_counter()
         replay = method == "fft-replay"
-        train = make_train(corpus.splits["base"], REPLAY if replay else 0.0)
         marks = _Checkpoints(eval_at, evalset, t0)
         diverged = False
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -152,13 +113,13 @@ def run_sequence(
                     seed=seed,
                     stage=stage,
                     batch_size=BATCH,
-                    train_steps=train,
                     ratio=ratio,
-                    progress=marks,
+                    to_batch=make_batch,
+                    replay=corpus.splits["base"],
+                    replay_rate=REPLAY if replay else 0.0,
+                    after_step=marks,
                 )
-            except HFTError as exc:
-                if "training loss became" not in str(exc):
-                    raise
+            except Diverged:
                 diverged = True
         for n, (train_s, scores) in sorted(marks.scores.items()):
             records.append(dict(common, steps=n, stage=stage, domain=domain, diverged=False,
