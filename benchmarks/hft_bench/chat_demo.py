@@ -108,34 +108,10 @@ class _Probes:
         self.shown_ids = [chat_eval.chat_prompt_ids(tokenizer, q) for _, q in self.shown]
 
 
-class _TokenBar:
-    """A ``generate`` streamer that advances a progress bar once per generated step."""
-
-    def __init__(self, bar):
-        self.bar, self.prompt_seen = bar, False
-
-    def put(self, value):
-        if self.prompt_seen:
-            self.bar.update(1)
-        self.prompt_seen = True
-
-    def end(self):
-        pass
-
-
 def _generate(model, prompts, probes: _Probes, tokens: int, desc: str):
-    bar = progress_bar(tokens, desc)
-    try:
-        return chat_eval.greedy(
-            model,
-            prompts,
-            pad_id=probes.pad,
-            eos_id=probes.eos,
-            max_new_tokens=tokens,
-            streamer=_TokenBar(bar),
-        )
-    finally:
-        bar.close()
+    return chat_eval.greedy(
+        model, prompts, pad_id=probes.pad, eos_id=probes.eos, max_new_tokens=tokens, desc=desc
+    )
 
 
 def evaluate(model, tokenizer, probes: _Probes, size: Size, label: str) -> dict:

@@ -113,10 +113,28 @@ def pooled_nll(scores: list[Scored]) -> float:
     return -sum(s.logprob for s in scores) / sum(s.tokens for s in scores)
 
 
+class _TokenBar:
+    """A ``generate`` streamer that advances a progress bar once per generated step."""
+
+    def __init__(self, bar):
+        self.bar, self.prompt_seen = bar, False
+
+    def put(self, value):
+        if self.prompt_seen:
+            self.bar.update(1)
+        self.prompt_seen = True
+
+    def end(self):
+        pass
+
+
 @torch.no_grad()
-def greedy(model, prompts, *, pad_id: int, eos_id: int, max_new_tokens: int, streamer=None):
+def greedy(model, prompts, *, pad_id: int, eos_id: int, max_new_tokens: int, desc=None):
     """Greedy continuations of prompt ids (left-padded into one batch), each cut after its
-    first ``eos_id`` (kept) or at ``max_new_tokens``."""
+    first ``eos_id`` (kept) or at ``max_new_tokens``; with ``desc``, a progress bar of the
+    generated steps."""
+    from .common import progress_bar
+
     was_training = model.training
     model.eval()
     width = max(len(p) for p in prompts)
@@ -125,15 +143,20 @@ def greedy(model, prompts, *, pad_id: int, eos_id: int, max_new_tokens: int, str
     for i, p in enumerate(prompts):
         ids[i, width - len(p) :] = torch.tensor(p)
         att[i, width - len(p) :] = 1
-    gen = model.generate(
-        input_ids=ids,
-        attention_mask=att,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=pad_id,
-        eos_token_id=eos_id,
-        streamer=streamer,
-    )[:, width:]
+    bar = None if desc is None else progress_bar(max_new_tokens, desc)
+    try:
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=att,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+            streamer=None if bar is None else _TokenBar(bar),
+        )[:, width:]
+    finally:
+        if bar is not None:
+            bar.close()
     model.train(was_training)
     out = []
     for row in gen.tolist():

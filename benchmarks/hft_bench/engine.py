@@ -58,23 +58,39 @@ def batch(pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class Scored:
-    """One completion: the sum of its tokens' log-probabilities, how many tokens, and whether
-    greedy decoding from the prompt reproduces it (the argmax is right at every token)."""
+    """One completion: the sum of its tokens' log-probabilities, how many tokens, whether
+    greedy decoding from the prompt reproduces it (the argmax is right at every token), and
+    the log-probability of its last token alone."""
 
     logprob: float
     tokens: int
     greedy: bool
+    last: float
 
 
-def completion_scores(model, inputs: dict) -> list[Scored]:
-    """Teacher-forced scores of one batch's labelled tokens, row by row (one forward pass)."""
+def _labelled(model, inputs: dict):
+    """Logits, targets, the labelled positions and each position's log-probability (0 where
+    unlabelled) of one batch: one forward pass."""
     logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
     logits, target = logits[:, :-1].float(), inputs["labels"][:, 1:]
     keep = target != IGNORE
     logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
-    totals, counts = (logp * keep).sum(-1).tolist(), keep.sum(-1).tolist()
+    return logits, target, keep, logp * keep
+
+
+def sequence_logprobs(model, inputs: dict) -> torch.Tensor:
+    """Per row, the summed log-probability of its labelled tokens, differentiable (DPO)."""
+    return _labelled(model, inputs)[3].sum(-1)
+
+
+def completion_scores(model, inputs: dict) -> list[Scored]:
+    """Teacher-forced scores of one batch's labelled tokens, row by row (one forward pass)."""
+    logits, target, keep, logp = _labelled(model, inputs)
+    totals, counts = logp.sum(-1).tolist(), keep.sum(-1).tolist()
     right = ((logits.argmax(-1) == target) | ~keep).all(-1).tolist()
-    return [Scored(*row) for row in zip(totals, counts, right, strict=True)]
+    at = (keep * torch.arange(keep.shape[1])).argmax(-1, keepdim=True)  # the last labelled
+    last = logp.gather(-1, at)[:, 0].tolist()
+    return [Scored(*row) for row in zip(totals, counts, right, last, strict=True)]
 
 
 @torch.no_grad()

@@ -151,10 +151,14 @@ def run_key(cfg: dict) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def run_grid(
-    configs, base_state, settings, corpus, evalset, out_path: Path, log=print, label=""
-) -> list[dict]:
-    """Run every config (skipping those already in ``out_path``), saving after each."""
+def knowledge_line(record: dict) -> str:
+    """What a toy run's log line says of its end: the base knowledge NLL."""
+    return f"knowledge {record.get('knowledge_nll', 0):.3f}"
+
+
+def run_grid(configs, run, out_path: Path, log=print, label="", describe=knowledge_line):
+    """``run(**config)`` for every config not already in ``out_path`` (its records), saving
+    the records after each run; a log line per run ends with ``describe(last record)``."""
     out_path = Path(out_path)
     done: list[dict] = []
     if out_path.exists():
@@ -163,14 +167,14 @@ def run_grid(
     todo = [c for c in configs if run_key(c) not in have]
     t0 = time.perf_counter()
     for i, cfg in enumerate(todo):
-        recs = run_sequence(base_state, settings, corpus, evalset, **cfg)
+        recs = run(**cfg)
         done += recs
         atomic_write_text(out_path, json.dumps({"records": done}, indent=0) + "\n")
         el = time.perf_counter() - t0
         last = recs[-1]
         log(
             f"{label} {i + 1}/{len(todo)} {cfg['method']} lr={cfg['lr']:g} steps={cfg['steps']} "
-            f"seed={cfg['seed']} ratio={cfg['ratio']} -> knowledge {last.get('knowledge_nll', 0):.3f}"
+            f"seed={cfg['seed']} ratio={cfg['ratio']} -> {describe(last)}"
             f" train {last['train_s']:.1f}s eval {last['eval_s']:.1f}s [{el:.0f}s]"
         )
     return done
