@@ -69,25 +69,31 @@ class Scored:
 
 
 def _labelled(model, inputs: dict):
-    """Logits, targets, the labelled positions and each position's log-probability (0 where
-    unlabelled) of one batch: one forward pass."""
+    """One forward pass over a batch: the labelled positions, the argmax there (is it the
+    label?) and each position's log-probability of its label (0 where unlabelled). The
+    softmax runs over the labelled positions only: a chat prompt is most of a sequence."""
     logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-    logits, target = logits[:, :-1].float(), inputs["labels"][:, 1:]
+    target = inputs["labels"][:, 1:]
     keep = target != IGNORE
-    logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
-    return logits, target, keep, logp * keep
+    picked = logits[:, :-1][keep].float()
+    wanted = target[keep]
+    logp = torch.zeros(keep.shape, dtype=picked.dtype).masked_scatter(
+        keep, torch.log_softmax(picked, -1).gather(-1, wanted[:, None])[:, 0]
+    )
+    hit = torch.ones(keep.shape, dtype=torch.bool)
+    hit[keep] = picked.argmax(-1) == wanted
+    return keep, hit, logp
 
 
 def sequence_logprobs(model, inputs: dict) -> torch.Tensor:
     """Per row, the summed log-probability of its labelled tokens, differentiable (DPO)."""
-    return _labelled(model, inputs)[3].sum(-1)
+    return _labelled(model, inputs)[2].sum(-1)
 
 
 def completion_scores(model, inputs: dict) -> list[Scored]:
     """Teacher-forced scores of one batch's labelled tokens, row by row (one forward pass)."""
-    logits, target, keep, logp = _labelled(model, inputs)
-    totals, counts = logp.sum(-1).tolist(), keep.sum(-1).tolist()
-    right = ((logits.argmax(-1) == target) | ~keep).all(-1).tolist()
+    keep, hit, logp = _labelled(model, inputs)
+    totals, counts, right = logp.sum(-1).tolist(), keep.sum(-1).tolist(), hit.all(-1).tolist()
     at = (keep * torch.arange(keep.shape[1])).argmax(-1, keepdim=True)  # the last labelled
     last = logp.gather(-1, at)[:, 0].tolist()
     return [Scored(*row) for row in zip(totals, counts, right, last, strict=True)]

@@ -168,8 +168,11 @@ def test_every_method_runs_the_sequence_and_leaves_the_base_alone(su):
         recs = runs.run_sequence(su, domains=list(tasks.SEQUENCE), method=method, lr=1e-3,
                                  steps=1, seed=0)  # fmt: skip
         assert [(r["stage"], r["domain"]) for r in recs] == list(enumerate(tasks.SEQUENCE))
-        for r in recs:
-            assert set(su.base_scores) <= set(r) and not r["diverged"]
+        for r in recs:  # the tasks trained so far are scored
+            assert not r["diverged"] and "drift_nll" in r and "facts_choice" in r
+            scored = {k.split("/")[1] for k in r if k.startswith("task_nll/")}
+            assert scored == set(tasks.SEQUENCE[: r["stage"] + 1])
+        assert set(su.base_scores) <= set(recs[-1])
         assert recs[-1]["drift_nll"] != su.base_scores["drift_nll"], method
     for k, v in su.model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -184,7 +187,8 @@ def _both(seconds):
 
 TIMING = {"step": {k: _both(v) for k, v in
                    {"fft/sft": 2.0, "fft/dpo": 3.0, "lora/sft": 1.0, "lora/dpo": 1.5}.items()},
-          "dpo_ref_pair": _both(0.1), "eval": {"single": _both(5.0), "sequence": _both(7.0)},
+          "dpo_ref_pair": _both(0.1),
+          "eval": {"1": _both(5.0), "2": _both(6.0), "3": _both(7.0)},
           "copy": _both(0.5), "setup": _both(60.0), "batch_size": 4, "load_average": 3.0}  # fmt: skip
 
 
@@ -194,9 +198,10 @@ def test_the_plan_multiplies_measured_times_over_the_grid():
     est = plan.estimate(grid, TIMING)
     # one run per method, lr and seed, to 6 steps, evaluated at 2 and 6
     single = 2 * 2 * (0.5 + 6 * 2.0 + 2 * 5.0) + 2 * 2 * (0.5 + 6 * 1.0 + 2 * 5.0)
-    # define (sft), kind-of (dpo: steps x batch reference pairs), verb (sft); 3 evaluations
-    fft_seq = 0.5 + 3 * 2.0 + (3 * 3.0 + 3 * 4 * 0.1) + 3 * 2.0 + 3 * 7.0
-    lora_seq = 0.5 + 3 * 1.0 + (3 * 1.5 + 3 * 4 * 0.1) + 3 * 1.0 + 3 * 7.0
+    # define (sft), kind-of (dpo: steps x batch reference pairs), verb (sft); after each
+    # stage the tasks so far are scored
+    fft_seq = 0.5 + 3 * 2.0 + (3 * 3.0 + 3 * 4 * 0.1) + 3 * 2.0 + 5.0 + 6.0 + 7.0
+    lora_seq = 0.5 + 3 * 1.0 + (3 * 1.5 + 3 * 4 * 0.1) + 3 * 1.0 + 5.0 + 6.0 + 7.0
     sequence = 2 * (fft_seq + lora_seq)
     assert est["parts"]["single"] == {"runs": 8, "steps": 48, "wall": pytest.approx(single),
                                       "cpu": pytest.approx(2 * single)}  # fmt: skip
@@ -212,6 +217,7 @@ def test_the_plan_multiplies_measured_times_over_the_grid():
 def test_the_plan_measures_every_method_and_kind(su):
     timing = plan.measure(su, ["fft", "hft-layer"], log=lambda m: None)
     assert set(timing["step"]) == {"fft/sft", "fft/dpo", "hft-layer/sft", "hft-layer/dpo"}
+    assert set(timing["eval"]) == {"1", "2", "3"}
     for seconds in [*timing["step"].values(), *timing["eval"].values(), timing["dpo_ref_pair"]]:
         assert seconds["wall"] > 0 and seconds["cpu"] > 0
 

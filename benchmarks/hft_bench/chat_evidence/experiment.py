@@ -43,10 +43,10 @@ class Grid:
     methods: list = field(default_factory=lambda: list(METHODS))
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     lrs: list = field(default_factory=lambda: [1e-5, 3e-5, 1e-4])
-    steps: list = field(default_factory=lambda: [4, 8, 16])
-    sequence_lrs: list = field(default_factory=lambda: [1e-5, 3e-5, 1e-4])
-    sequence_steps: int = 8
-    batch_size: int = 8
+    steps: list = field(default_factory=lambda: [5, 10])
+    sequence_lrs: list = field(default_factory=lambda: [2e-5, 6e-5])
+    sequence_steps: int = 5
+    batch_size: int = 4
     heldout: int = 16
     answer_tokens: int = 64
     parts: list = field(default_factory=lambda: list(PARTS))

@@ -2,7 +2,7 @@
 
 ``measure`` times a few training steps of every method on each kind of stage (SFT, DPO;
 the first step of each is a warm-up and not counted), the DPO reference pass per pair and
-one evaluation of each part, in wall seconds and in this process's CPU seconds (all its
+one evaluation of one, two and three tasks, in wall seconds and in this process's CPU seconds (all its
 threads); ``estimate`` multiplies them out over the grid's runs. On a machine shared with
 other jobs the wall times grow with their load and the CPU times much less: the CPU total
 divided by the threads is what the grid would take with the cores to itself.
@@ -62,11 +62,11 @@ def measure(su, methods, log=print) -> dict:
     start = _now()
     dpo_rows(su.model, su.rows[dpo_task][: su.batch_size], su.probes.pad)
     ref = {c: v / su.batch_size for c, v in _since(start).items()}
-    evals = {}
-    for part, names in (("single", [chat_tasks.SINGLE]), ("sequence", chat_tasks.SEQUENCE)):
+    evals = {}  # by the number of tasks scored: a stage scores the tasks trained so far
+    for n in range(1, len(chat_tasks.SEQUENCE) + 1):
         start = _now()
-        chat_probes.evaluate(su.model, su.probes, names)
-        evals[part] = _since(start)
+        chat_probes.evaluate(su.model, su.probes, chat_tasks.SEQUENCE[:n])
+        evals[str(n)] = _since(start)
     start = _now()
     copy.deepcopy(su.model)
     return {"step": steps, "dpo_ref_pair": ref, "eval": evals, "copy": _since(start),
@@ -77,14 +77,14 @@ def measure(su, methods, log=print) -> dict:
 def run_seconds(cfg: dict, timing: dict, clock: str = "wall") -> float:
     """Estimated seconds of one run (a config of ``Grid.configs``) on ``clock``."""
     steps = cfg["steps"]
-    evals = timing["eval"]["single" if len(cfg["domains"]) == 1 else "sequence"][clock]
     total = timing["copy"][clock]
-    for name in cfg["domains"]:
+    for stage, name in enumerate(cfg["domains"]):
         kind = chat_tasks.KINDS[name]
         total += steps * timing["step"][f"{cfg['method']}/{kind}"][clock]
         if kind == "dpo":
             total += steps * timing["batch_size"] * timing["dpo_ref_pair"][clock]
-        total += evals * (1 + len(cfg.get("eval_at", ())))
+        scored = len(set(cfg["domains"][: stage + 1]))
+        total += timing["eval"][str(scored)][clock] * (1 + len(cfg.get("eval_at", ())))
     return total
 
 
@@ -117,10 +117,10 @@ def describe(grid, timing: dict, est: dict, threads: int) -> str:
                  for k in ("sft", "dpo")]  # fmt: skip
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     ev, ref, setup = timing["eval"], timing["dpo_ref_pair"], timing["setup"]
-    lines += ["", f"evaluation {ev['single']['wall']:.1f} / {ev['single']['cpu']:.1f} s (one task), "
-              f"{ev['sequence']['wall']:.1f} / {ev['sequence']['cpu']:.1f} s (three tasks); DPO "
-              f"reference {ref['wall']:.2f} / {ref['cpu']:.2f} s per pair; set-up "
-              f"{setup['wall']:.0f} / {setup['cpu']:.0f} s.", ""]  # fmt: skip
+    evals = ", ".join(f"{ev[n]['wall']:.1f} / {ev[n]['cpu']:.1f} s ({n} task{'s' * (n != '1')})"
+                      for n in sorted(ev))  # fmt: skip
+    lines += ["", f"evaluation {evals}; DPO reference {ref['wall']:.2f} / {ref['cpu']:.2f} s per "
+              f"pair; set-up {setup['wall']:.0f} / {setup['cpu']:.0f} s.", ""]  # fmt: skip
     g = grid
     for part in g.parts:
         p = est["parts"][part]

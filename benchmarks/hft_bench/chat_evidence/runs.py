@@ -115,7 +115,7 @@ def loop_options(su: Setup, kind: str, method: str, rows) -> tuple[list, dict]:
 def run_sequence(su: Setup, *, domains, method, lr, steps, seed, ratio=0.5, eval_at=(),
                  progress=None) -> list[dict]:  # fmt: skip
     """Fine-tune a copy of the base on ``domains`` (task names) in turn; the probes after
-    each stage (every task of the sequence scored), and at the ``eval_at`` step counts of a
+    each stage (the tasks trained so far scored), and at the ``eval_at`` step counts of a
     single stage. A run whose loss stops being finite is recorded as diverged."""
     check_methods([method])
     eval_at = sorted(set(eval_at))
@@ -125,7 +125,6 @@ def run_sequence(su: Setup, *, domains, method, lr, steps, seed, ratio=0.5, eval
         raise HFTError(f"eval_at {eval_at} must lie strictly between 0 and steps={steps}")
     if method == "fft-replay" and not su.probes.replay:
         raise HFTError("fft-replay needs the base's replay answers: set up with replay")
-    names = list(dict.fromkeys(domains))
     model = copy.deepcopy(su.model)
     common = dict(method=method, lr=lr, seed=seed, ratio=ratio, domains=list(domains),
                   run_steps=steps, eval_at=eval_at)  # fmt: skip
@@ -137,6 +136,7 @@ def run_sequence(su: Setup, *, domains, method, lr, steps, seed, ratio=0.5, eval
         if kind == "dpo":
             rows = dpo_rows(model, rows, su.probes.pad)
         rows, loop = loop_options(su, kind, method, rows)
+        names = list(dict.fromkeys(domains[: stage + 1]))
         marks = _Checkpoints(eval_at, su, names, t0)
         diverged = False
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
