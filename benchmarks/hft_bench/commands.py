@@ -409,8 +409,10 @@ def run_bench(args) -> int:
         return 0
     total = sum(c["steps"] * len(c["domains"]) for p in grid.parts for c in grid.configs(p))
     bar = progress_bar(total, "training steps")
-    try:
-        result = experiment.run_benchmark(out, su, grid, progress=bar)
+    try:  # each run's line is written above the bar
+        result = experiment.run_benchmark(
+            out, su, grid, progress=bar, log=lambda line: bar.write(line, file=sys.stderr)
+        )
     finally:
         bar.close()
     print(result["report"])

@@ -67,7 +67,7 @@ REPLAY_PROMPTS = (
 )
 TEXT_PASSAGES = 16
 TEXT_PROMPT_TOKENS = 8  # a passage is scored after its first words
-TEXT_TOKENS = 48
+TEXT_TOKENS = 40
 TEXT_SEED = 0
 
 

@@ -19,11 +19,7 @@ replay.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import time
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +27,8 @@ import torch
 from hft_plugins import HFTError
 
 from .. import methods as harness_methods
-from ..engine import Diverged, pair_batch, score_pairs, sequence_logprobs
+from ..engine import pair_batch, score_pairs, sequence_logprobs
+from ..evidence.runs import recorded_stage
 from . import probes as chat_probes
 
 METHODS = ("fft", "hft-category", "hft-layer", "lora", "fft-replay")
@@ -83,22 +80,6 @@ def dpo_loss(model, inputs: dict, beta: float = DPO_BETA) -> torch.Tensor:
     return -torch.nn.functional.logsigmoid(beta * ratio).mean()
 
 
-class _Checkpoints:
-    """``after_step`` for the loop: the probes at the listed step counts."""
-
-    def __init__(self, at, su: Setup, names, t0):
-        self.at, self.su, self.names, self.t0, self.scores = set(at), su, names, t0, {}
-
-    def __call__(self, step, model, loss):
-        if step in self.at:
-            t = time.perf_counter()
-            self.scores[step] = (
-                t - self.t0,
-                chat_probes.evaluate(model, self.su.probes, self.names),
-            )
-            self.t0 += time.perf_counter() - t  # training time excludes evaluations
-
-
 def loop_options(su: Setup, kind: str, method: str, rows) -> tuple[list, dict]:
     """The rows one stage trains on and how the loop batches them and takes its loss."""
     pad = su.probes.pad
@@ -130,33 +111,26 @@ def run_sequence(su: Setup, *, domains, method, lr, steps, seed, ratio=0.5, eval
                   run_steps=steps, eval_at=eval_at)  # fmt: skip
     records = []
     for stage, name in enumerate(domains):
-        t0 = time.perf_counter()
         kind = su.splits[name].kind
         rows = su.rows[name]
         if kind == "dpo":
             rows = dpo_rows(model, rows, su.probes.pad)
         rows, loop = loop_options(su, kind, method, rows)
-        names = list(dict.fromkeys(domains[: stage + 1]))
-        marks = _Checkpoints(eval_at, su, names, t0)
-        diverged = False
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            try:
-                model = harness_methods.run_stage(
-                    "fft" if method == "fft-replay" else method, model, rows, steps=steps, lr=lr,
-                    seed=seed, stage=stage, batch_size=su.batch_size, ratio=ratio,
-                    after_step=marks, progress=progress, **loop,
-                )  # fmt: skip
-            except Diverged:
-                diverged = True
-        for n, (train_s, scores) in sorted(marks.scores.items()):
-            records.append(dict(common, steps=n, stage=stage, domain=name, diverged=False,
-                                train_s=round(train_s, 2), eval_s=0.0, **scores))  # fmt: skip
-        train_s = time.perf_counter() - marks.t0
-        scores = {} if diverged else chat_probes.evaluate(model, su.probes, names)
-        records.append(dict(common, steps=steps, stage=stage, domain=name, diverged=diverged,
-                            train_s=round(train_s, 2),
-                            eval_s=round(time.perf_counter() - marks.t0 - train_s, 2), **scores))  # fmt: skip
+        names = list(dict.fromkeys(domains[: stage + 1]))  # the tasks trained so far
+
+        def train(after_step, model=model, rows=rows, stage=stage, loop=loop):
+            return harness_methods.run_stage(
+                "fft" if method == "fft-replay" else method, model, rows, steps=steps, lr=lr,
+                seed=seed, stage=stage, batch_size=su.batch_size, ratio=ratio,
+                after_step=after_step, progress=progress, **loop,
+            )  # fmt: skip
+
+        def evaluate(trained, names=names):
+            return chat_probes.evaluate(trained, su.probes, names)
+
+        model, recs, diverged = recorded_stage(train, evaluate, common=common, stage=stage,
+                                               domain=name, eval_at=eval_at)  # fmt: skip
+        records += recs
         if diverged:
             break
     return records

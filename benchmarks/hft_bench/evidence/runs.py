@@ -49,17 +49,42 @@ def check_methods(names) -> tuple[str, ...]:
     return names
 
 
-class _Checkpoints:
-    """``after_step`` for the loop: evaluates the model at the listed step counts."""
+class Checkpoints:
+    """``after_step`` for the loop: ``evaluate(model)`` at the listed step counts, each with
+    the training seconds so far (evaluations excluded)."""
 
-    def __init__(self, at, evalset, t0):
-        self.at, self.evalset, self.t0, self.scores = set(at), evalset, t0, {}
+    def __init__(self, at, evaluate):
+        self.at, self.evaluate, self.t0, self.scores = set(at), evaluate, time.perf_counter(), {}
 
     def __call__(self, step, model, loss):
         if step in self.at:
             t = time.perf_counter()
-            self.scores[step] = (t - self.t0, evaluate(model, self.evalset))
+            self.scores[step] = (t - self.t0, self.evaluate(model))
             self.t0 += time.perf_counter() - t  # training time excludes evaluations
+
+
+def recorded_stage(train, evaluate, *, common: dict, stage: int, domain: str, eval_at=()):
+    """One stage, quietly: ``train(after_step)`` returns the trained model; a record (the
+    ``common`` fields and ``evaluate(model)``) at each ``eval_at`` step count and at the
+    end. Returns (model, records, diverged); a stage whose loss stopped being finite has an
+    end record without scores and no model."""
+    marks = Checkpoints(eval_at, evaluate)
+    model, diverged = None, False
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            model = train(marks)
+        except Diverged:
+            diverged = True
+    here = dict(common, stage=stage, domain=domain)
+    records = [dict(here, steps=n, diverged=False, train_s=round(train_s, 2), eval_s=0.0, **scores)
+               for n, (train_s, scores) in sorted(marks.scores.items())]  # fmt: skip
+    train_s = time.perf_counter() - marks.t0
+    scores = {} if diverged else evaluate(model)
+    eval_s = time.perf_counter() - marks.t0 - train_s
+    records.append(dict(here, steps=common["run_steps"], diverged=diverged,
+                        train_s=round(train_s, 2), eval_s=round(eval_s, 2), **scores))  # fmt: skip
+    return model, records, diverged
 
 
 def run_sequence(
@@ -97,47 +122,21 @@ def run_sequence(
     common = dict(method=method, lr=lr, seed=seed, ratio=ratio, domains=list(domains),
                   run_steps=steps, eval_at=eval_at)  # fmt: skip
     for stage, domain in enumerate(domains):
-        t0 = time.perf_counter()
         replay = method == "fft-replay"
-        marks = _Checkpoints(eval_at, evalset, t0)
-        diverged = False
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            try:
-                model = _methods.run_stage(
-                    "fft" if replay else method,
-                    model,
-                    corpus.splits[domain][:TRAIN_ITEMS],
-                    steps=steps,
-                    lr=lr,
-                    seed=seed,
-                    stage=stage,
-                    batch_size=BATCH,
-                    ratio=ratio,
-                    to_batch=make_batch,
-                    replay=corpus.splits["base"],
-                    replay_rate=REPLAY if replay else 0.0,
-                    after_step=marks,
-                )
-            except Diverged:
-                diverged = True
-        for n, (train_s, scores) in sorted(marks.scores.items()):
-            records.append(dict(common, steps=n, stage=stage, domain=domain, diverged=False,
-                                train_s=round(train_s, 2), eval_s=0.0, **scores))  # fmt: skip
-        train_s = time.perf_counter() - marks.t0
-        scores = {} if diverged else evaluate(model, evalset)
-        records.append(
-            dict(
-                common,
-                steps=steps,
-                stage=stage,
-                domain=domain,
-                diverged=diverged,
-                train_s=round(train_s, 2),
-                eval_s=round(time.perf_counter() - marks.t0 - train_s, 2),
-                **scores,
-            )
-        )
+
+        def train(after_step, model=model, stage=stage, domain=domain, replay=replay):
+            return _methods.run_stage(
+                "fft" if replay else method, model, corpus.splits[domain][:TRAIN_ITEMS],
+                steps=steps, lr=lr, seed=seed, stage=stage, batch_size=BATCH, ratio=ratio,
+                to_batch=make_batch, replay=corpus.splits["base"],
+                replay_rate=REPLAY if replay else 0.0, after_step=after_step,
+            )  # fmt: skip
+
+        model, recs, diverged = recorded_stage(
+            train, lambda m: evaluate(m, evalset), common=common, stage=stage, domain=domain,
+            eval_at=eval_at,
+        )  # fmt: skip
+        records += recs
         if diverged:
             break
     return records
