@@ -53,6 +53,20 @@ def with_deltas(records, base: dict, forgetting: str = "drift") -> list[dict]:
     return out
 
 
+def _diff(d: dict) -> str:
+    """A matched difference: mean ± CI (n), the mean alone with one seed, or not reached."""
+    if not d["n"]:
+        return "not reached"
+    return fmt(d) if d["ci"] is None else f"{fmt(d)} (n={d['n']})"
+
+
+def _share(s: dict) -> str:
+    """A share (accuracy): mean ± CI, no sign."""
+    if s.get("mean") is None:
+        return "n/a"
+    return f"{s['mean']:.3f}" + ("" if s["ci"] is None else f" ± {s['ci']:.3f}")
+
+
 def _methods(records) -> list[str]:
     return sorted({r["method"] for r in records}, key=lambda m: (m != REFERENCE, m))
 
@@ -80,10 +94,11 @@ def matched_tables(records, base: dict, what: str) -> tuple[list[str], dict]:
                 continue
             rows = matched(recs, m, REFERENCE)
             summary[f"{name}/{m}"] = rows
-            lines.append(f"| {name} | {m} | " + " | ".join(
-                f"{fmt(r['diff'])} (n={r['diff']['n']})" if r["diff"]["n"] else "not reached"
-                for r in rows) + " |")  # fmt: skip
-    lines += ["", f"Learning levels (nats/token): {levels_line}.", ""]
+            lines.append(f"| {name} | {m} | " + " | ".join(_diff(r["diff"]) for r in rows) + " |")
+    lines += ["", f"Learning levels (nats/token): {levels_line}. A measure that falls as "
+              "learning rises (a model that ends its turns sooner, or reads prose better) gives "
+              "envelopes of one point, read only at that point's learning: its changes are in "
+              "the table above.", ""]  # fmt: skip
     return lines, summary
 
 
@@ -125,7 +140,8 @@ def sequence_section(records, base: dict, out: Path) -> tuple[list[str], dict]:
     seeds = sorted({r["seed"] for r in records})
     lines = [f"## Sequence: {' → '.join(seq)} "
              f"({', '.join(chat_tasks.KINDS[n].upper() for n in seq)})", "",
-             f"{records[0]['steps']} steps per stage; lrs {sorted({r['lr'] for r in records})}; "
+             f"{records[0]['steps']} step{'s' * (records[0]['steps'] != 1)} per stage; lrs "
+             f"{sorted({r['lr'] for r in records})}; "
              f"seeds {seeds}; a new HFT half each stage. Drift after each stage, the learning "
              "of the three tasks after the last (held-out NLL decrease, mean of the three) and "
              "the preference task's held-out accuracy at the end:", "",
@@ -140,7 +156,7 @@ def sequence_section(records, base: dict, out: Path) -> tuple[list[str], dict]:
             end = [r for r in mine if r["stage"] == last]
             acc = mean_ci(r[pref] for r in end) if pref else {}
             lines.append(f"| {m} | {lr:g} | " + " | ".join(cells) + f" | "
-                         f"{fmt(mean_ci(learning(r, base) for r in end))} | {fmt(acc)} |")  # fmt: skip
+                         f"{fmt(mean_ci(learning(r, base) for r in end))} | {_share(acc)} |")  # fmt: skip
     ends = [r for r in records if r["stage"] == last or r["diverged"]]
     lines.append("")
     tables, summary = matched_tables(ends, base, "end-of-sequence learning")
