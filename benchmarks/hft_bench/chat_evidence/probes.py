@@ -153,7 +153,7 @@ class Probes:
             ]
             choices.append((facts[i][0], [facts[i][1], *wrong]))
         text = []
-        for passage in text_passages():
+        for passage in text_passages(TEXT_PASSAGES):
             ids = tokenizer(passage, add_special_tokens=False)["input_ids"][:TEXT_TOKENS]
             text.append((ids[:TEXT_PROMPT_TOKENS], ids[TEXT_PROMPT_TOKENS:]))
         task_pairs, rejected = {}, {}
