@@ -378,6 +378,7 @@ def run_bench(args) -> int:
     from .chat_evidence import experiment, plan
     from .common import parse_names, parse_seeds, progress_bar, writable_dir
     from .evidence.corpus import build_corpus
+    from .evidence.runs import run_key
     from .real_model import load
 
     torch.set_num_threads(max(1, args.threads))
@@ -408,8 +409,12 @@ def run_bench(args) -> int:
         print(text)
         print(f"wrote {out}/plan.json")
         return 0
-    total = sum(c["steps"] * len(c["domains"]) for p in grid.parts for c in grid.configs(p))
-    bar = progress_bar(total, "training steps")
+    done = set()  # a resumed grid's bar counts what is left
+    for part in grid.parts:
+        if (out / f"{part}.json").exists():
+            done |= {run_key(r) for r in json.loads((out / f"{part}.json").read_text())["records"]}
+    todo = [c for p in grid.parts for c in grid.configs(p) if run_key(c) not in done]
+    bar = progress_bar(sum(c["steps"] * len(c["domains"]) for c in todo), "training steps")
     try:  # each run's line is written above the bar
         result = experiment.run_benchmark(
             out, su, grid, progress=bar, log=lambda line: bar.write(line, file=sys.stderr)

@@ -293,6 +293,11 @@ def test_the_benchmark_writes_records_and_a_report_and_resumes(chat_corpus, tmp_
     with pytest.raises(HFTError, match="holds runs of other settings") as err:
         run_benchmark(tmp_path, su, other, log=lambda m: None)
     assert "\n" not in str(err.value)
+    before = (tmp_path / "base.json").read_text()
+    su.info["items_sha256"] = "another"  # probes scored on other items: never mixed
+    with pytest.raises(HFTError, match="holds runs of other settings or items"):
+        run_benchmark(tmp_path, su, grid, log=lambda m: None)
+    assert (tmp_path / "base.json").read_text() == before
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ beside ``base.json`` (the base's scores and the settings), resumable run by run:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -103,7 +104,11 @@ def setup(base, tokenizer, corpus, grid: Grid, *, model_name: str, log=_log) -> 
     log("scoring the base ...")
     base_scores = chat_probes.evaluate(base, probes, chat_tasks.SEQUENCE)
     params = sum(p.numel() for p in base.parameters())
-    info = {"model": model_name, "params": params, **probes.info,
+    # what every record's numbers rest on: the probes' and the training rows' token ids
+    ids = (probes.tasks, probes.rejected, probes.drift, probes.ended, probes.facts,
+           probes.choices, probes.text, probes.replay, rows)  # fmt: skip
+    digest = hashlib.sha256(repr(ids).encode()).hexdigest()[:16]
+    info = {"model": model_name, "params": params, **probes.info, "items_sha256": digest,
             "setup": {"wall": round(time.perf_counter() - t0, 1),
                       "cpu": round(time.process_time() - cpu0, 1)}}  # fmt: skip
     return Setup(base, tokenizer, splits, rows, probes, base_scores, grid.batch_size, info)
@@ -118,10 +123,14 @@ def run_benchmark(out, su: Setup, grid: Grid, *, log=_log, progress=None) -> dic
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base_path = out / "base.json"
-    if base_path.exists():
+    if base_path.exists():  # a grid resumes only on the same model, sizes and items
         old = json.loads(base_path.read_text())
-        if old.get("sizes") != grid.sizes() or old.get("info", {}).get("model") != su.info["model"]:
-            raise HFTError(f"{out} holds runs of other settings ({old.get('info', {}).get('model')}, "
+        was = (old.get("info", {}).get(k) for k in ("model", "items_sha256"))
+        if old.get("sizes") != grid.sizes() or tuple(was) != (
+            su.info["model"],
+            su.info["items_sha256"],
+        ):
+            raise HFTError(f"{out} holds runs of other settings or items ({old.get('info', {}).get('model')}, "
                            f"{old.get('sizes')}): give another --out")  # fmt: skip
     base = {"scores": su.base_scores, "info": su.info, "sizes": grid.sizes(),
             "base_answers": su.probes.base_answers}  # fmt: skip
