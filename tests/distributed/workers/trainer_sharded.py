@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node 2 trainer_sharded.py OUT --engine zero3 [--trainer sft]
         [--family mixtral] [--whole-tensors] [--steps 4] [--save-steps 2] [--resume CKPT]
-        [--stage 0] [--refusals] [--full]
+        [--stage 0] [--refusals]
 
 ZeRO uses the shipped ``integrations/deepspeed/zero{2,3}.json``. On a GPU-less machine two
 things are set up first, as a test needs and a GPU run does not: accelerate's state with
@@ -42,7 +42,6 @@ def parse():
     p.add_argument("--resume", default=None)
     p.add_argument("--stage", type=int, default=0)
     p.add_argument("--refusals", action="store_true")
-    p.add_argument("--full", action="store_true", help="plain Trainer (full fine-tuning)")
     p.add_argument("--local_rank", type=int, default=-1)
     return p.parse_args()
 
@@ -120,15 +119,12 @@ def dataset():
 
 
 def make_trainer(a, args, model):
-    from transformers import Trainer
 
     from hft_plugins import HFTConfig
 
     config = HFTConfig(stage=a.stage, whole_tensors=a.whole_tensors)
 
     kw = dict(model=model, args=args, train_dataset=dataset())
-    if a.full:
-        return Trainer(**kw)
     if a.trainer == "dpo":  # the reference TRL builds from the policy's path (not shared)
         from datasets import Dataset
 
@@ -246,8 +242,8 @@ def main() -> None:
     if trainer.is_fsdp_enabled:  # a SHARDED_STATE_DICT run saves no model: gather it
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(out / "saved"))
-    mask = None if a.full else trainer.hft_mask
-    trained = set(before) if mask is None else set(mask.params())
+    mask = trainer.hft_mask
+    trained = set(mask.params())
     after = full_tensors(trainer.model)
     mine = {
         "frozen_identical": all(
