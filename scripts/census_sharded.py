@@ -1,0 +1,615 @@
+"""Sharded census: does every type the plain census supports train under FSDP2 and ZeRO-3?
+
+For every type ``docs/architectures.json`` reports ``supported``, under FSDP2
+(``fully_shard`` on each block and the root, torch AdamW over what requires grad, built
+after sharding) and under DeepSpeed ZeRO-3 (``deepspeed.initialize`` with a client AdamW
+over the trainable parameters), at world size 2 on CPU (gloo): build the tiny model of
+``scripts/census.py`` (same weights on both ranks), draw the category rule's half with
+``whole_tensors=True``, apply it, run two AdamW steps (weight decay 0.1) on the census
+batch and check on every rank that
+
+- the mask trains whole tensors only (no slices);
+- every frozen tensor is bit-identical after the steps (gathered whole) and every
+  trainable tensor moved;
+- the Adam moments' bytes summed over the ranks are exactly ``2 * 4 * trainable numel``
+  (the trainable fraction of what full fine-tuning holds);
+- the engine's gathered state dict has the model's own names and shapes.
+
+Each type ends ``supported``, ``refused`` (``select`` raised ``HFTError``), ``failed``
+(anything else) or ``not built`` (the tiny model did not build here).
+
+One torchrun launch per engine checks every type in turn (this file is also the worker);
+a type that raises is recorded and the loop goes on. A failure on one rank only leaves
+the ranks' collectives out of step: gloo's timeout ends that launch, the type it was
+checking is recorded ``failed`` and a new launch goes on with the types left (likewise
+after a crash, or a type over the time limit).
+
+``python scripts/census_sharded.py`` checks every supported type under both engines and
+writes ``docs/architectures-sharded.json`` and the sharded section of
+``docs/architectures.md``; ``--types llama phi3`` checks a few (and writes only what
+``--json`` / ``--markdown`` name). It exits 1 when a type failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+for _path in (REPO, REPO / "benchmarks", REPO / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import census  # noqa: E402  (scripts/census.py: the zoo, the tiny models, the batch)
+
+ENGINES = {"fsdp2": "FSDP2", "zero3": "DeepSpeed ZeRO-3"}
+WORLD = 2
+STEPS = 2
+LR = 1e-2
+WEIGHT_DECAY = 0.1
+ADAM_MOMENTS = 2  # exp_avg and exp_avg_sq, fp32 each
+TYPE_LIMIT_S = 300  # one type with no record: its launch is killed and the rest relaunched
+COLLECTIVE_TIMEOUT_S = 180  # a collective the other rank never joins raises after this
+PLAIN_JSON = REPO / "docs" / "architectures.json"
+SHARDED_JSON = REPO / "docs" / "architectures-sharded.json"
+MARKDOWN = REPO / "docs" / "architectures.md"
+ZERO3 = {
+    "zero_optimization": {
+        "stage": 3,
+        "stage3_param_persistence_threshold": 0,  # partition every tensor, however small
+        "stage3_gather_16bit_weights_on_model_save": True,
+    },
+    "train_micro_batch_size_per_gpu": 1,  # bookkeeping only: each step is the census batch
+    "gradient_accumulation_steps": 1,
+    "zero_allow_untested_optimizer": True,  # the client torch AdamW
+    "steps_per_print": 10**9,
+}
+
+
+def hft_config():
+    from hft_plugins import HFTConfig
+
+    return HFTConfig(strategy="category", ratio=census.RATIO, seed=0, whole_tensors=True)
+
+
+# ---- the worker (one rank of a torchrun launch) ---------------------------------
+
+
+def worker(engine: str, log: Path, rows: list[tuple[str, str, str]]) -> None:
+    """Check ``rows`` in turn under ``engine``; rank 0 appends a JSON line as each type
+    starts and one with the ranks' merged record as it ends."""
+    import torch
+    import torch.distributed as dist
+
+    census._quiet()
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    rank = dist.get_rank()
+
+    def write(entry: dict) -> None:
+        if rank == 0:
+            with log.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    for model_type, kind, class_name in rows:
+        write({"event": "start", "type": model_type})
+        start = time.monotonic()
+        local = check_type(engine, model_type, kind, class_name)
+        local["seconds"] = round(time.monotonic() - start, 2)
+        ranks: list = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, (model_type, local))
+        if {name for name, _ in ranks} != {model_type}:
+            raise SystemExit(f"ranks out of step: {[name for name, _ in ranks]}")
+        record = merged([r for _, r in ranks])
+        write({"event": "record", "type": model_type, "kind": kind, "class": class_name, **record})
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def check_type(engine: str, model_type: str, kind: str, class_name: str) -> dict:
+    """This rank's outcome for one type: its status and what it measured."""
+    import torch
+    from hft_bench.sharded import engine_state_bytes, full_tensors
+
+    from hft_plugins import HFTError, select
+
+    torch.manual_seed(0)
+    try:
+        model = census.build(model_type, class_name)
+    except Exception as exc:  # noqa: BLE001 - the model's, not ours
+        return {"status": "not built", "message": census._line(exc)}
+    batch = census.batch_for(kind, model_type)
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    out: dict = {"weights": weights_digest(model)}
+    try:
+        mask = select(model, hft_config())
+    except HFTError as exc:
+        return {**out, "status": "refused", "message": census._line(exc)}
+    engine_model = optimizer = None
+    try:
+        out.update(mask_facts(model, mask, kind))
+        mask.apply(model)
+        engine_model, optimizer, train_step = wrap(engine, model, kind)
+        before = full_tensors(model)
+        for _ in range(STEPS):
+            train_step(batch)
+        after = full_tensors(model)
+        out.update(weight_facts(mask, before, after))
+        out["state"] = engine_state_bytes(optimizer)
+        out["state_dict"] = state_dict_problems(engine, engine_model, shapes)
+        out["status"] = "checked"
+    except Exception as exc:  # noqa: BLE001 - a raw exception: the type failed
+        out.update(status="failed", message=f"{census._line(exc)} [{where(exc)}]")
+    finally:
+        if engine == "zero3" and engine_model is not None:
+            engine_model.destroy()
+        del engine_model, optimizer, model
+        gc.collect()
+    return out
+
+
+def weights_digest(model) -> str:
+    """A digest of every parameter's bytes: the ranks must build the same weights."""
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(param.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def mask_facts(model, mask, kind: str) -> dict:
+    """The drawn mask's slices, block fraction and trainable elements, and the model's."""
+    params = census.block_params(model, kind)
+    total = sum(census._numel(s) for s in params.values())
+    done = sum(census.trainable_elements(mask, n, s) for n, s in params.items())
+    return {
+        "sliced": sorted(n for n, part in mask.params().items() if part is not None),
+        "block_fraction": round(done / total, 4) if total else None,
+        "trainable": mask.trainable_numel,
+        "total": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def wrap(engine: str, model, kind: str):
+    """(the engine's model, its optimizer, one training step on a batch)."""
+    import torch
+
+    if engine == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        for _, blocks in census.stacks(model, kind):
+            for block in blocks:
+                fully_shard(block)
+        fully_shard(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=LR, weight_decay=WEIGHT_DECAY)
+
+        def fsdp2_step(batch: dict) -> None:
+            census.loss_of(model(**batch)).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        return model, optimizer, fsdp2_step
+    import deepspeed
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=LR, weight_decay=WEIGHT_DECAY)
+    ds_engine, ds_optimizer, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=ZERO3
+    )
+
+    def zero3_step(batch: dict) -> None:
+        ds_engine.backward(census.loss_of(ds_engine(**batch)))
+        ds_engine.step()
+
+    return ds_engine, ds_optimizer, zero3_step
+
+
+def weight_facts(mask, before: dict, after: dict) -> dict:
+    """Frozen tensors that changed and trainable tensors that did not, by name."""
+    import torch
+
+    trained = set(mask.params())
+    return {
+        "frozen_changed": sorted(
+            n for n in before if n not in trained and not torch.equal(before[n], after[n])
+        ),
+        "not_moved": sorted(n for n in trained if torch.equal(before[n], after[n])),
+        "frozen": sum(n not in trained for n in before),
+    }
+
+
+def state_dict_problems(engine: str, engine_model, shapes: dict) -> list[str] | None:
+    """How the engine's gathered state dict differs from the unwrapped model's names and
+    shapes (None on the ZeRO-3 ranks that hold none: DeepSpeed gathers it on rank 0)."""
+    if engine == "fsdp2":
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        state = get_model_state_dict(engine_model, options=StateDictOptions(full_state_dict=True))
+    else:
+        state = engine_model._zero3_consolidated_16bit_state_dict()  # what save_16bit_model saves
+        if state is None:
+            return None
+    got = {k: list(v.shape) for k, v in state.items()}
+    problems = [f"missing {k}" for k in shapes if k not in got]
+    problems += [f"extra {k}" for k in got if k not in shapes]
+    problems += [f"{k} {got[k]} not {s}" for k, s in shapes.items() if k in got and got[k] != s]
+    return problems
+
+
+def where(exc: BaseException) -> str:
+    """file:line of the innermost frame in hft_plugins, else the innermost frame."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if "hft_plugins" in f.filename] or frames[-1:]
+    return f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
+
+
+def merged(ranks: list[dict]) -> dict:
+    """One record from every rank's outcome: the status and the invariants checked."""
+    first = ranks[0]
+    for status in ("not built", "refused", "failed"):
+        hit = next((r for r in ranks if r["status"] == status), None)
+        if hit is not None:
+            return {
+                "status": status,
+                "message": hit["message"],
+                "block_fraction": first.get("block_fraction"),
+                "seconds": first["seconds"],
+            }
+    trainable, total = first["trainable"], first["total"]
+    moments = sum(r["state"]["moments"] for r in ranks)
+    state_dicts = [r["state_dict"] for r in ranks if r["state_dict"] is not None]
+    problems = []
+    if len({r["weights"] for r in ranks}) > 1:
+        problems.append("the ranks built different weights")
+    if first["sliced"]:
+        problems.append(
+            f"the mask trains slices of {len(first['sliced'])} tensor(s), "
+            f"first {first['sliced'][0]!r}"
+        )
+    for rank, r in enumerate(ranks):
+        if r["frozen_changed"]:
+            problems.append(
+                f"rank {rank}: {len(r['frozen_changed'])} frozen tensor(s) changed, "
+                f"first {r['frozen_changed'][0]}"
+            )
+        if r["not_moved"]:
+            problems.append(
+                f"rank {rank}: {len(r['not_moved'])} trainable tensor(s) did not move, "
+                f"first {r['not_moved'][0]}"
+            )
+    if moments != ADAM_MOMENTS * 4 * trainable:
+        problems.append(
+            f"Adam moments hold {moments} bytes over the ranks, not "
+            f"{ADAM_MOMENTS * 4 * trainable} (2 x 4 x {trainable} trainable elements)"
+        )
+    if not state_dicts:
+        problems.append("no rank gathered a state dict")
+    for lines in state_dicts:
+        if lines:
+            problems.append(f"gathered state dict: {len(lines)} difference(s), first {lines[0]}")
+    return {
+        "status": "failed" if problems else "supported",
+        "message": "; ".join(problems[:4]),
+        "block_fraction": first["block_fraction"],
+        "sliced": first["sliced"],
+        "trainable": trainable,
+        "total": total,
+        "frozen_tensors": first["frozen"],
+        "fft_moments_bytes": ADAM_MOMENTS * 4 * total,
+        "state_fraction": round(moments / (ADAM_MOMENTS * 4 * total), 4),
+        "same_weights": len({r["weights"] for r in ranks}) == 1,
+        "ranks": [
+            {
+                "state_bytes": r["state"],
+                "frozen_changed": r["frozen_changed"],
+                "not_moved": r["not_moved"],
+                "state_dict_differences": r["state_dict"],
+            }
+            for r in ranks
+        ],
+        "seconds": first["seconds"],
+    }
+
+
+# ---- the launcher ---------------------------------------------------------------
+
+
+def supported_rows(types: list[str] | None) -> list[tuple[str, str, str]]:
+    """(type, kind, class) of every type the plain census reports supported."""
+    if not PLAIN_JSON.is_file():
+        raise SystemExit(f"no plain census at {PLAIN_JSON}: run `make census` first")
+    records = json.loads(PLAIN_JSON.read_text())["types"]
+    rows = [(r["type"], r["kind"], r["class"]) for r in records if r["status"] == "supported"]
+    if types:
+        status = {r["type"]: r["status"] for r in records}
+        unknown = [t for t in types if t not in status]
+        if unknown:
+            raise SystemExit(f"not in the plain census: {', '.join(unknown)}")
+        unsupported = [f"{t} ({status[t]})" for t in types if status[t] != "supported"]
+        if unsupported:
+            raise SystemExit(f"not supported by the plain census: {', '.join(unsupported)}")
+        rows = [r for r in rows if r[0] in set(types)]
+    return rows
+
+
+def run_engine(engine: str, rows, work: Path, limit: float = TYPE_LIMIT_S) -> list[dict]:
+    """Every row's record under ``engine``: one launch, and another on the types left after
+    a launch that died (the type it was checking recorded ``failed``)."""
+    from tqdm import tqdm
+
+    results: dict[str, dict] = {}
+    bar = tqdm(total=len(rows), desc=ENGINES[engine], unit="type", file=sys.stderr)
+
+    def seen(entry: dict) -> None:
+        if entry.pop("event") == "start":
+            bar.set_postfix_str(entry["type"])
+        else:
+            results[entry["type"]] = entry
+            bar.update()
+
+    launch = 0
+    while len(results) < len(rows):
+        launch += 1
+        pending = [r for r in rows if r[0] not in results]
+        log, output = work / f"{engine}-{launch}.jsonl", work / f"{engine}-{launch}.log"
+        before = len(results)
+        died, current = watch(engine, pending, log, output, limit, seen)
+        if died is None and len(results) == len(rows):
+            log.unlink(missing_ok=True)
+            output.unlink()
+            continue
+        died = died or "the launch ended early"
+        if current is not None:
+            lost = [r for r in pending if r[0] == current]
+        else:  # between types, or before the first: lost only if the launch did nothing
+            lost = [] if len(results) > before else pending
+        for model_type, kind, class_name in lost:
+            results[model_type] = {
+                "type": model_type,
+                "kind": kind,
+                "class": class_name,
+                "status": "failed",
+                "message": f"{died} while checking it; {launch_failure(output)} (log: {output})",
+            }
+            bar.update()
+    bar.close()
+    return [results[r[0]] for r in rows]
+
+
+def watch(engine: str, rows, log: Path, output: Path, limit: float, seen):
+    """Launch torchrun on ``rows`` and pass each entry rank 0 logs to ``seen``; end the
+    launch when nothing is logged for ``limit`` seconds. (Why it died or None, the type
+    it was checking.)"""
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone"),
+        f"--nproc_per_node={WORLD}",
+        *(__file__, "--worker", engine, str(log)),
+        *(":".join(row) for row in rows),
+    ]
+    current, count, since = None, 0, time.monotonic()
+    with output.open("w") as sink:
+        proc = subprocess.Popen(
+            command,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            start_new_session=True,  # the launcher and its ranks: one group to end
+        )
+        try:
+            while True:
+                done = proc.poll() is not None
+                text = log.read_text() if log.exists() else ""
+                lines = text.splitlines()[: text.count("\n")]  # whole lines only
+                for line in lines[count:]:
+                    entry = json.loads(line)
+                    current = entry["type"] if entry["event"] == "start" else None
+                    since = time.monotonic()
+                    seen(entry)
+                count = len(lines)
+                if done:
+                    return (
+                        None if proc.returncode == 0 else f"exit code {proc.returncode}"
+                    ), current
+                if time.monotonic() - since > limit:
+                    return f"nothing logged for {limit:.0f} s", current
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:  # over the limit, or interrupted
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def launch_failure(path: Path) -> str:
+    """What a launch's output says of its end: the last exception a rank raised and the
+    first failed rank's exit code (torchrun's "Root Cause")."""
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+    raised = [
+        line
+        for line in lines
+        if re.match(r"[\w.]+(Error|Exception|Exit): ", line) and "ChildFailedError" not in line
+    ]
+    cause = (
+        lines[lines.index("Root Cause (first observed failure):") :]
+        if ("Root Cause (first observed failure):" in lines)
+        else []
+    )
+    code = next((line for line in cause if line.startswith("exitcode")), None)
+    found = [*raised[-1:], *([" ".join(code.split())] if code else [])]
+    return "; ".join(found)[:300] or "no error in its output"
+
+
+def summary(results: dict[str, list[dict]]) -> dict:
+    return {
+        engine: {s: Counter(r["status"] for r in records).get(s, 0) for s in census.STATUSES}
+        for engine, records in results.items()
+    }
+
+
+SECTION_TITLE = "## Under FSDP2 and DeepSpeed ZeRO-3: the sharded census"
+
+
+def markdown(data: dict) -> str:
+    """The sharded section of docs/architectures.md (from its mark to the end), from the
+    census's JSON ``data``."""
+    results = data["engines"]
+    lines = [
+        census.SHARDED_MARK,
+        "",
+        SECTION_TITLE,
+        "",
+        "Every type supported above, under FSDP2 (`fully_shard` on each block and the root, "
+        "torch AdamW built after sharding over what requires grad) and under DeepSpeed ZeRO-3 "
+        "(`deepspeed.initialize`, a client AdamW over the trainable parameters, every tensor "
+        f"partitioned), {WORLD} CPU processes over gloo, with "
+        "`HFTConfig(whole_tensors=True)`: the category rule's half drawn and applied, then "
+        f"{STEPS} AdamW steps (weight decay {WEIGHT_DECAY}) on the census batch. **supported**: "
+        "the mask trains whole tensors only, every frozen tensor is bit-identical after the "
+        "steps (gathered whole) and every trainable tensor moved, the Adam moments summed over "
+        "the ranks hold exactly 2 x 4 bytes per trainable element (the trainable fraction of "
+        "full fine-tuning's), and the engine's gathered state dict has the model's names and "
+        "shapes. **refused**: `select` raised `HFTError`. **failed**: anything else.",
+        "",
+        f"Regenerate with `make census-sharded` or `{data['command']}` (this section and "
+        f"`architectures-sharded.json`, one torchrun launch per engine). This run took "
+        f"{data['seconds']} s and {data['cpu_seconds']} CPU-seconds (load average "
+        f"{data['load']} at the end).",
+        "",
+        "| engine | " + " | ".join(census.STATUSES) + " |",
+        "|---|" + "---|" * len(census.STATUSES),
+    ]
+    for engine, c in data["summary"].items():
+        lines.append(
+            f"| {ENGINES[engine]} | " + " | ".join(str(c[s]) for s in census.STATUSES) + " |"
+        )
+    fractions = {
+        r["type"]: r["block_fraction"]
+        for records in results.values()
+        for r in records
+        if r.get("block_fraction") is not None
+    }
+    off = [f"{t} {f:.3f}" for t, f in fractions.items() if abs(f - census.RATIO) > census.TOLERANCE]
+    lines += [
+        "",
+        f"Block fractions further than {census.TOLERANCE} from {census.RATIO} with whole "
+        f"tensors: {', '.join(off) if off else 'none'}.",
+    ]
+    lines += [
+        "",
+        "State: the Adam moments per rank (rank 0 / rank 1, bytes) and their sum's share of full "
+        "fine-tuning's; the block fraction is the trained share of the blocks' elements.",
+        "",
+        "| model type | block fraction | "
+        + " | ".join(f"{ENGINES[e]} | {ENGINES[e]} state" for e in results)
+        + " | reason |",
+        "|---|---|" + "---|---|" * len(results) + "---|",
+    ]
+    by_type = {e: {r["type"]: r for r in records} for e, records in results.items()}
+    for model_type in next(iter(by_type.values())):
+        records = [by_type[e][model_type] for e in results]
+        frac = next((r.get("block_fraction") for r in records if r.get("block_fraction")), None)
+        cells = []
+        for r in records:
+            share = (
+                " / ".join(str(rank["state_bytes"]["moments"]) for rank in r["ranks"])
+                + f" ({r['state_fraction']:.3f})"
+                if r.get("ranks")
+                else ""
+            )
+            cells += [r["status"], share]
+        reasons = "; ".join(
+            f"{ENGINES[e]}: {r['message']}"
+            for e, r in zip(results, records, strict=True)
+            if r.get("message")
+        ).replace("|", "\\|")
+        lines.append(
+            f"| {model_type} | {'' if frac is None else f'{frac:.3f}'} | "
+            + " | ".join(cells)
+            + f" | {reasons} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: Path, section: str) -> None:
+    """Replace the sharded section of ``path`` (from its mark to the end), or append it."""
+    old = path.read_text() if path.exists() else ""
+    head = old.split(census.SHARDED_MARK)[0].rstrip("\n")
+    path.write_text((head + "\n\n" if head else "") + section)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        engine, log, *rows = argv[1:]
+        worker(engine, Path(log), [tuple(row.split(":")) for row in rows])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--types", nargs="+", help="model types (default: every supported one)")
+    parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES))
+    parser.add_argument(
+        "--json",
+        help=f"write the records here (default with no --types: {SHARDED_JSON.relative_to(REPO)})",
+    )
+    parser.add_argument(
+        "--markdown",
+        help=f"write the section into this file (default with no --types: {MARKDOWN.relative_to(REPO)})",
+    )
+    parser.add_argument("--limit", type=float, default=TYPE_LIMIT_S, help="seconds a type may take")
+    args = parser.parse_args(argv)
+    rows = supported_rows(args.types)
+    json_out = args.json or (None if args.types else SHARDED_JSON)
+    markdown_out = args.markdown or (None if args.types else MARKDOWN)
+    start = time.monotonic()
+    results = {}
+    work = Path(tempfile.mkdtemp(prefix="census-sharded-"))  # the logs of launches that died
+    for engine in args.engines:
+        results[engine] = run_engine(engine, rows, work, args.limit)
+    if not any(work.iterdir()):
+        work.rmdir()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the launches and their ranks
+    command = "python scripts/census_sharded.py" + (
+        f" --types {' '.join(args.types)}" if args.types else ""
+    )
+    counts = summary(results)
+    data = {
+        "command": command,
+        "seconds": round(time.monotonic() - start),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime),
+        "load": round(os.getloadavg()[0], 1),
+        "summary": counts,
+        "engines": results,
+    }
+    if json_out:
+        Path(json_out).write_text(json.dumps(data, indent=1) + "\n")
+    if markdown_out:
+        write_markdown(Path(markdown_out), markdown(data))
+    for engine, records in results.items():
+        print(f"{ENGINES[engine]}: {json.dumps(counts[engine])}", file=sys.stderr)
+        for r in records:
+            if r["status"] in ("failed", "refused"):
+                print(f"  {r['type']}: {r['status']}: {r['message']}", file=sys.stderr)
+    print(
+        f"sharded census: {data['seconds']} s, {data['cpu_seconds']} CPU-seconds", file=sys.stderr
+    )
+    return 1 if any(r["status"] == "failed" for rs in results.values() for r in rs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
