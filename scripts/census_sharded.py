@@ -9,14 +9,18 @@ over the trainable parameters), at world size 2 on CPU (gloo): build the tiny mo
 batch and check on every rank that
 
 - the mask trains whole tensors only (no slices);
-- every frozen tensor is bit-identical after the steps (gathered whole) and every
-  trainable tensor moved;
-- the Adam moments' bytes summed over the ranks are exactly ``2 * 4 * trainable numel``
-  (the trainable fraction of what full fine-tuning holds);
+- every frozen tensor is bit-identical after the steps (gathered whole), and every
+  trainable tensor moved that moves in one process without an engine (a tensor the token
+  batch gives no gradient, an audio tower's say, may not);
+- the Adam moments' bytes summed over the ranks are exactly ``2 * 4`` a trainable element
+  (the trainable fraction of what full fine-tuning holds); FSDP2 less the elements of
+  tensors without a gradient (torch's AdamW makes no state for them), ZeRO-3 plus its
+  padding of each tensor to a multiple of the world size;
 - the engine's gathered state dict has the model's own names and shapes.
 
 Each type ends ``supported``, ``refused`` (``select`` raised ``HFTError``), ``failed``
-(anything else) or ``not built`` (the tiny model did not build here).
+(anything else) or ``not built`` (the tiny model did not build here, or the engine
+cannot train it in full either: not HFT's).
 
 One torchrun launch per engine checks every type in turn (this file is also the worker);
 a type that raises is recorded and the loop goes on. A failure on one rank only leaves
@@ -114,7 +118,7 @@ def worker(engine: str, log: Path, rows: list[tuple[str, str, str]]) -> None:
         dist.all_gather_object(ranks, (model_type, local))
         if {name for name, _ in ranks} != {model_type}:
             raise SystemExit(f"ranks out of step: {[name for name, _ in ranks]}")
-        record = merged([r for _, r in ranks])
+        record = merged(engine, [r for _, r in ranks])
         write({"event": "record", "type": model_type, "kind": kind, "class": class_name, **record})
     dist.barrier()
     dist.destroy_process_group()
@@ -123,7 +127,6 @@ def worker(engine: str, log: Path, rows: list[tuple[str, str, str]]) -> None:
 def check_type(engine: str, model_type: str, kind: str, class_name: str) -> dict:
     """This rank's outcome for one type: its status and what it measured."""
     import torch
-    from hft_bench.sharded import engine_state_bytes, full_tensors
 
     from hft_plugins import HFTError, select
 
@@ -139,27 +142,95 @@ def check_type(engine: str, model_type: str, kind: str, class_name: str) -> dict
         mask = select(model, hft_config())
     except HFTError as exc:
         return {**out, "status": "refused", "message": census._line(exc)}
-    engine_model = optimizer = None
     try:
         out.update(mask_facts(model, mask, kind))
-        mask.apply(model)
+        out.update(alone(model_type, class_name, mask, batch))
+    except Exception as exc:  # noqa: BLE001 - HFT fails without an engine
+        return {**out, "status": "failed", "message": f"one process: {_raised(exc)}"}
+    if engine == "fsdp2":  # torch's AdamW makes no state for a tensor without a gradient
+        out["expected_moments"] = ADAM_MOMENTS * 4 * (out["trainable"] - out["no_grad_numel"])
+    else:  # ZeRO-3 pads every tensor to a multiple of the world size, state and all
+        out["expected_moments"] = ADAM_MOMENTS * 4 * (out["trainable"] + out["padding"])
+    mask.apply(model)
+    try:
+        out.update(engine_facts(engine, model, kind, batch, mask, shapes))
+    except Exception as exc:  # noqa: BLE001 - a raw exception: failed, unless not HFT's
+        out.update(status="failed", message=_raised(exc))
+        del model
+        gc.collect()
+        why = full_training_fails(engine, model_type, class_name, kind, batch)
+        if why:
+            out.update(
+                status="not built",
+                message=f"cannot train it in full either: {why}",
+            )
+        return out
+    return {**out, "status": "checked"}
+
+
+def engine_facts(engine: str, model, kind: str, batch: dict, mask, shapes: dict) -> dict:
+    """Train the masked ``model`` under ``engine``; what moved, the state, the state dict."""
+    from hft_bench.sharded import engine_state_bytes, full_tensors
+
+    engine_model = None
+    try:
         engine_model, optimizer, train_step = wrap(engine, model, kind)
         before = full_tensors(model)
         for _ in range(STEPS):
             train_step(batch)
         after = full_tensors(model)
-        out.update(weight_facts(mask, before, after))
-        out["state"] = engine_state_bytes(optimizer)
-        out["state_dict"] = state_dict_problems(engine, engine_model, shapes)
-        out["status"] = "checked"
-    except Exception as exc:  # noqa: BLE001 - a raw exception: the type failed
-        out.update(status="failed", message=f"{census._line(exc)} [{where(exc)}]")
+        return {
+            **weight_facts(mask, before, after),
+            "state": engine_state_bytes(optimizer),
+            "state_dict": state_dict_problems(engine, engine_model, shapes),
+        }
     finally:
-        if engine == "zero3" and engine_model is not None:
-            engine_model.destroy()
-        del engine_model, optimizer, model
-        gc.collect()
-    return out
+        release(engine, engine_model)
+
+
+def full_training_fails(engine: str, model_type: str, class_name: str, kind: str, batch):
+    """Why training every tensor of the type under ``engine`` fails too, or None."""
+    model = census.build(model_type, class_name)
+    engine_model = None
+    try:
+        engine_model, _, train_step = wrap(engine, model, kind)
+        for _ in range(STEPS):
+            train_step(batch)
+    except Exception as exc:  # noqa: BLE001 - the engine's or the model's
+        return _raised(exc)
+    finally:
+        release(engine, engine_model)
+    return None
+
+
+def release(engine: str, engine_model) -> None:
+    if engine == "zero3" and engine_model is not None:
+        engine_model.destroy()  # its hooks and partitions
+    gc.collect()
+
+
+def alone(model_type: str, class_name: str, mask, batch: dict) -> dict:
+    """What two AdamW steps do in one process with no engine: the trainable tensors that
+    get no gradient from the batch (an audio tower on token ids) and those that do not
+    move. The engine must move every other one."""
+    import torch
+
+    twin = mask.apply(census.build(model_type, class_name))
+    trainable = {n: p for n, p in twin.named_parameters() if p.requires_grad}
+    start = {n: p.detach().clone() for n, p in trainable.items()}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=LR, weight_decay=WEIGHT_DECAY)
+    no_grad: list[str] = []
+    for step in range(STEPS):
+        census.loss_of(twin(**batch)).backward()
+        if step == 0:
+            no_grad = sorted(n for n, p in trainable.items() if p.grad is None)
+        optimizer.step()
+        optimizer.zero_grad()
+    return {
+        "no_grad": no_grad,
+        "no_grad_numel": sum(trainable[n].numel() for n in no_grad),
+        "static": sorted(n for n, p in trainable.items() if torch.equal(start[n], p.detach())),
+    }
 
 
 def weights_digest(model) -> str:
@@ -172,15 +243,18 @@ def weights_digest(model) -> str:
 
 
 def mask_facts(model, mask, kind: str) -> dict:
-    """The drawn mask's slices, block fraction and trainable elements, and the model's."""
+    """The drawn mask's slices, block fraction and trainable elements, the model's, and
+    the padding ZeRO-3 adds to the trainable tensors (each to a multiple of the world size)."""
     params = census.block_params(model, kind)
     total = sum(census._numel(s) for s in params.values())
     done = sum(census.trainable_elements(mask, n, s) for n, s in params.items())
+    trained = mask.params()
     return {
-        "sliced": sorted(n for n, part in mask.params().items() if part is not None),
+        "sliced": sorted(n for n, part in trained.items() if part is not None),
         "block_fraction": round(done / total, 4) if total else None,
         "trainable": mask.trainable_numel,
         "total": sum(p.numel() for p in model.parameters()),
+        "padding": sum(-p.numel() % WORLD for n, p in model.named_parameters() if n in trained),
     }
 
 
@@ -191,9 +265,8 @@ def wrap(engine: str, model, kind: str):
     if engine == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
-        for _, blocks in census.stacks(model, kind):
-            for block in blocks:
-                fully_shard(block)
+        for block in own_blocks(model, kind):
+            fully_shard(block)
         fully_shard(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=LR, weight_decay=WEIGHT_DECAY)
@@ -217,6 +290,14 @@ def wrap(engine: str, model, kind: str):
         ds_engine.step()
 
     return ds_engine, ds_optimizer, zero3_step
+
+
+def own_blocks(model, kind: str) -> list:
+    """The blocks that share no parameter with another block (Zamba's shared attention
+    block sits in several): each its own FSDP2 group; the root's group takes the rest."""
+    blocks = [block for _, stack in census.stacks(model, kind) for block in stack]
+    owners = Counter(id(p) for block in blocks for p in block.parameters())
+    return [block for block in blocks if all(owners[id(p)] == 1 for p in block.parameters())]
 
 
 def weight_facts(mask, before: dict, after: dict) -> dict:
@@ -254,14 +335,16 @@ def state_dict_problems(engine: str, engine_model, shapes: dict) -> list[str] | 
     return problems
 
 
-def where(exc: BaseException) -> str:
-    """file:line of the innermost frame in hft_plugins, else the innermost frame."""
+def _raised(exc: BaseException) -> str:
+    """The exception in one line, and file:line of the innermost frame in hft_plugins (else
+    the innermost frame)."""
     frames = traceback.extract_tb(exc.__traceback__)
     ours = [f for f in frames if "hft_plugins" in f.filename] or frames[-1:]
-    return f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
+    where = f" [{Path(ours[-1].filename).name}:{ours[-1].lineno}]" if ours else ""
+    return census._line(exc) + where
 
 
-def merged(ranks: list[dict]) -> dict:
+def merged(engine: str, ranks: list[dict]) -> dict:
     """One record from every rank's outcome: the status and the invariants checked."""
     first = ranks[0]
     for status in ("not built", "refused", "failed"):
@@ -290,15 +373,21 @@ def merged(ranks: list[dict]) -> dict:
                 f"rank {rank}: {len(r['frozen_changed'])} frozen tensor(s) changed, "
                 f"first {r['frozen_changed'][0]}"
             )
-        if r["not_moved"]:
+        stuck = sorted(set(r["not_moved"]) - set(first["static"]))
+        if stuck:
             problems.append(
-                f"rank {rank}: {len(r['not_moved'])} trainable tensor(s) did not move, "
-                f"first {r['not_moved'][0]}"
+                f"rank {rank}: {len(stuck)} trainable tensor(s) did not move that move in one "
+                f"process, first {stuck[0]}"
             )
-    if moments != ADAM_MOMENTS * 4 * trainable:
+    if moments != first["expected_moments"]:
+        extra = (
+            f"- {first['no_grad_numel']} without a gradient"
+            if engine == "fsdp2"
+            else f"+ {first['padding']} of padding"
+        )
         problems.append(
-            f"Adam moments hold {moments} bytes over the ranks, not "
-            f"{ADAM_MOMENTS * 4 * trainable} (2 x 4 x {trainable} trainable elements)"
+            f"Adam moments hold {moments} bytes over the ranks, not {first['expected_moments']} "
+            f"(2 x 4 x ({trainable} trainable elements {extra}))"
         )
     if not state_dicts:
         problems.append("no rank gathered a state dict")
@@ -313,6 +402,11 @@ def merged(ranks: list[dict]) -> dict:
         "trainable": trainable,
         "total": total,
         "frozen_tensors": first["frozen"],
+        "no_grad": first["no_grad"],
+        "no_grad_numel": first["no_grad_numel"],
+        "static": first["static"],
+        "padding": first["padding"],
+        "expected_moments": first["expected_moments"],
         "fft_moments_bytes": ADAM_MOMENTS * 4 * total,
         "state_fraction": round(moments / (ADAM_MOMENTS * 4 * total), 4),
         "same_weights": len({r["weights"] for r in ranks}) == 1,
@@ -480,12 +574,19 @@ def markdown(data: dict) -> str:
         "(`deepspeed.initialize`, a client AdamW over the trainable parameters, every tensor "
         f"partitioned), {WORLD} CPU processes over gloo, with "
         "`HFTConfig(whole_tensors=True)`: the category rule's half drawn and applied, then "
-        f"{STEPS} AdamW steps (weight decay {WEIGHT_DECAY}) on the census batch. **supported**: "
-        "the mask trains whole tensors only, every frozen tensor is bit-identical after the "
-        "steps (gathered whole) and every trainable tensor moved, the Adam moments summed over "
-        "the ranks hold exactly 2 x 4 bytes per trainable element (the trainable fraction of "
-        "full fine-tuning's), and the engine's gathered state dict has the model's names and "
-        "shapes. **refused**: `select` raised `HFTError`. **failed**: anything else.",
+        f"{STEPS} AdamW steps (weight decay {WEIGHT_DECAY}) on the census batch.",
+        "",
+        "- **supported**: the mask trains whole tensors only; every frozen tensor is "
+        "bit-identical after the steps (gathered whole) on every rank; every trainable tensor "
+        "moved that moves in one process without an engine (some get no gradient from a token "
+        "batch: an audio tower's, a vision projector's); the Adam moments summed over the "
+        "ranks hold exactly 2 x 4 bytes a trainable element (the trainable fraction of full "
+        "fine-tuning's), under FSDP2 less the tensors without a gradient (torch's AdamW makes "
+        "no state for them), under ZeRO-3 plus its padding of each tensor to a multiple of the "
+        "world size; the engine's gathered state dict has the model's names and shapes.",
+        "- **refused**: `select` raised `HFTError`.",
+        "- **not built**: the engine cannot train the model in full either (no mask): not HFT's.",
+        "- **failed**: anything else.",
         "",
         f"Regenerate with `make census-sharded` or `{data['command']}` (this section and "
         f"`architectures-sharded.json`, one torchrun launch per engine). This run took "
@@ -534,11 +635,15 @@ def markdown(data: dict) -> str:
                 else ""
             )
             cells += [r["status"], share]
-        reasons = "; ".join(
+        reasons = [
             f"{ENGINES[e]}: {r['message']}"
             for e, r in zip(results, records, strict=True)
             if r.get("message")
-        ).replace("|", "\\|")
+        ]
+        no_grad = next((r["no_grad"] for r in records if r.get("no_grad")), None)
+        if no_grad:
+            reasons.append(f"{len(no_grad)} trainable tensor(s) get no gradient, e.g. {no_grad[0]}")
+        reasons = "; ".join(reasons).replace("|", "\\|")
         lines.append(
             f"| {model_type} | {'' if frac is None else f'{frac:.3f}'} | "
             + " | ".join(cells)
