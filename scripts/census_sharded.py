@@ -14,8 +14,9 @@ batch and check on every rank that
   batch gives no gradient, an audio tower's say, may not);
 - the Adam moments' bytes summed over the ranks are exactly ``2 * 4`` a trainable element
   (the trainable fraction of what full fine-tuning holds); FSDP2 less the elements of
-  tensors without a gradient (torch's AdamW makes no state for them), ZeRO-3 plus its
-  padding of each tensor to a multiple of the world size;
+  tensors it gave no gradient (torch's AdamW makes no state for them; each must get none
+  in one process either), ZeRO-3 plus its padding of each tensor to a multiple of the
+  world size;
 - the engine's gathered state dict has the model's own names and shapes.
 
 Each type ends ``supported``, ``refused`` (``select`` raised ``HFTError``), ``failed``
@@ -147,10 +148,6 @@ def check_type(engine: str, model_type: str, kind: str, class_name: str) -> dict
         out.update(alone(model_type, class_name, mask, batch))
     except Exception as exc:  # noqa: BLE001 - HFT fails without an engine
         return {**out, "status": "failed", "message": f"one process: {_raised(exc)}"}
-    if engine == "fsdp2":  # torch's AdamW makes no state for a tensor without a gradient
-        out["expected_moments"] = ADAM_MOMENTS * 4 * (out["trainable"] - out["no_grad_numel"])
-    else:  # ZeRO-3 pads every tensor to a multiple of the world size, state and all
-        out["expected_moments"] = ADAM_MOMENTS * 4 * (out["trainable"] + out["padding"])
     mask.apply(model)
     try:
         out.update(engine_facts(engine, model, kind, batch, mask, shapes))
@@ -170,17 +167,27 @@ def check_type(engine: str, model_type: str, kind: str, class_name: str) -> dict
 
 def engine_facts(engine: str, model, kind: str, batch: dict, mask, shapes: dict) -> dict:
     """Train the masked ``model`` under ``engine``; what moved, the state, the state dict."""
+    import torch
     from hft_bench.sharded import engine_state_bytes, full_tensors
 
     engine_model = None
     try:
-        engine_model, optimizer, train_step = wrap(engine, model, kind)
+        engine_model, optimizer, backward, update = wrap(engine, model, kind)
         before = full_tensors(model)
+        # the trainable tensors no step gave a gradient: FSDP2 leaves their .grad None
+        # (ZeRO-3 keeps every gradient in its own buffers)
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        no_grad = set(trainable) if engine == "fsdp2" else set()
+        torch.manual_seed(1)  # the same random draws (a router's jitter) as in one process
         for _ in range(STEPS):
-            train_step(batch)
+            backward(batch)
+            no_grad = {n for n in no_grad if trainable[n].grad is None}
+            update()
         after = full_tensors(model)
         return {
             **weight_facts(mask, before, after),
+            "engine_no_grad": sorted(no_grad),
+            "engine_no_grad_numel": sum(trainable[n].numel() for n in no_grad),
             "state": engine_state_bytes(optimizer),
             "state_dict": state_dict_problems(engine, engine_model, shapes),
         }
@@ -193,9 +200,10 @@ def full_training_fails(engine: str, model_type: str, class_name: str, kind: str
     model = census.build(model_type, class_name)
     engine_model = None
     try:
-        engine_model, _, train_step = wrap(engine, model, kind)
+        engine_model, _, backward, update = wrap(engine, model, kind)
         for _ in range(STEPS):
-            train_step(batch)
+            backward(batch)
+            update()
     except Exception as exc:  # noqa: BLE001 - the engine's or the model's
         return _raised(exc)
     finally:
@@ -219,16 +227,15 @@ def alone(model_type: str, class_name: str, mask, batch: dict) -> dict:
     trainable = {n: p for n, p in twin.named_parameters() if p.requires_grad}
     start = {n: p.detach().clone() for n, p in trainable.items()}
     optimizer = torch.optim.AdamW(trainable.values(), lr=LR, weight_decay=WEIGHT_DECAY)
-    no_grad: list[str] = []
-    for step in range(STEPS):
+    no_grad = set(trainable)  # those no step gives a gradient
+    torch.manual_seed(1)
+    for _ in range(STEPS):
         census.loss_of(twin(**batch)).backward()
-        if step == 0:
-            no_grad = sorted(n for n, p in trainable.items() if p.grad is None)
+        no_grad = {n for n in no_grad if trainable[n].grad is None}
         optimizer.step()
         optimizer.zero_grad()
     return {
-        "no_grad": no_grad,
-        "no_grad_numel": sum(trainable[n].numel() for n in no_grad),
+        "no_grad": sorted(no_grad),
         "static": sorted(n for n, p in trainable.items() if torch.equal(start[n], p.detach())),
     }
 
@@ -259,7 +266,7 @@ def mask_facts(model, mask, kind: str) -> dict:
 
 
 def wrap(engine: str, model, kind: str):
-    """(the engine's model, its optimizer, one training step on a batch)."""
+    """(the engine's model, its optimizer, the backward of a batch's loss, the step)."""
     import torch
 
     if engine == "fsdp2":
@@ -271,12 +278,14 @@ def wrap(engine: str, model, kind: str):
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=LR, weight_decay=WEIGHT_DECAY)
 
-        def fsdp2_step(batch: dict) -> None:
+        def fsdp2_backward(batch: dict) -> None:
             census.loss_of(model(**batch)).backward()
+
+        def fsdp2_update() -> None:
             optimizer.step()
             optimizer.zero_grad()
 
-        return model, optimizer, fsdp2_step
+        return model, optimizer, fsdp2_backward, fsdp2_update
     import deepspeed
 
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -285,11 +294,10 @@ def wrap(engine: str, model, kind: str):
         model=model, optimizer=optimizer, config=ZERO3
     )
 
-    def zero3_step(batch: dict) -> None:
+    def zero3_backward(batch: dict) -> None:
         ds_engine.backward(census.loss_of(ds_engine(**batch)))
-        ds_engine.step()
 
-    return ds_engine, ds_optimizer, zero3_step
+    return ds_engine, ds_optimizer, zero3_backward, ds_engine.step
 
 
 def own_blocks(model, kind: str) -> list:
@@ -373,21 +381,28 @@ def merged(engine: str, ranks: list[dict]) -> dict:
                 f"rank {rank}: {len(r['frozen_changed'])} frozen tensor(s) changed, "
                 f"first {r['frozen_changed'][0]}"
             )
+        lost = sorted(set(r["engine_no_grad"]) - set(first["no_grad"]))
+        if lost:
+            problems.append(
+                f"rank {rank}: {len(lost)} trainable tensor(s) got no gradient that get one in "
+                f"one process, first {lost[0]}"
+            )
         stuck = sorted(set(r["not_moved"]) - set(first["static"]))
         if stuck:
             problems.append(
                 f"rank {rank}: {len(stuck)} trainable tensor(s) did not move that move in one "
                 f"process, first {stuck[0]}"
             )
-    if moments != first["expected_moments"]:
-        extra = (
-            f"- {first['no_grad_numel']} without a gradient"
-            if engine == "fsdp2"
-            else f"+ {first['padding']} of padding"
-        )
+    if engine == "fsdp2":  # torch's AdamW makes no state for a tensor without a gradient
+        expected = ADAM_MOMENTS * 4 * (trainable - first["engine_no_grad_numel"])
+        why = f"- {first['engine_no_grad_numel']} without a gradient"
+    else:  # ZeRO-3 pads every tensor to a multiple of the world size, state and all
+        expected = ADAM_MOMENTS * 4 * (trainable + first["padding"])
+        why = f"+ {first['padding']} of padding"
+    if moments != expected:
         problems.append(
-            f"Adam moments hold {moments} bytes over the ranks, not {first['expected_moments']} "
-            f"(2 x 4 x ({trainable} trainable elements {extra}))"
+            f"Adam moments hold {moments} bytes over the ranks, not {expected} "
+            f"(2 x 4 x ({trainable} trainable elements {why}))"
         )
     if not state_dicts:
         problems.append("no rank gathered a state dict")
@@ -403,10 +418,9 @@ def merged(engine: str, ranks: list[dict]) -> dict:
         "total": total,
         "frozen_tensors": first["frozen"],
         "no_grad": first["no_grad"],
-        "no_grad_numel": first["no_grad_numel"],
         "static": first["static"],
         "padding": first["padding"],
-        "expected_moments": first["expected_moments"],
+        "expected_moments": expected,
         "fft_moments_bytes": ADAM_MOMENTS * 4 * total,
         "state_fraction": round(moments / (ADAM_MOMENTS * 4 * total), 4),
         "same_weights": len({r["weights"] for r in ranks}) == 1,
@@ -415,6 +429,7 @@ def merged(engine: str, ranks: list[dict]) -> dict:
                 "state_bytes": r["state"],
                 "frozen_changed": r["frozen_changed"],
                 "not_moved": r["not_moved"],
+                "engine_no_grad": r["engine_no_grad"],
                 "state_dict_differences": r["state_dict"],
             }
             for r in ranks
@@ -581,8 +596,8 @@ def markdown(data: dict) -> str:
         "moved that moves in one process without an engine (some get no gradient from a token "
         "batch: an audio tower's, a vision projector's); the Adam moments summed over the "
         "ranks hold exactly 2 x 4 bytes a trainable element (the trainable fraction of full "
-        "fine-tuning's), under FSDP2 less the tensors without a gradient (torch's AdamW makes "
-        "no state for them), under ZeRO-3 plus its padding of each tensor to a multiple of the "
+        "fine-tuning's), under FSDP2 less the tensors it gave no gradient (torch's AdamW makes "
+        "no state for them; each gets none in one process either), under ZeRO-3 plus its padding of each tensor to a multiple of the "
         "world size; the engine's gathered state dict has the model's names and shapes.",
         "- **refused**: `select` raised `HFTError`.",
         "- **not built**: the engine cannot train the model in full either (no mask): not HFT's.",

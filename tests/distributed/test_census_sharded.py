@@ -74,6 +74,7 @@ def test_whole_tensor_half_trains_under_the_engine(census, engine, model_type):
     for rank in record["ranks"]:
         assert rank["frozen_changed"] == []  # gathered whole, bit for bit
         assert rank["not_moved"] == []
+        assert rank["engine_no_grad"] == []
 
 
 @pytest.mark.parametrize("engine", ENGINES)
