@@ -11,7 +11,7 @@ LOCKED = -c constraints.txt $(if $(MAIN_LOCK),-c $(MAIN_LOCK))
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-bench setup-axolotl wordnet test test-fast test-latest lock lint format demo census
+.PHONY: setup setup-bench setup-axolotl wordnet test test-fast test-latest lock lint format demo census census-sharded
 
 setup: $(VENV)/.installed
 
@@ -87,3 +87,8 @@ demo: setup setup-bench wordnet
 # docs/architectures.md (+ .json): every causal/seq2seq LM type of transformers, built tiny and checked
 census: setup
 	$(PY) scripts/census.py
+
+# its sharded section (+ architectures-sharded.json): every supported type under FSDP2 and
+# DeepSpeed ZeRO-3, 2 CPU processes each (about N minutes on 2 cores)
+census-sharded: setup
+	$(PY) scripts/census_sharded.py

@@ -1,10 +1,12 @@
 """One run of benchmarks/gpu_sharded.sh: FFT or HFT under DeepSpeed ZeRO-3 or FSDP2 (HF Trainer).
 
     torchrun --nproc_per_node N benchmarks/sharded_run.py --engine zero3|fsdp2 --mode fft|hft \
-        --json OUT.jsonl [--smoke]
+        --model llama|mixtral --json OUT.jsonl [--smoke]
 
-Builds a Llama-shaped model (``--smoke``: the tiny one, on CPU with gloo), trains a few steps
-with the HF Trainer (HFTTrainer for ``hft``) through the shipped engine configs, and appends
+Builds a ~1B Llama- or Mixtral-shaped model (``--smoke``: a tiny one, on CPU with gloo),
+trains a few steps with the HF Trainer (HFTTrainer with ``HFTConfig(whole_tensors=True)``
+for ``hft``: the routed experts' fused gate|up trains or freezes whole, as the engines need)
+through the shipped engine configs, and appends
 one JSON line: optimizer-state bytes per rank (fp32 master + moments), peak memory per rank,
 whether every frozen tensor is bit-identical after training (gathered), and the wall time.
 """
@@ -29,6 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--engine", choices=["zero3", "fsdp2", "zero2"], required=True)
     p.add_argument("--mode", choices=["fft", "hft"], required=True)
+    p.add_argument("--model", choices=["llama", "mixtral"], default="llama")
     p.add_argument("--json", required=True)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--steps", type=int, default=5)
@@ -50,14 +53,14 @@ def main() -> None:
 
     from datasets import Dataset
     from hft_bench.sharded import engine_arguments, engine_state_bytes, full_tensors
-    from transformers import AutoModelForCausalLM, LlamaConfig, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from hft_plugins import HFTConfig
     from hft_plugins.integrations.transformers import HFTTrainer
 
     engine = engine_arguments(a.engine, ROOT)
     args = TrainingArguments(
-        output_dir=str(Path(a.json).parent / f"run_{a.engine}_{a.mode}"),
+        output_dir=str(Path(a.json).parent / f"run_{a.model}_{a.engine}_{a.mode}"),
         per_device_train_batch_size=2,
         max_steps=a.steps,
         learning_rate=1e-4,
@@ -71,22 +74,15 @@ def main() -> None:
         accelerator_config=None if cuda else {"use_configured_state": True},
         **engine,
     )
-    if a.smoke:
-        shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, head_dim=16)
-        shape.update(num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
-        seq = 32
-    else:  # Llama-3.2-1B's block shapes, 16 layers, a small vocabulary: 1.01B parameters
-        shape = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16)
-        shape.update(num_attention_heads=32, num_key_value_heads=8, vocab_size=8192)
-        seq = 256
+    config, seq = model_config(a.model, a.smoke)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**shape))  # ZeRO-3: zero.Init
+    model = AutoModelForCausalLM.from_config(config)  # ZeRO-3: zero.Init
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, shape["vocab_size"], (64, seq), generator=g)
+    ids = torch.randint(0, config.vocab_size, (64, seq), generator=g)
     data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     kw = dict(model=model, args=args, train_dataset=data)
     if a.mode == "hft":
-        trainer = HFTTrainer(**kw, hft_config=HFTConfig())
+        trainer = HFTTrainer(**kw, hft_config=HFTConfig(whole_tensors=True))
         trained = set(trainer.hft_mask.params())
     else:
         trainer = Trainer(**kw)
@@ -118,6 +114,7 @@ def main() -> None:
         line = {
             "engine": a.engine,
             "mode": a.mode,
+            "model": a.model,
             "world": dist.get_world_size(),
             "device": "cuda" if cuda else "cpu",
             "params": numel,
@@ -131,6 +128,27 @@ def main() -> None:
             f.write(json.dumps(line) + "\n")
     dist.barrier()
     dist.destroy_process_group()
+
+
+def model_config(model: str, smoke: bool):
+    """(config, sequence length) of the benchmarked model."""
+    from transformers import LlamaConfig, MixtralConfig
+
+    if smoke:
+        shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, head_dim=16)
+        shape.update(num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
+        seq = 32
+    elif model == "llama":  # Llama-3.2-1B's block shapes, 16 layers, a small vocabulary: 1.01B
+        shape = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16)
+        shape.update(num_attention_heads=32, num_key_value_heads=8, vocab_size=8192)
+        seq = 256
+    else:  # Mixtral's block kind at 1024 wide, 8 experts (top 2), 16 layers: 0.96B
+        shape = dict(hidden_size=1024, intermediate_size=2304, num_hidden_layers=16)
+        shape.update(num_attention_heads=16, num_key_value_heads=4, vocab_size=8192)
+        seq = 256
+    if model == "llama":
+        return LlamaConfig(**shape), seq
+    return MixtralConfig(**shape, num_local_experts=8, num_experts_per_tok=2), seq
 
 
 def _numel(param) -> int:

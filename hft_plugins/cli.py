@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # commands that come with the evidence harness, not with this package
-HARNESS_COMMANDS = ("demo", "bench")
+HARNESS_COMMANDS = ("demo", "bench", "toy")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,8 @@ RATIO = 0.5
 TOLERANCE = 0.05
 STATUSES = ("supported", "refused", "not built", "failed")
 OUTER = ("embed", "head", "final_norm")  # trainable whole by default; not in the table
+# docs/architectures.md from this line to the end is scripts/census_sharded.py's, kept here
+SHARDED_MARK = "<!-- the sharded census (scripts/census_sharded.py) -->"
 
 # ---- the generic shrink --------------------------------------------------------
 
@@ -941,7 +943,9 @@ def main(argv=None) -> int:
     seconds = time.monotonic() - start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(records, seconds if not args.types else None))
+    kept = out.read_text().partition(SHARDED_MARK) if out.exists() else ("", "", "")
+    text = markdown(records, seconds if not args.types else None)
+    out.write_text(text + (f"\n{SHARDED_MARK}{kept[2]}" if kept[1] else ""))
     slim = [{k: v for k, v in r.items() if k != "block_classes"} for r in records]
     out.with_suffix(".json").write_text(
         json.dumps({"summary": summary(records), "types": slim}, indent=1) + "\n"

@@ -213,3 +213,21 @@ def test_step_on_smollm2_has_its_shapes():
     meta = build_model(args, device="meta")
     assert meta.lm_head.weight is meta.model.embed_tokens.weight
     assert sum(p.numel() for p in meta.parameters()) == 134_515_008
+
+
+def test_memory_table_counts_the_real_shapes_and_applies_the_cost_model():
+    """docs/distributed.md's memory tables: Ψ and T of the real shapes (meta device), and
+    each engine's per-rank terms."""
+    from hft_bench.memory_table import counts, models, per_rank, table
+
+    config_class, kwargs = models()["Llama-2-7B"]
+    assert counts(config_class, kwargs) == (6_738_415_616, 3_500_281_856)
+    zero3 = per_rank("ZeRO-3", 8, total=800, trained=400)
+    assert zero3 == {"params": 200.0, "grads": 100.0, "master": 200.0, "adam": 400.0}
+    assert per_rank("ZeRO-2", 8, 800, 400)["params"] == 1600  # replicated bf16
+    fsdp2 = per_rank("FSDP2", 8, 800, 400)
+    assert fsdp2 == {"params": 300.0, "grads": 200.0, "master": 0.0, "adam": 400.0}
+    rows = table(800, 400, [8])
+    assert (
+        rows[3] == "| ZeRO-2 | 8 | HFT | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 | 0.50 | 0.77 |"
+    )  # 2300 / 3000

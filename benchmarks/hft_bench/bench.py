@@ -1,4 +1,4 @@
-"""``hft bench forgetting``: continual learning over a task sequence, method by method.
+"""``hft toy forgetting``: continual learning over the synthetic tasks, method by method.
 
 For each method and seed, start from the cached base model and fine-tune on the
 sequence tasks one stage at a time. After every stage score every sequence task

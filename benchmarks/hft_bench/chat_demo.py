@@ -34,6 +34,7 @@ from hft_plugins.core.optim import state_bytes
 from . import chat_eval
 from .common import progress_bar, writable_dir
 from .demo import make_sft_trainer
+from .engine import score_pairs
 
 TASK_PROMPT = 'Define the word "{word}".'
 TASK_SEED = 18  # the draw of the task's words
@@ -93,7 +94,7 @@ class _Probes:
             [chat_eval.text_pair_ids(tokenizer, f.prompt, " " + w)[1] for w in f.wrong]
             for f in chat_eval.FACTS
         ]
-        known = chat_eval.score(base, self.facts, self.pad)
+        known = score_pairs(base, self.facts, self.pad)
         self.known = [i for i, s in enumerate(known) if s.greedy]
         if not self.known:
             raise HFTError("the base model gets none of the world facts right; nothing to keep")
@@ -107,34 +108,10 @@ class _Probes:
         self.shown_ids = [chat_eval.chat_prompt_ids(tokenizer, q) for _, q in self.shown]
 
 
-class _TokenBar:
-    """A ``generate`` streamer that advances a progress bar once per generated step."""
-
-    def __init__(self, bar):
-        self.bar, self.prompt_seen = bar, False
-
-    def put(self, value):
-        if self.prompt_seen:
-            self.bar.update(1)
-        self.prompt_seen = True
-
-    def end(self):
-        pass
-
-
 def _generate(model, prompts, probes: _Probes, tokens: int, desc: str):
-    bar = progress_bar(tokens, desc)
-    try:
-        return chat_eval.greedy(
-            model,
-            prompts,
-            pad_id=probes.pad,
-            eos_id=probes.eos,
-            max_new_tokens=tokens,
-            streamer=_TokenBar(bar),
-        )
-    finally:
-        bar.close()
+    return chat_eval.greedy(
+        model, prompts, pad_id=probes.pad, eos_id=probes.eos, max_new_tokens=tokens, desc=desc
+    )
 
 
 def evaluate(model, tokenizer, probes: _Probes, size: Size, label: str) -> dict:
@@ -147,10 +124,10 @@ def evaluate(model, tokenizer, probes: _Probes, size: Size, label: str) -> dict:
         len(probes.task) + len(probes.drift) + len(facts) + len(choices), f"scoring {label}"
     )
     try:
-        task = chat_eval.score(model, probes.task, probes.pad, progress=bar)
-        drift = chat_eval.score(model, probes.drift, probes.pad, progress=bar)
-        known = chat_eval.score(model, facts, probes.pad, progress=bar)
-        ranked = chat_eval.score(model, choices, probes.pad, progress=bar)
+        task = score_pairs(model, probes.task, probes.pad, progress=bar)
+        drift = score_pairs(model, probes.drift, probes.pad, progress=bar)
+        known = score_pairs(model, facts, probes.pad, progress=bar)
+        ranked = score_pairs(model, choices, probes.pad, progress=bar)
     finally:
         bar.close()
     hits, at = 0, 0

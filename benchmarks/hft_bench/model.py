@@ -22,6 +22,7 @@ from hft_plugins.core.atomic import atomic_files
 from . import engine, tasks
 from .common import writable_dir
 from .tokenizer import VOCAB
+from .training import Scheduled
 
 CACHE_FORMAT = "hft-demo-base/1"
 MODEL_CONFIG = dict(
@@ -85,16 +86,9 @@ def train_base(progress=None):
     random.Random(r["seed"]).shuffle(rows)
     opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / r["steps"])
-
-    class _Scheduled:  # the scheduler steps with the optimizer
-        def step(self):
-            opt.step()
-            sched.step()
-
-        def zero_grad(self, set_to_none=True):
-            opt.zero_grad(set_to_none=set_to_none)
-
-    engine.train_steps(model, _Scheduled(), rows, r["steps"], r["batch_size"], r["seed"], progress)
+    engine.train_steps(
+        model, Scheduled(opt, sched), rows, r["steps"], r["batch_size"], r["seed"], progress
+    )
     model.eval()
     return model
 

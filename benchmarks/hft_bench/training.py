@@ -128,21 +128,40 @@ def quiet():
         yield
 
 
+class Scheduled:
+    """An optimizer whose learning-rate scheduler steps with it."""
+
+    def __init__(self, optimizer, scheduler):
+        self.optimizer, self.scheduler = optimizer, scheduler
+
+    def step(self):
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def zero_grad(self, set_to_none=True):
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+
 class Stepper:
     """Runs one training step: forward, backward, optimizer step, zero_grad.
 
     ``step(**inputs)`` returns (step, fwd+bwd, optimizer) seconds, synchronising CUDA
-    around each part when ``cuda`` is set; ``loss`` is the last step's loss tensor.
+    around each part when ``cuda`` is set; ``loss`` is the last step's loss tensor, the
+    model's own unless ``loss(model, inputs)`` is given.
     """
 
-    def __init__(self, model, optimizer, cuda: bool = False):
+    def __init__(self, model, optimizer, cuda: bool = False, loss=None):
         self.model, self.optimizer, self.cuda = model, optimizer, cuda
+        self.loss_fn = loss
         self.loss = None
 
     def step(self, **inputs) -> tuple[float, float, float]:
         self._sync()
         t0 = time.perf_counter()
-        self.loss = self.model(**inputs).loss
+        if self.loss_fn is None:
+            self.loss = self.model(**inputs).loss
+        else:
+            self.loss = self.loss_fn(self.model, inputs)
         self.loss.backward()
         self._sync()
         t1 = time.perf_counter()

@@ -11,13 +11,14 @@ def _parser():
     parser = argparse.ArgumentParser(prog="hft")
     sub = parser.add_subparsers(dest="command", required=True)
     commands.add_demo_parser(sub)
+    commands.add_toy_parser(sub)
     commands.add_bench_parser(sub)
     return parser
 
 
 def test_demo_fast_writes_complete_results(quick_base, tmp_path, capsys):
     out = tmp_path / "demo"
-    args = _parser().parse_args(["demo", "tasks", "--steps", "3", "--seed", "1", "--out", str(out)])
+    args = _parser().parse_args(["toy", "tasks", "--steps", "3", "--seed", "1", "--out", str(out)])
     assert args.run(args) == 0
     result = json.loads((out / "results.json").read_text())
     assert (out / "demo.png").stat().st_size > 0
@@ -60,7 +61,7 @@ def test_bench_fast_two_methods_with_lr_grid(quick_base, tmp_path, capsys):
     out = tmp_path / "bench"
     args = _parser().parse_args(
         [
-            "bench",
+            "toy",
             "forgetting",
             "--methods",
             "fft,hft-category",
@@ -132,7 +133,7 @@ def test_pick_lr_takes_best_new_task_score_ties_to_smaller():
     ],
 )
 def test_bench_bad_input_is_one_line_error(argv, message, tmp_path):
-    args = _parser().parse_args(["bench", "forgetting", "--out", str(tmp_path), *argv])
+    args = _parser().parse_args(["toy", "forgetting", "--out", str(tmp_path), *argv])
     with pytest.raises(HFTError, match=message) as err:
         args.run(args)
     assert "\n" not in str(err.value)
@@ -143,6 +144,7 @@ def test_unwritable_output_dir_is_one_line_error(tmp_path):
     blocker.write_text("")
     for argv in (
         ["demo", "--out", str(blocker / "out")],
+        ["toy", "forgetting", "--out", str(blocker / "out")],
         ["bench", "forgetting", "--out", str(blocker / "out")],
     ):
         args = _parser().parse_args(argv)
@@ -161,7 +163,7 @@ def test_unwritable_output_dir_is_one_line_error(tmp_path):
     ],
 )
 def test_demo_bad_input_is_one_line_error(argv, message, tmp_path):
-    args = _parser().parse_args(["demo", "tasks", "--out", str(tmp_path), *argv])
+    args = _parser().parse_args(["toy", "tasks", "--out", str(tmp_path), *argv])
     with pytest.raises(HFTError, match=message):
         args.run(args)
 
@@ -186,7 +188,7 @@ def test_the_harness_adds_its_commands_through_the_plugin_hook(monkeypatch, caps
     from hft_plugins.cli import build_parser, main
 
     registry.reset()
-    assert {"demo", "bench"} <= set(build_parser().commands)
+    assert {"demo", "bench", "toy"} <= set(build_parser().commands)
     assert "hft_bench" in dict(registry.manager().list_name_plugin())
     monkeypatch.setenv("HFT_DISABLE_PLUGINS", "hft_bench")
     registry.reset()
@@ -206,32 +208,71 @@ def test_the_harness_adds_its_commands_through_the_plugin_hook(monkeypatch, caps
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--steps", "5", "tasks"], "--steps before 'tasks' is an option of the real-model demo"),
-        (["--model", "x", "wordnet"], "--model before 'wordnet' is an option of the real-model"),
-        (["wordnet", "--domain", "poems"], "unknown domain 'poems'"),
-        (["wordnet", "--strategy", "bogus"], "unknown strategy 'bogus'"),
         (["--strategy", "bogus"], "unknown strategy 'bogus'"),
         (["--steps", "0"], "steps must be at least 1"),
         (["--heldout", "0"], "heldout must be at least 1"),
         (["--lr", "0"], "learning rate must be positive"),
     ],
 )
-def test_demo_refuses_bad_names_and_misplaced_flags_before_loading(argv, message, tmp_path):
-    """`hft demo` is the real-model demo; `hft demo wordnet|tasks` the toy ones, each with its
-    own flags. A real-model flag before a toy demo's name would be read by nobody: refused."""
+def test_demo_refuses_bad_values_before_loading(argv, message, tmp_path):
     args = _parser().parse_args(["demo", "--out", str(tmp_path), *argv])
     with pytest.raises(HFTError, match=message) as err:
         args.run(args)
     assert "\n" not in str(err.value)
 
 
-def test_each_demo_reads_its_own_flags():
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["toy", "wordnet", "--domain", "poems"], "unknown domain 'poems'"),
+        (["toy", "wordnet", "--strategy", "bogus"], "unknown strategy 'bogus'"),
+        (["bench", "forgetting", "--methods", "fft,sgd"], "unknown method 'sgd'"),
+        (["bench", "forgetting", "--methods", "lora"], "must include fft"),
+        (["bench", "forgetting", "--lrs", "fast"], "--lrs 'fast' is not a comma list of numbers"),
+        (["bench", "forgetting", "--steps", "4,x"], "--steps '4,x' is not a comma list of whole"),
+        (["bench", "forgetting", "--seeds", ""], "seed list is empty"),
+        (["bench", "forgetting", "--parts", "all"], "unknown part 'all'"),
+    ],
+)
+def test_bad_values_are_one_line_errors_before_loading(argv, message, tmp_path):
+    args = _parser().parse_args([*argv, "--out", str(tmp_path)])
+    with pytest.raises(HFTError, match=message) as err:
+        args.run(args)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["demo", "wordnet"], "wordnet"),  # the toy demos are `hft toy ...`
+        (["demo", "--domain", "verbs"], "--domain"),
+        (["toy", "tasks", "--model", "x"], "--model"),
+        (["toy", "wordnet", "--steps", "5"], "--steps"),
+        (["toy", "forgetting", "--sequence-steps", "5"], "--sequence-steps"),
+        (["bench", "forgetting", "--tasks", "reverse,shift"], "--tasks"),
+        (["bench", "forgetting", "--workers", "2"], "--workers"),
+    ],
+)
+def test_a_flag_of_another_setting_is_an_argparse_error(argv, flag, capsys):
+    """Each setting has its own options: a flag given where it does nothing is refused by
+    the parser itself, naming the flag."""
+    with pytest.raises(SystemExit) as exit_:
+        _parser().parse_args(argv)
+    assert exit_.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_each_setting_reads_its_own_flags():
     parser = _parser()
-    real = parser.parse_args(["demo", "--steps", "3", "--lr", "1e-4"])
-    assert real.setting is None and (real.real_steps, real.real_lr) == (3, 1e-4)
-    tasks_ = parser.parse_args(["demo", "tasks", "--steps", "3", "--lr", "1e-2"])
-    assert tasks_.setting == "tasks" and (tasks_.steps, tasks_.lr) == (3, 1e-2)
-    assert tasks_.real_steps == real.real_defaults["--steps"]
-    wordnet = parser.parse_args(["demo", "wordnet", "--seeds", "0", "--lr", "3e-3"])
-    assert wordnet.setting == "wordnet" and (wordnet.seeds, wordnet.lr) == ("0", 3e-3)
-    assert real.run is not tasks_.run is not wordnet.run
+    real = parser.parse_args(["demo", "--steps", "3", "--lr", "1e-4", "--model", "m"])
+    assert (real.steps, real.lr, real.model) == (3, 1e-4, "m")
+    tasks_ = parser.parse_args(["toy", "tasks", "--steps", "3", "--lr", "1e-2"])
+    assert (tasks_.steps, tasks_.lr) == (3, 1e-2)
+    wordnet = parser.parse_args(["toy", "wordnet", "--seeds", "0", "--lr", "3e-3"])
+    assert (wordnet.seeds, wordnet.lr) == ("0", 3e-3)
+    bench_ = parser.parse_args(["bench", "forgetting", "--model", "m", "--sequence-steps", "4"])
+    assert (bench_.model, bench_.sequence_steps, bench_.plan) == ("m", 4, False)
+    toy = parser.parse_args(["toy", "forgetting", "--tasks", "reverse,shift"])
+    assert toy.tasks == "reverse,shift"
+    runs = [real.run, tasks_.run, wordnet.run, bench_.run, toy.run]
+    assert len(set(runs)) == len(runs)

@@ -1,4 +1,5 @@
 import json
+from functools import partial
 
 from hft_bench.evidence.base import BASE_SETTINGS, load_or_train, weights_path
 from hft_bench.evidence.metrics import evaluate, make_evalset
@@ -45,9 +46,10 @@ def test_every_method_runs_and_grid_resumes(corpus, tmp_path):
     cfgs = [dict(domains=["nouns_new"], method="fft", lr=1e-3, steps=1, seed=s, ratio=0.5)
             for s in (0, 1)]  # fmt: skip
     out = tmp_path / "grid.json"
-    first = run_grid(cfgs, state, settings, corpus, evalset, out, lambda m: None)
+    run = partial(run_sequence, state, settings, corpus, evalset)
+    first = run_grid(cfgs, run, out, lambda m: None)
     logs = []
-    again = run_grid(cfgs, state, settings, corpus, evalset, out, logs.append)
+    again = run_grid(cfgs, run, out, logs.append)
     assert first == again and not logs
 
 

@@ -37,7 +37,7 @@ def test_nll_matches_closed_form():
     manual = -(2 * (5 - LOGZ) + (0 - LOGZ) + 2 * (0 - LOGZ)) / 5
     assert math.isclose(nll(model, items), manual, rel_tol=1e-6)
     per_item = completion_logprobs(model, items)
-    assert per_item[1][1] == 2 and math.isclose(per_item[1][0], -2 * LOGZ, rel_tol=1e-6)
+    assert per_item[1].tokens == 2 and math.isclose(per_item[1].logprob, -2 * LOGZ, rel_tol=1e-6)
 
 
 def test_nll_matches_a_real_model_by_hand():

@@ -4,12 +4,16 @@ The config checks run anywhere (no axolotl import). The end-to-end runs are the 
 axolotl 0.19.0 training CLI on 2 CPU processes (gloo) in the axolotl virtualenv, through
 ``tests/distributed/workers/axolotl_sharded.py`` (what accelerate and axolotl need on a
 GPU-less machine; a GPU run is ``accelerate launch -m axolotl.cli.train sft-zero2.yml``),
-with the shipped ``integrations/axolotl/sft-{zero2,zero3,fsdp2}.yml``: the mask drawn once
-(ZeRO-3: on the model partitioned at load), the frozen tensors bit-identical (gathered on
-every rank), the optimizer state per rank exactly the trainable half's, ``hft_mask.json``
-in the output and its checkpoint, stage_begin/stage_end once, a ZeRO-2 checkpoint resumed
-bit-exact with its saved half, and a fused-projection family refused in one line before
-training. DeepSpeed builds a small C++ op with g++ on its first run (cached).
+with the shipped ``integrations/axolotl/sft-{zero2,zero3,fsdp2}.yml`` (``hft_whole_tensors:
+true``): a tiny Llama under ZeRO-2, a Mixtral-shaped model (routed experts' 3-D
+``gate_up_proj``) under ZeRO-3 and a Phi-3-shaped one (``qkv_proj``, ``gate_up_proj``)
+under FSDP2. Each: the mask drawn once (ZeRO-3: on the model partitioned at load) with no
+slices, the frozen tensors bit-identical (gathered on every rank), every trainable one
+moved, the optimizer state per rank exactly the trainable half's, ``hft_mask.json`` in the
+output and its checkpoint, stage_begin/stage_end once, and the saved model loading with
+plain ``from_pretrained`` equal to the gathered final weights; a ZeRO-2 checkpoint resumed
+bit-exact with its saved half, and the default (sliced) mask of a fused family refused in
+one line before training. DeepSpeed builds a small C++ op with g++ on its first run (cached).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from hft_plugins import HFTConfig, HFTError, HFTMask
@@ -32,6 +37,7 @@ SHIPPED = REPO / "integrations" / "axolotl"
 DEEPSPEED = REPO / "integrations" / "deepspeed"
 WORKER = REPO / "tests" / "distributed" / "workers" / "axolotl_sharded.py"
 VENV = Path(os.environ.get("HFT_AXOLOTL_VENV", REPO / ".venv-axolotl"))
+FUSED_KINDS = ("qkv_proj", "gate_up_proj")  # q|k|v and gate|up (Mixtral: of all experts)
 
 
 # ---- the config checks (no axolotl) -------------------------------------------------
@@ -58,6 +64,8 @@ def _one_line_error(cfg: dict) -> str:
 def test_engines_are_accepted(cfg, engine):
     assert config_engine(cfg) == engine
     assert check_config({"hft": True, **cfg}) == HFTConfig(stage=0)
+    whole = {"hft": True, "hft_whole_tensors": True, **cfg}
+    assert check_config(whole) == HFTConfig(stage=0, whole_tensors=True)
 
 
 @pytest.mark.parametrize(
@@ -88,7 +96,8 @@ def test_engines_are_ignored_when_hft_is_off():
 def test_shipped_sharded_yamls_differ_from_sft_only_in_engine_and_output(name):
     base = yaml.safe_load((SHIPPED / "sft.yml").read_text())
     cfg = yaml.safe_load((SHIPPED / name).read_text())
-    engine = {"deepspeed", "fsdp_version", "fsdp_config"}
+    assert cfg["hft_whole_tensors"] is True  # any family: fused tensors train whole
+    engine = {"deepspeed", "fsdp_version", "fsdp_config", "hft_whole_tensors"}
     assert {k: v for k, v in cfg.items() if k not in engine | {"output_dir"}} == {
         k: v for k, v in base.items() if k != "output_dir"
     }
@@ -112,6 +121,9 @@ def _env() -> dict[str, str]:
         WANDB_DISABLED="true",
         TOKENIZERS_PARALLELISM="false",
         OMP_NUM_THREADS="1",
+        # DeepSpeed's C++ op built for this virtualenv's torch, apart from the main one's:
+        # one shared directory is rebuilt (minutes) each time the other venv runs
+        TORCH_EXTENSIONS_DIR=str(Path.home() / ".cache" / "torch_extensions" / "axolotl-venv"),
     )
     return env
 
@@ -161,7 +173,7 @@ def workdir(tmp_path_factory) -> Path:
     shutil.copy(SHIPPED / "make_tiny_model.py", work)
     shutil.copytree(SHIPPED / "data", work / "data")
     python = str(VENV / "bin" / "python")
-    for args in (["tiny-llama"], ["tiny-phi3", "--family", "phi3"]):
+    for args in (["tiny-llama"], *(["tiny-" + f, "--family", f] for f in ("mixtral", "phi3"))):
         made = subprocess.run(
             [python, "make_tiny_model.py", *args], cwd=work, env=_env(), capture_output=True
         )
@@ -170,31 +182,40 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def _train(work: Path, config: str) -> dict:
-    done = _launch(work, config, "result.json", "tiny-llama")
+    cfg = yaml.safe_load((work / config).read_text())
+    done = _launch(work, config, "result.json", cfg["base_model"])
     log = done.stdout + done.stderr
     assert done.returncode == 0, f"{config} failed:\n{log[-4000:]}"
-    out = work / yaml.safe_load((work / config).read_text())["output_dir"]
     result = json.loads((work / "result.json").read_text())
+    result["final"] = torch.load(work / "final_weights.pt")
     (work / "result.json").unlink()
-    result["out"] = out
+    (work / "final_weights.pt").unlink()
+    result["out"] = work / cfg["output_dir"]
+    result["base"] = work / cfg["base_model"]
     return result
 
 
-def _check_half(work: Path, result: dict, engine: str) -> HFTMask:
-    from safetensors.torch import load_file
+def _weights(path: Path) -> dict:
+    """name -> tensor as plain ``from_pretrained`` loads ``path`` (the model's own names)."""
+    from transformers import AutoModelForCausalLM
 
+    model = AutoModelForCausalLM.from_pretrained(path)
+    return {n: p.detach() for n, p in model.named_parameters()}
+
+
+def _check_half(result: dict, engine: str) -> HFTMask:
     assert result["engine"] == engine
     out = result["out"]
     mask = HFTMask.load(out / "hft_mask.json")
     assert HFTMask.load(out / "checkpoint-2" / "hft_mask.json") == mask
-    assert mask.config == HFTConfig(stage=0)
-    assert not any(s is not None for s in mask.params().values())  # whole matrices only
+    assert mask.config == HFTConfig(stage=0, whole_tensors=True)
+    assert not any(s is not None for s in mask.params().values())  # whole tensors only
     trained = set(mask.params())
     t, total = mask.trainable_numel, result["numel"]
-    assert 0 < t < total
+    assert 0 < t < total == mask.total_numel
     for rank in result["ranks"]:
         assert rank["frozen_identical"]  # gathered on every rank, vs the base model
-        assert set(rank["frozen"]).isdisjoint(trained) and rank["frozen"]
+        assert rank["frozen"] and set(rank["frozen"]) == set(result["final"]) - trained
         assert set(rank["trainable_moved"]) == trained
         # optimizer state per rank: the trainable half's share, 2 ranks, fp32 Adam
         state = rank["state_bytes"]
@@ -203,19 +224,31 @@ def _check_half(work: Path, result: dict, engine: str) -> HFTMask:
         else:  # FSDP2: the sharded fp32 trainable params are the master
             assert state == {"master": 0, "moments": 8 * t // 2}
     assert result["stage_events"] == [["stage_begin", 0], ["stage_end", 0]]
-    before = load_file(work / "tiny-llama" / "model.safetensors")
-    after = load_file(out / "model.safetensors")  # ZeRO-3: gathered at save
-    for name, value in before.items():
+    before = _weights(result["base"])
+    after = _weights(out)  # ZeRO-3 / FSDP2: gathered at save
+    assert {n: v.shape for n, v in after.items()} == {n: v.shape for n, v in before.items()}
+    for name, value in after.items():
+        assert torch.equal(value, result["final"][name]), f"saved {name} differs"
         if name not in trained:
-            assert (value == after[name]).all(), f"frozen {name} changed"
+            assert torch.equal(value, before[name]), f"frozen {name} changed"
     return mask
+
+
+def _check_fused_whole(result: dict, mask: HFTMask) -> None:
+    """Each kind of fused tensor is trained whole in one block and frozen whole in another
+    (the category's half carried across blocks)."""
+    trained = set(mask.params())
+    kinds = [{n for n in result["final"] if kind in n} for kind in FUSED_KINDS]
+    assert any(kinds)
+    for names in kinds:
+        assert not names or (names & trained and names - trained), names
 
 
 @pytest.mark.axolotl
 @pytest.mark.slow
 def test_zero2_trains_the_half_with_the_engines_optimizer(workdir):
     result = _train(workdir, _config(workdir, "sft-zero2.yml", "zero2", max_steps=4))
-    _check_half(workdir, result, "DeepSpeed ZeRO-2")
+    _check_half(result, "DeepSpeed ZeRO-2")
     assert (result["out"] / "checkpoint-2" / "global_step2").is_dir()  # ZeRO's own checkpoint
     # resumed from checkpoint-2 by a run that asks for stage 1: the checkpoint's half goes
     # on (its optimizer state covers that half), and the result is bit-identical
@@ -242,27 +275,37 @@ def test_zero2_trains_the_half_with_the_engines_optimizer(workdir):
 
 @pytest.mark.axolotl
 @pytest.mark.slow
-def test_zero3_draws_the_mask_on_the_model_partitioned_at_load(workdir):
-    result = _train(workdir, _config(workdir, "sft-zero3.yml", "zero3"))
+def test_zero3_trains_whole_experts_of_the_model_partitioned_at_load(workdir):
+    config = _config(workdir, "sft-zero3.yml", "zero3-mixtral", base_model="./tiny-mixtral")
+    result = _train(workdir, config)
     assert result["partitioned_at_load"]
-    _check_half(workdir, result, "DeepSpeed ZeRO-3")
+    _check_fused_whole(result, _check_half(result, "DeepSpeed ZeRO-3"))
 
 
 @pytest.mark.axolotl
 @pytest.mark.slow
-def test_fsdp2_trains_the_half_with_the_trainers_optimizer(workdir):
-    result = _train(workdir, _config(workdir, "sft-fsdp2.yml", "fsdp2"))
-    _check_half(workdir, result, "FSDP2")
+def test_fsdp2_trains_whole_fused_projections_with_the_trainers_optimizer(workdir):
+    shipped = yaml.safe_load((SHIPPED / "sft-fsdp2.yml").read_text())["fsdp_config"]
+    config = _config(
+        workdir,
+        "sft-fsdp2.yml",
+        "fsdp2-phi3",
+        base_model="./tiny-phi3",
+        fsdp_config={**shipped, "transformer_layer_cls_to_wrap": "Phi3DecoderLayer"},
+    )
+    result = _train(workdir, config)
+    _check_fused_whole(result, _check_half(result, "FSDP2"))
 
 
 @pytest.mark.axolotl
 @pytest.mark.slow
-def test_fused_projections_are_refused_in_one_line_before_training(workdir):
+def test_fused_slices_are_refused_in_one_line_before_training(workdir):
     config = _config(
         workdir,
         "sft-zero2.yml",
         "zero2-phi3",
         base_model="./tiny-phi3",
+        hft_whole_tensors=False,  # the default: q, k, v are slices of one qkv_proj
     )
     done = _launch(workdir, config)
     log = done.stdout + done.stderr

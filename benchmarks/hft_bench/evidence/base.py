@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,8 @@ import torch
 from hft_plugins import HFTError
 from hft_plugins.core.atomic import atomic_files, atomic_write_text
 
-from ..engine import pad_batch
+from ..engine import pair_batch, train_steps
+from ..training import Scheduled
 from .corpus import CHARS, Corpus
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -59,17 +59,15 @@ def decode(ids) -> str:
     return "".join(inv.get(int(i), "") for i in ids)
 
 
+def item_ids(prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """``(<bos> prompt, completion <eos>)`` as token ids."""
+    return [BOS] + encode(prompt), encode(completion) + [EOS]
+
+
 def make_batch(items, loss_on: str = "completion") -> dict[str, torch.Tensor]:
     """``<bos> prompt completion <eos>``, right-padded; labels on the completion and <eos>
     (``loss_on="completion"``) or on every token after <bos> (``"all"``)."""
-    if loss_on not in ("completion", "all"):
-        raise HFTError(f"loss_on must be 'completion' or 'all', got {loss_on!r}")
-    seqs, labels = [], []
-    for prompt, completion in items:
-        p, c = [BOS] + encode(prompt), encode(completion) + [EOS]
-        seqs.append(p + c)
-        labels.append(([IGNORE] + p[1:] if loss_on == "all" else [IGNORE] * len(p)) + c)
-    return pad_batch(seqs, labels, PAD, IGNORE)
+    return pair_batch([item_ids(p, c) for p, c in items], PAD, loss_on)
 
 
 def build_model(settings: dict, seed: int | None = None):
@@ -112,26 +110,17 @@ def pretrain(settings: dict, items, log=print):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    rng = random.Random(settings["seed"])
-    order: list[int] = []
     start, window = time.perf_counter(), []
-    model.train()
-    for step in range(steps):
-        if len(order) < settings["batch"]:
-            fresh = list(range(len(items)))
-            rng.shuffle(fresh)
-            order += fresh
-        picked, order = order[: settings["batch"]], order[settings["batch"] :]
-        loss = model(**make_batch([items[i] for i in picked], "all")).loss
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        window.append(loss.item())
-        if (step + 1) % 250 == 0 or step + 1 == steps:
+
+    def report(step, model, loss):
+        window.append(loss)
+        if step % 250 == 0 or step == steps:
             el = time.perf_counter() - start
-            log(f"pretrain step {step + 1}/{steps} loss {sum(window) / len(window):.3f} {el:.0f}s")
-            window = []
+            log(f"pretrain step {step}/{steps} loss {sum(window) / len(window):.3f} {el:.0f}s")
+            window.clear()
+
+    train_steps(model, Scheduled(opt, sched), items, steps, settings["batch"], settings["seed"],
+                to_batch=lambda rows: make_batch(rows, "all"), after_step=report)  # fmt: skip
     model.eval()
     return model, time.perf_counter() - start
 

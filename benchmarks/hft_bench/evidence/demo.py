@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 from .experiment import configs, setup
 from .frontier import add_deltas, matched, mean_ci
 from .plot import frontier_png
 from .report import fmt
-from .runs import run_grid
+from .runs import run_grid, run_sequence
 
 DEMO_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
 
@@ -38,8 +39,8 @@ def run_demo(
     steps = sorted(steps)
     cells = configs([[domain]], ["fft", hft], lrs, steps, list(seeds))
     (out / "demo.json").unlink(missing_ok=True)  # always fresh: the base may have changed
-    recs = run_grid(cells, su.state, su.settings, su.corpus, su.evalset, out / "demo.json",
-                    log=lambda m: None)  # fmt: skip
+    run = partial(run_sequence, su.state, su.settings, su.corpus, su.evalset)
+    recs = run_grid(cells, run, out / "demo.json", log=lambda m: None)
     recs = add_deltas([r for r in recs if r["domains"] == [domain]], su.base_scores)
     png = frontier_png(recs, out / "demo-frontier.png", f"Demo: base knowledge vs {domain}")
 

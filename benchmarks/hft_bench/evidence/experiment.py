@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from .base import BASE_SETTINGS, load_or_train, n_params
 from .corpus import DOMAINS, build_corpus
 from .frontier import add_deltas, best_lr, summarize_points
 from .metrics import evaluate, make_evalset
-from .runs import check_methods, run_grid
+from .runs import check_methods, run_grid, run_sequence
 
 SEQUENCE = ("nouns_new", "verbs", "hypernym")
 PARTS = ("frontier", "highlr", "stages", "ratio", "second")
@@ -119,9 +120,8 @@ def run_benchmark(
     su = su or setup(log=log)
     base = dict(scores=su.base_scores, info=su.info, settings=su.settings)
     atomic_write_text(out / "base.json", json.dumps(base, indent=1) + "\n")
-    grid = lambda cfgs, name: run_grid(  # noqa: E731
-        cfgs, su.state, su.settings, su.corpus, su.evalset, out / f"{name}.json", log, name
-    )
+    run = partial(run_sequence, su.state, su.settings, su.corpus, su.evalset)
+    grid = lambda cfgs, name: run_grid(cfgs, run, out / f"{name}.json", log, name)  # noqa: E731
     if "frontier" in parts:
         grid(configs([[d] for d in domains], methods, lrs, steps, seeds), "frontier")
     ps = payoff_seeds or seeds

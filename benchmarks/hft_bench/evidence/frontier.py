@@ -93,8 +93,11 @@ def _by(records, *keys):
     return groups
 
 
-def summarize_points(records) -> list[dict]:
-    """Mean and CI of each metric per (method, ratio, lr, steps) over seeds."""
+TOY_METRICS = ("learning", "forgetting", "heldout_change", "probe_change")
+
+
+def summarize_points(records, metrics=TOY_METRICS) -> list[dict]:
+    """Mean and CI of each of ``metrics`` per (method, ratio, lr, steps) over seeds."""
     rows = []
     for (method, ratio, lr, steps), rs in sorted(
         _by(records, "method", "ratio", "lr", "steps").items()
@@ -106,7 +109,7 @@ def summarize_points(records) -> list[dict]:
             steps=steps,
             diverged=sum(bool(r.get("diverged")) for r in rs),
         )
-        for m in ("learning", "forgetting", "heldout_change", "probe_change"):
+        for m in metrics:
             row[m] = mean_ci(r.get(m) for r in rs)
         rows.append(row)
     return rows

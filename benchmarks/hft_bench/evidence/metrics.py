@@ -15,40 +15,21 @@ from __future__ import annotations
 
 import random
 
-import torch
-
 from hft_plugins import HFTError
 
-from .base import IGNORE, make_batch
+from ..engine import Scored, score_pairs
+from .base import PAD, item_ids
 
 
-@torch.no_grad()
-def completion_logprobs(model, items, chunk: int = 128) -> list[tuple[float, int]]:
-    """Per item: (sum of log-probs of completion + <eos>, number of those tokens)."""
-    if not items:
-        raise HFTError("no items to score")
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(items)), key=lambda i: len(items[i][0]) + len(items[i][1]))
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(items)
-    for start in range(0, len(order), chunk):
-        idx = order[start : start + chunk]
-        b = make_batch([items[i] for i in idx])
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        logits, target = logits[:, :-1].float(), b["labels"][:, 1:]
-        keep = target != IGNORE
-        logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
-        totals, counts = (logp * keep).sum(-1).tolist(), keep.sum(-1).tolist()
-        for j, i in enumerate(idx):
-            out[i] = (totals[j], counts[j])
-    model.train(was_training)
-    return out
+def completion_logprobs(model, items) -> list[Scored]:
+    """Per item: the log-probability of completion + <eos> and its token count."""
+    return score_pairs(model, [item_ids(p, c) for p, c in items], PAD, batch_size=128)
 
 
 def nll(model, items) -> float:
     """Per-token NLL (nats) of the completions, pooled over all tokens."""
     scores = completion_logprobs(model, items)
-    return -sum(s for s, _ in scores) / sum(n for _, n in scores)
+    return -sum(s.logprob for s in scores) / sum(s.tokens for s in scores)
 
 
 def probe_candidates(probe, pool, k: int = 4, seed: int = 0):
@@ -69,7 +50,7 @@ def probe_candidates(probe, pool, k: int = 4, seed: int = 0):
 def probe_accuracy(model, candidates) -> float:
     """Share of probe rows whose right completion (index 0) strictly beats every other."""
     pairs = [(p, c) for p, cands in candidates for c in cands]
-    scores = [s for s, _ in completion_logprobs(model, pairs)]
+    scores = [s.logprob for s in completion_logprobs(model, pairs)]
     hits, i = 0, 0
     for _, cands in candidates:
         row = scores[i : i + len(cands)]

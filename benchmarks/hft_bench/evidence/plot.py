@@ -18,7 +18,12 @@ COLORS = {
 MARKERS = ["o", "s", "^", "D"]
 
 
-def frontier_png(records, path: Path, title: str, key=lambda r: r["method"]) -> Path:
+LEARNING = "learning: new-task NLL decrease (nats/token, higher = learned more)"
+FORGETTING = "forgetting: base-knowledge NLL increase (nats/token)"
+
+
+def frontier_png(records, path: Path, title: str, key=lambda r: r["method"], xlabel=LEARNING,
+                 ylabel=FORGETTING) -> Path:  # fmt: skip
     """Mean (learning, forgetting) per (key, lr, steps) with 95% CI bars; envelope lines."""
     import matplotlib
 
@@ -49,8 +54,8 @@ def frontier_png(records, path: Path, title: str, key=lambda r: r["method"]) -> 
         env = envelope((p["learning"]["mean"], p["forgetting"]["mean"]) for p in pts)
         ax.plot([x for x, _ in env], [y for _, y in env], "-", color=color, lw=1.5, label=name)
     ax.axhline(0, color="0.8", lw=0.8)
-    ax.set_xlabel("learning: new-task NLL decrease (nats/token, higher = learned more)")
-    ax.set_ylabel("forgetting: base-knowledge NLL increase (nats/token)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     marks = ", ".join(f"{m}={s} steps" for m, s in zip(MARKERS, all_steps, strict=False))
     ax.set_title(f"{title}\n(points: mean over seeds, bars 95% CI; {marks}; lines: envelope)",
                  fontsize=9)  # fmt: skip

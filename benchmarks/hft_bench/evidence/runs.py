@@ -2,7 +2,7 @@
 
 The methods are those of the forgetting benchmark (``methods.run_stage``: FFT, HFT
 category/layer/matrix, real PEFT LoRA, real BAdam), run with this benchmark's batches
-through ``run_stage``'s ``train`` hook, plus ``fft-replay``: FFT where each training
+through the harness's one loop (``engine.train_steps``), plus ``fft-replay``: FFT where each training
 example is, with probability 1%, a base item (gloss given headword) instead of a task
 item. All use AdamW (no weight decay, constant lr) with a fresh optimizer per stage;
 the batch order depends only on the seed and stage, so methods see the same batches.
@@ -13,17 +13,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import random
 import time
 import warnings
 from pathlib import Path
-
-import torch
 
 from hft_plugins import HFTError
 from hft_plugins.core.atomic import atomic_write_text
 
 from .. import methods as _methods
+from ..engine import Diverged
 from .base import build_model, make_batch
 from .metrics import evaluate
 
@@ -51,53 +49,42 @@ def check_methods(names) -> tuple[str, ...]:
     return names
 
 
-def make_train(replay_items=None, replay: float = 0.0):
-    """A ``train_steps`` for ``run_stage`` on (prompt, completion) items, completion loss."""
+class Checkpoints:
+    """``after_step`` for the loop: ``evaluate(model)`` at the listed step counts, each with
+    the training seconds so far (evaluations excluded)."""
 
-    def train(model, optimizer, rows, steps, batch_size, seed, progress=None):
-        rng = random.Random(seed)
-        mix = random.Random(seed + 7_777_777)
-        order: list[int] = []
-        losses = []
-        model.train()
-        for _ in range(steps):
-            if len(order) < batch_size:
-                fresh = list(range(len(rows)))
-                rng.shuffle(fresh)
-                order += fresh
-            picked, order = order[:batch_size], order[batch_size:]
-            items = [rows[i] for i in picked]
-            if replay:
-                items = [
-                    replay_items[mix.randrange(len(replay_items))] if mix.random() < replay else it
-                    for it in items
-                ]
-            loss = model(**make_batch(items)).loss
-            if not torch.isfinite(loss):
-                raise HFTError(f"training loss became {loss.item()} (lr too high?)")
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if progress is not None:
-                progress.update(1, model)
-        return losses
+    def __init__(self, at, evaluate):
+        self.at, self.evaluate, self.t0, self.scores = set(at), evaluate, time.perf_counter(), {}
 
-    return train
-
-
-class _Checkpoints:
-    """``progress`` for ``make_train``'s loop: evaluates the model at the listed step counts."""
-
-    def __init__(self, at, evalset, t0):
-        self.at, self.evalset, self.t0, self.n, self.scores = set(at), evalset, t0, 0, {}
-
-    def update(self, k, model):
-        self.n += k
-        if self.n in self.at:
+    def __call__(self, step, model, loss):
+        if step in self.at:
             t = time.perf_counter()
-            self.scores[self.n] = (t - self.t0, evaluate(model, self.evalset))
+            self.scores[step] = (t - self.t0, self.evaluate(model))
             self.t0 += time.perf_counter() - t  # training time excludes evaluations
+
+
+def recorded_stage(train, evaluate, *, common: dict, stage: int, domain: str, eval_at=()):
+    """One stage, quietly: ``train(after_step)`` returns the trained model; a record (the
+    ``common`` fields and ``evaluate(model)``) at each ``eval_at`` step count and at the
+    end. Returns (model, records, diverged); a stage whose loss stopped being finite has an
+    end record without scores and no model."""
+    marks = Checkpoints(eval_at, evaluate)
+    model, diverged = None, False
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            model = train(marks)
+        except Diverged:
+            diverged = True
+    here = dict(common, stage=stage, domain=domain)
+    records = [dict(here, steps=n, diverged=False, train_s=round(train_s, 2), eval_s=0.0, **scores)
+               for n, (train_s, scores) in sorted(marks.scores.items())]  # fmt: skip
+    train_s = time.perf_counter() - marks.t0
+    scores = {} if diverged else evaluate(model)
+    eval_s = time.perf_counter() - marks.t0 - train_s
+    records.append(dict(here, steps=common["run_steps"], diverged=diverged,
+                        train_s=round(train_s, 2), eval_s=round(eval_s, 2), **scores))  # fmt: skip
+    return model, records, diverged
 
 
 def run_sequence(
@@ -135,48 +122,21 @@ def run_sequence(
     common = dict(method=method, lr=lr, seed=seed, ratio=ratio, domains=list(domains),
                   run_steps=steps, eval_at=eval_at)  # fmt: skip
     for stage, domain in enumerate(domains):
-        t0 = time.perf_counter()
         replay = method == "fft-replay"
-        train = make_train(corpus.splits["base"], REPLAY if replay else 0.0)
-        marks = _Checkpoints(eval_at, evalset, t0)
-        diverged = False
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            try:
-                model = _methods.run_stage(
-                    "fft" if replay else method,
-                    model,
-                    corpus.splits[domain][:TRAIN_ITEMS],
-                    steps=steps,
-                    lr=lr,
-                    seed=seed,
-                    stage=stage,
-                    batch_size=BATCH,
-                    train_steps=train,
-                    ratio=ratio,
-                    progress=marks,
-                )
-            except HFTError as exc:
-                if "training loss became" not in str(exc):
-                    raise
-                diverged = True
-        for n, (train_s, scores) in sorted(marks.scores.items()):
-            records.append(dict(common, steps=n, stage=stage, domain=domain, diverged=False,
-                                train_s=round(train_s, 2), eval_s=0.0, **scores))  # fmt: skip
-        train_s = time.perf_counter() - marks.t0
-        scores = {} if diverged else evaluate(model, evalset)
-        records.append(
-            dict(
-                common,
-                steps=steps,
-                stage=stage,
-                domain=domain,
-                diverged=diverged,
-                train_s=round(train_s, 2),
-                eval_s=round(time.perf_counter() - marks.t0 - train_s, 2),
-                **scores,
-            )
-        )
+
+        def train(after_step, model=model, stage=stage, domain=domain, replay=replay):
+            return _methods.run_stage(
+                "fft" if replay else method, model, corpus.splits[domain][:TRAIN_ITEMS],
+                steps=steps, lr=lr, seed=seed, stage=stage, batch_size=BATCH, ratio=ratio,
+                to_batch=make_batch, replay=corpus.splits["base"],
+                replay_rate=REPLAY if replay else 0.0, after_step=after_step,
+            )  # fmt: skip
+
+        model, recs, diverged = recorded_stage(
+            train, lambda m: evaluate(m, evalset), common=common, stage=stage, domain=domain,
+            eval_at=eval_at,
+        )  # fmt: skip
+        records += recs
         if diverged:
             break
     return records
@@ -190,10 +150,14 @@ def run_key(cfg: dict) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def run_grid(
-    configs, base_state, settings, corpus, evalset, out_path: Path, log=print, label=""
-) -> list[dict]:
-    """Run every config (skipping those already in ``out_path``), saving after each."""
+def knowledge_line(record: dict) -> str:
+    """What a toy run's log line says of its end: the base knowledge NLL."""
+    return f"knowledge {record.get('knowledge_nll', 0):.3f}"
+
+
+def run_grid(configs, run, out_path: Path, log=print, label="", describe=knowledge_line):
+    """``run(**config)`` for every config not already in ``out_path`` (its records), saving
+    the records after each run; a log line per run ends with ``describe(last record)``."""
     out_path = Path(out_path)
     done: list[dict] = []
     if out_path.exists():
@@ -202,14 +166,14 @@ def run_grid(
     todo = [c for c in configs if run_key(c) not in have]
     t0 = time.perf_counter()
     for i, cfg in enumerate(todo):
-        recs = run_sequence(base_state, settings, corpus, evalset, **cfg)
+        recs = run(**cfg)
         done += recs
         atomic_write_text(out_path, json.dumps({"records": done}, indent=0) + "\n")
         el = time.perf_counter() - t0
         last = recs[-1]
         log(
             f"{label} {i + 1}/{len(todo)} {cfg['method']} lr={cfg['lr']:g} steps={cfg['steps']} "
-            f"seed={cfg['seed']} ratio={cfg['ratio']} -> knowledge {last.get('knowledge_nll', 0):.3f}"
+            f"seed={cfg['seed']} ratio={cfg['ratio']} -> {describe(last)}"
             f" train {last['train_s']:.1f}s eval {last['eval_s']:.1f}s [{el:.0f}s]"
         )
     return done

@@ -12,8 +12,10 @@ distributed type is forced to MULTI_GPU (accelerate never takes its FSDP path on
 axolotl's device mesh (``"cuda"``) is built on ``"cpu"``.
 
 With RESULT.json, rank 0 writes there, after training: each rank's optimizer-state bytes,
-whether every frozen tensor (gathered under ZeRO-3) equals BASE_MODEL_DIR's, which
-trainable tensors moved, the engine the trainer ran, and the HFT stage events seen.
+whether every frozen tensor (gathered under ZeRO-3) equals BASE_MODEL_DIR's (as
+``from_pretrained`` names it: a Mixtral file's per-expert tensors are the model's 3-D
+experts), which trainable tensors moved, the engine the trainer ran, and the HFT stage
+events seen; and beside it ``final_weights.pt``, the gathered weights training ended with.
 """
 
 from __future__ import annotations
@@ -32,11 +34,15 @@ def record(result_path: Path, base_dir: Path) -> None:
     import torch.distributed as dist
     import transformers
     from hft_bench.sharded import engine_state_bytes, full_tensors
-    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
 
     import hft_plugins
     from hft_plugins.integrations.sharded import trainer_engine
 
+    # read before any engine is configured (under ZeRO-3 a later load is partitioned)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    del model
     events = []
 
     class StageRecorder:
@@ -64,7 +70,6 @@ def record(result_path: Path, base_dir: Path) -> None:
 
     def recorded_train(self, *args, **kwargs):
         output = train(self, *args, **kwargs)
-        base = load_file(base_dir / "model.safetensors")
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
         after = full_tensors(self.model)
         mine = {
@@ -91,6 +96,7 @@ def record(result_path: Path, base_dir: Path) -> None:
                 "numel": sum(t.numel() for t in base.values()),
             }
             result_path.write_text(json.dumps(result, indent=1))
+            torch.save(after, result_path.parent / "final_weights.pt")
         return output
 
     transformers.Trainer.train = recorded_train

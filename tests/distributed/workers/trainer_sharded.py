@@ -1,14 +1,18 @@
 """HFTTrainer / HFTSFTTrainer under DeepSpeed ZeRO-2/3 or the Trainer's FSDP2, on CPU (gloo).
 
     torchrun --nproc_per_node 2 trainer_sharded.py OUT --engine zero3 [--trainer sft]
-        [--steps 4] [--save-steps 2] [--resume CKPT] [--stage 0] [--refusals] [--full]
+        [--family mixtral] [--whole-tensors] [--steps 4] [--save-steps 2] [--resume CKPT]
+        [--stage 0] [--refusals]
 
 ZeRO uses the shipped ``integrations/deepspeed/zero{2,3}.json``. On a GPU-less machine two
 things are set up first, as a test needs and a GPU run does not: accelerate's state with
 the gloo backend (else accelerate counts one process while DeepSpeed counts two), and,
 for FSDP2, accelerate's distributed type forced to MULTI_GPU (accelerate never takes its
-FSDP path for CPU processes). Rank 0 writes OUT/result.json: every rank's frozen check,
-state bytes, the gathered final weights' file, and the refusals seen.
+FSDP path for CPU processes). The HF Trainer and DPO take ``hft_config=``, SFT the
+``--hft_*`` arguments of its config (``HFTSFTConfig(hft=True, hft_whole_tensors=True)``).
+After training the Trainer's ``save_model`` writes OUT/saved (FSDP2: with the full state
+dict). Rank 0 writes OUT/result.json: every rank's frozen check, state bytes, the
+gathered start and final weights' files, and the refusals seen.
 """
 
 from __future__ import annotations
@@ -31,13 +35,13 @@ def parse():
     p.add_argument("out")
     p.add_argument("--engine", choices=["zero2", "zero3", "fsdp2"], required=True)
     p.add_argument("--trainer", choices=["hft", "sft", "dpo"], default="hft")
-    p.add_argument("--family", default="llama")
+    p.add_argument("--family", choices=["llama", "mixtral", "phi3"], default="llama")
+    p.add_argument("--whole-tensors", action="store_true", help="HFTConfig(whole_tensors=True)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--save-steps", type=int, default=0)
     p.add_argument("--resume", default=None)
     p.add_argument("--stage", type=int, default=0)
     p.add_argument("--refusals", action="store_true")
-    p.add_argument("--full", action="store_true", help="plain Trainer (full fine-tuning)")
     p.add_argument("--local_rank", type=int, default=-1)
     return p.parse_args()
 
@@ -57,9 +61,9 @@ def setup_cpu_state(engine: str) -> None:
 
 def training_args(a, out: Path, **extra):
     from hft_bench.sharded import engine_arguments
-    from trl import DPOConfig, SFTConfig
+    from trl import DPOConfig
 
-    from hft_plugins.integrations.trl import HFTSFTConfig  # noqa: F401  (SFT path imports)
+    from hft_plugins.integrations.trl import HFTSFTConfig
 
     engine = engine_arguments(a.engine, ROOT)
     kwargs = dict(
@@ -79,8 +83,9 @@ def training_args(a, out: Path, **extra):
         **engine,
         **extra,
     )
-    if a.trainer == "sft":
-        return SFTConfig(**kwargs, bf16=False, packing=False)
+    if a.trainer == "sft":  # HFT from the --hft_* arguments
+        hft = dict(hft=True, hft_stage=a.stage, hft_whole_tensors=a.whole_tensors)
+        return HFTSFTConfig(**kwargs, **hft, bf16=False, packing=False)
     if a.trainer == "dpo":
         return DPOConfig(**kwargs, bf16=False)
     from transformers import TrainingArguments
@@ -97,8 +102,10 @@ def build_model(family: str):
         cfg = tiny_config(
             "llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, head_dim=16
         )
-    else:
+    elif family == "gpt2":
         cfg = tiny_config(family, n_embd=64, n_layer=2)
+    else:  # mixtral: routed experts' 3-D gate_up_proj; phi3: fused qkv_proj and gate_up_proj
+        cfg = tiny_config(family, num_hidden_layers=2)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(cfg)  # ZeRO-3: built inside zero.Init
 
@@ -111,12 +118,13 @@ def dataset():
     return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
 
 
-def make_trainer(a, args, model, config):
-    from transformers import Trainer
+def make_trainer(a, args, model):
+
+    from hft_plugins import HFTConfig
+
+    config = HFTConfig(stage=a.stage, whole_tensors=a.whole_tensors)
 
     kw = dict(model=model, args=args, train_dataset=dataset())
-    if a.full:
-        return Trainer(**kw)
     if a.trainer == "dpo":  # the reference TRL builds from the policy's path (not shared)
         from datasets import Dataset
 
@@ -136,7 +144,7 @@ def make_trainer(a, args, model, config):
         from hft_plugins.integrations.trl import HFTSFTTrainer
         from hft_plugins.testing import tiny_tokenizer
 
-        return HFTSFTTrainer(**kw, hft_config=config, processing_class=tiny_tokenizer())
+        return HFTSFTTrainer(**kw, processing_class=tiny_tokenizer())
     from hft_plugins.integrations.transformers import HFTTrainer
 
     return HFTTrainer(**kw, hft_config=config)
@@ -156,13 +164,17 @@ def refusals(a, out: Path) -> dict[str, str]:
         except HFTError as exc:
             seen[key] = str(exc)
 
-    args = training_args(a, out / "refused")
-    attempt(
-        "fused",
-        lambda: HFTTrainer(
-            model=build_model("gpt2"), args=args, train_dataset=dataset(), hft_config=HFTConfig()
-        ),
-    )
+    args = training_args(argparse.Namespace(**{**vars(a), "trainer": "hft"}), out / "refused")
+    for family in ("gpt2", "phi3"):  # the default config trains slices of fused tensors
+        attempt(
+            f"fused_{family}",
+            lambda family=family: HFTTrainer(
+                model=build_model(family),
+                args=args,
+                train_dataset=dataset(),
+                hft_config=HFTConfig(),
+            ),
+        )
     attempt(
         "redraw_every_epoch",
         lambda: HFTTrainer(
@@ -182,7 +194,7 @@ def main() -> None:
     from hft_bench.sharded import engine_state_bytes, full_tensors
 
     import hft_plugins
-    from hft_plugins import HFTConfig, HFTError
+    from hft_plugins import HFTError
 
     out = Path(a.out)
     rank = dist.get_rank()
@@ -198,22 +210,24 @@ def main() -> None:
             result["stage_events"].append(["stage_end", stage])
 
     hft_plugins.registry.manager().register(StageRecorder())
+    if a.trainer == "dpo":  # TRL builds the reference from the policy's path
+        from transformers import AutoModelForCausalLM
+
+        base = out / "base"  # written before any engine is configured (ZeRO-3: zero.Init)
+        if rank == 0:
+            build_model(a.family).save_pretrained(base)
+        dist.barrier()
     if a.refusals:
         result["refusals"] = refusals(a, out)
     args = training_args(a, out)
-    model = build_model(a.family)
     if a.trainer == "dpo":
-        from transformers import AutoModelForCausalLM
-
-        base = out / "base"  # ZeRO-2 / FSDP2 only: under ZeRO-3 the build is collective
-        if rank == 0:
-            model.save_pretrained(base)
-        dist.barrier()
-        model = AutoModelForCausalLM.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base)  # ZeRO-3: partitioned at load
+    else:
+        model = build_model(a.family)
     first = next(model.parameters())
     result["partitioned_at_build"] = hasattr(first, "ds_id") and first.numel() == 0
     before = full_tensors(model)
-    trainer = make_trainer(a, args, model, HFTConfig(stage=a.stage))
+    trainer = make_trainer(a, args, model)
     result["engine"] = getattr(trainer, "_hft_engine", None)
     result["distributed_type"] = str(trainer.accelerator.distributed_type)
     t = time.time()
@@ -225,8 +239,11 @@ def main() -> None:
             result["refusals"]["next_stage"] = "no error"
         except HFTError as exc:
             result["refusals"]["next_stage"] = str(exc)
-    mask = None if a.full else trainer.hft_mask
-    trained = set(before) if mask is None else set(mask.params())
+    if trainer.is_fsdp_enabled:  # a SHARDED_STATE_DICT run saves no model: gather it
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(out / "saved"))
+    mask = trainer.hft_mask
+    trained = set(mask.params())
     after = full_tensors(trainer.model)
     mine = {
         "frozen_identical": all(
