@@ -162,6 +162,21 @@ def test_a_checkpoint_equals_a_shorter_run(su):
         assert long[1]["drift_nll"] != short["drift_nll"], method  # the second step moved it
 
 
+def test_lora_trains_at_ten_times_the_grids_lr_and_records_the_grids(su, monkeypatch):
+    seen = {}
+    real = runs.harness_methods.run_stage
+
+    def spy(method, *args, lr, **kwargs):
+        seen[method] = lr
+        return real(method, *args, lr=lr, **kwargs)
+
+    monkeypatch.setattr(runs.harness_methods, "run_stage", spy)
+    for method in ("fft", "lora"):
+        rec = runs.run_sequence(su, domains=["define"], method=method, lr=1e-4, steps=1, seed=0)
+        assert rec[0]["lr"] == 1e-4
+    assert seen == {"fft": 1e-4, "lora": 1e-4 * runs.LORA_LR_SCALE} and runs.LORA_LR_SCALE == 10
+
+
 def test_every_method_runs_the_sequence_and_leaves_the_base_alone(su):
     before = {k: v.clone() for k, v in su.model.state_dict().items()}
     for method in runs.METHODS:

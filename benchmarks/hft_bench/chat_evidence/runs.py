@@ -11,7 +11,9 @@ of each pair are computed once, before the stage). Every method uses AdamW (no w
 decay, constant lr) with a fresh optimizer per stage; HFT draws a new half each stage.
 
 Methods: ``fft``, ``hft-category``, ``hft-layer`` (ratio 0.5), ``lora`` (PEFT, r=8, all
-block linears, merged after each stage) and ``fft-replay``: FFT where each SFT example is,
+block linears, merged after each stage, trained at ``LORA_LR_SCALE`` times the grid's lr:
+at the full-rank methods' lrs it learns a tenth as much in the same steps, so its envelope
+would never reach theirs) and ``fft-replay``: FFT where each SFT example is,
 with probability 1%, one of the base's own answers to a general prompt instead (the base's
 pretraining data is not available; its answers are what it does). A DPO stage has no
 replay.
@@ -33,6 +35,7 @@ from . import probes as chat_probes
 
 METHODS = ("fft", "hft-category", "hft-layer", "lora", "fft-replay")
 REPLAY = 0.01
+LORA_LR_SCALE = 10
 DPO_BETA = 0.1
 
 
@@ -120,7 +123,8 @@ def run_sequence(su: Setup, *, domains, method, lr, steps, seed, ratio=0.5, eval
 
         def train(after_step, model=model, rows=rows, stage=stage, loop=loop):
             return harness_methods.run_stage(
-                "fft" if method == "fft-replay" else method, model, rows, steps=steps, lr=lr,
+                "fft" if method == "fft-replay" else method, model, rows, steps=steps,
+                lr=lr * LORA_LR_SCALE if method == "lora" else lr,
                 seed=seed, stage=stage, batch_size=su.batch_size, ratio=ratio,
                 after_step=after_step, progress=progress, **loop,
             )  # fmt: skip
