@@ -101,6 +101,21 @@ def test_step_on_gpt2_compares_sliced_and_full_weight_gradients(tmp_path):
     assert model["hft"]["weight_grad_gflop"] < model["hft-fullgrad"]["weight_grad_gflop"]
 
 
+def test_fused_times_the_projections_and_a_moe_block_with_and_without_the_sliced_backward():
+    proc = subprocess.run(
+        [sys.executable, "-m", "hft_bench.fused", "--hidden", "64", "--tokens", "32",
+         "--repeats", "1"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line[:22].strip(): line[22:].split() for line in proc.stdout.splitlines()}
+    moe = rows["MoE block fwd+bwd"]
+    assert moe[0] in ("gate", "up") and all(float(v) > 0 for v in moe[1:])
+    assert float(moe[3]) == pytest.approx(float(moe[2]) / float(moe[1]), abs=1e-3)
+    projections = [ln for ln in proc.stdout.splitlines() if ln.startswith(("nn.Linear", "Conv1D"))]
+    assert len(projections) == 4
+
+
 @pytest.mark.slow
 def test_step_on_moe_reports_fft_frozen_hft_and_skips_lora(tmp_path):
     stdout, data = _run_step(tmp_path, "--arch", "moe", "--methods", "fft,frozen,hft,lora")

@@ -1,9 +1,12 @@
-"""Backward time of one fused q/k/v projection: whole weight gradient vs trainable slices only.
+"""Backward time of one fused projection: whole weight gradient vs trainable slices only.
 
-The whole-model GPT-2 run (``python -m hft_bench.step --arch gpt2``) shows the saving diluted in
-a full step (about 2.5% of its FLOPs); this isolates the projection, where it is
-a third or two thirds of the weight-gradient GEMM. Full and sliced backward take
-turns, ``--repeats`` times each; medians are printed with the FLOP model's ratio.
+The whole-model runs (``python -m hft_bench.step --arch gpt2`` or ``--arch moe``) show the
+saving diluted in a full step (a few percent of its FLOPs, below their run-to-run noise);
+this isolates a fused q/k/v projection, where it is a third or two thirds of the
+weight-gradient GEMM, and one Mixtral MoE block (transformers' own, its ``grouped_mm``
+experts forward) whose ``gate_up_proj`` trains gate or up only. Plain autograd and the
+sliced backward take turns, ``--repeats`` times each; medians are printed, for the
+projection with the FLOP model's ratio.
 
     python -m hft_bench.fused --hidden 768 --tokens 2048 --repeats 20
 """
@@ -46,7 +49,61 @@ def main(argv=None) -> int:
                 f"{sliced_ms / full_ms:>6.3f} {(1 + share) / 2:>6.3f}"
             )
     print("# model: backward = input-gradient GEMM + weight-gradient GEMM x trained share")
+    plain_ms, sliced_ms, trained = measure_experts(args)
+    print(
+        f"# one Mixtral MoE block, 8 experts x {EXPERT_INTERMEDIATE}, top-2, {args.tokens} tokens"
+    )
+    print(f"{'MoE block fwd+bwd':<22} {trained:<8} {plain_ms:>11.2f} {sliced_ms:>10.2f} "
+          f"{sliced_ms / plain_ms:>6.3f}")  # fmt: skip
     return 0
+
+
+EXPERT_INTERMEDIATE = 256  # the step benchmark's --arch moe experts
+
+
+def measure_experts(args) -> tuple[float, float, str]:
+    """Median forward+backward milliseconds of a Mixtral MoE block with plain autograd and
+    with the sliced backward, and which of gate/up its gate_up_proj trains."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from hft_plugins import HFTConfig, select
+    from hft_plugins.core import sliced_grad
+
+    d = args.hidden
+    config = MixtralConfig(hidden_size=d, intermediate_size=EXPERT_INTERMEDIATE,
+                           num_hidden_layers=4, num_attention_heads=max(1, d // 64),
+                           num_key_value_heads=max(1, d // 64), num_local_experts=8,
+                           num_experts_per_tok=2, vocab_size=256)  # fmt: skip
+    model = MixtralForCausalLM(config).to(args.device)
+    mask = select(model, HFTConfig())
+    sliced = [n for n, s in mask.params().items() if s is not None and "gate_up_proj" in n]
+    if not sliced:
+        raise SystemExit("the mask trains no MoE block's gate_up_proj in part: nothing to time")
+    layer = int(sliced[0].split(".")[2])
+    block = model.model.layers[layer].mlp
+    trained = "gate" if mask.params()[sliced[0]].ranges[0][0] == 0 else "up"
+    if sliced[0] not in sliced_grad.install(model, mask):
+        raise SystemExit(
+            f"{type(block.experts).__name__} keeps plain autograd here: nothing to compare"
+        )
+    sliced_grad.uninstall(model)
+    x = torch.randn(1, args.tokens, d, device=args.device, requires_grad=True)
+    times = {"plain": [], "sliced": []}
+    for _ in range(args.repeats + 1):  # the first round warms up
+        for mode in ("plain", "sliced"):
+            if mode == "sliced":
+                sliced_grad.install(model, mask)
+            _sync(args.device)
+            start = time.perf_counter()
+            out = block(x)
+            (out[0] if isinstance(out, tuple) else out).sum().backward()
+            _sync(args.device)
+            times[mode].append(time.perf_counter() - start)
+            sliced_grad.uninstall(model)
+            model.zero_grad(set_to_none=True)
+            x.grad = None
+    plain, sliced_ms = (statistics.median(times[m][1:]) * 1e3 for m in ("plain", "sliced"))
+    return plain, sliced_ms, trained
 
 
 def measure(args, out_dim: int, ranges) -> tuple[float, float]:
