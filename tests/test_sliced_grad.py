@@ -474,21 +474,3 @@ def test_experts_changed_to_another_forward_after_install_refuse_to_train():
             )
         with pytest.raises(HFTError, match="changed after HFTOptimizer gave it the sliced"):
             _run_experts(module)
-
-
-def test_the_trainer_gives_the_experts_the_sliced_backward(tmp_path):
-    from hft_plugins.integrations.transformers import HFTTrainer
-    from tests.helpers import assert_half_trained, lm_dataset, snapshot, training_args
-
-    model = tiny_model("mixtral")
-    before = snapshot(model)
-    trainer = HFTTrainer(
-        model=model,
-        args=training_args(tmp_path),
-        train_dataset=lm_dataset(),
-        hft_config=HFTConfig(),
-    )
-    trainer.train()
-    sliced = {n: s for n, s in trainer.hft_mask.params().items() if s is not None}
-    assert sliced and sliced_grad.installed(model) == sliced  # every gate_up_proj slice
-    assert_half_trained(trainer.hft_mask, before, model)

@@ -5,6 +5,7 @@ import torch
 from transformers import Trainer
 
 from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
+from hft_plugins.core import sliced_grad
 from hft_plugins.integrations.transformers import HFTCallback, HFTTrainer, unwrap_optimizer
 from hft_plugins.testing import tiny_model
 from tests.helpers import assert_half_trained, lm_dataset, mark_as_gguf, snapshot, training_args
@@ -49,6 +50,21 @@ def test_fused_tensors_keep_their_frozen_slices(tmp_path, family):
     mask = trainer.hft_mask
     assert any(s is not None for s in mask.params().values())
     assert_half_trained(mask, before, model)
+
+
+def test_the_trainer_gives_the_experts_the_sliced_backward(tmp_path):
+    model = tiny_model("mixtral")
+    before = snapshot(model)
+    trainer = HFTTrainer(
+        model=model,
+        args=training_args(tmp_path),
+        train_dataset=lm_dataset(),
+        hft_config=HFTConfig(),
+    )
+    trainer.train()
+    sliced = {n: s for n, s in trainer.hft_mask.params().items() if s is not None}
+    assert sliced and sliced_grad.installed(model) == sliced  # every gate_up_proj slice
+    assert_half_trained(trainer.hft_mask, before, model)
 
 
 def test_next_stage_redraws_between_train_calls(tmp_path):
