@@ -3,7 +3,6 @@
 The public API; the layers below it are ``registry/`` (hook specs and the plugin
 manager), ``core/`` (config, layouts, mask, optimizer), ``builtin/`` (the built-in
 strategies and layouts, as plugins) and ``integrations/`` (one adapter per framework).
-See docs/architecture.md.
 
     from hft_plugins import HFTConfig, get_hft_model
     model = get_hft_model(model, HFTConfig())   # PEFT-style; needs no framework

@@ -6,9 +6,9 @@ A plugin module like any third party's (loaded by name from
 (:mod:`hft_plugins.core.blocks`) cannot tell: their fused projections (and partner
 output projection), their experts' storage, the categories their own names hide, and
 what the sorter must be taught to read their blocks. How each fused projection splits
-is in :mod:`hft_plugins.builtin.splits`. Each split is verified functionally in
-``tests/test_family_layouts.py``: scaling the unit named q by 2 and k by 1/2 leaves the
-model's output unchanged, scaling q alone does not, and so on.
+is in :mod:`hft_plugins.builtin.splits`. Each split is verified functionally by the
+project's tests: scaling the unit named q by 2 and k by 1/2 leaves the model's output
+unchanged, scaling q alone does not, and so on.
 """
 
 from __future__ import annotations
