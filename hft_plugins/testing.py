@@ -1,9 +1,10 @@
 """Tiny random models for trying HFT offline and for your own tests.
 
 One model of each of 19 families (:data:`FAMILIES`: dense decoders, fused projections,
-MoE, a hybrid, encoders and encoder-decoders) as a real transformers model of a few thousand parameters, built
-from its config class (nothing is downloaded), with dropout off so that runs are
-reproducible step for step, and a character-level chat tokenizer that fits them all:
+MoE, a hybrid, encoders and encoder-decoders) as a real transformers model of a few
+thousand parameters, built from its config class (nothing is downloaded), with dropout
+off so that runs are reproducible step for step, and a character-level chat tokenizer
+that fits them all:
 
     from hft_plugins.testing import tiny_model, tiny_tokenizer
 
