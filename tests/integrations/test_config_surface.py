@@ -15,7 +15,7 @@ from hft_plugins.integrations import trl as hft_trl
 from hft_plugins.integrations.axolotl import HFTArgs, check_config
 from hft_plugins.integrations.transformers import HFTTrainer
 from hft_plugins.testing import tiny_model, tiny_tokenizer
-from tests.helpers import lm_dataset
+from tests.helpers import lm_dataset, training_args
 
 FIELDS = [f.name for f in dataclasses.fields(HFTConfig)]
 # a value other than the default for every field
@@ -142,17 +142,13 @@ def test_hft_config_none_is_off(tmp_path):
         trainer = _sft(tmp_path, hft_config=None)
     assert trainer.hft_config is None
     assert all(p.requires_grad for p in trainer.model.parameters())
-    from transformers import TrainingArguments
-
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    args = training_args(tmp_path)
     plain = HFTTrainer(model=tiny_model(), args=args, train_dataset=lm_dataset(), hft_config=None)
     assert plain.hft_config is None and plain.hft_callback is None
 
 
 def test_no_hft_config_at_all_warns_that_hft_is_off(tmp_path):
-    from transformers import TrainingArguments
-
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    args = training_args(tmp_path)
     with pytest.warns(UserWarning, match="HFTTrainer got no hft_config: HFT is off"):
         trainer = HFTTrainer(model=tiny_model(), args=args, train_dataset=lm_dataset())
     assert trainer.hft_config is None

@@ -147,16 +147,12 @@ def test_bad_inputs(tmp_path):
 
 
 def test_hft_trainer_takes_an_hft_model(tmp_path):
-    from transformers import TrainingArguments
-
     from hft_plugins.integrations.transformers import HFTTrainer
-    from tests.helpers import assert_half_trained, lm_dataset
+    from tests.helpers import lm_dataset, training_args
 
     model = get_hft_model(tiny_model("phi3"), HFTConfig(seed=1))
     before = snapshot(model.base_model)
-    args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=3, learning_rate=1e-2, report_to=[], use_cpu=True
-    )
+    args = training_args(tmp_path, max_steps=3)
     trainer = HFTTrainer(model=model, args=args, train_dataset=lm_dataset())
     trainer.train()
     assert trainer.hft_mask == model.hft_mask
