@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import defaultdict
 
 import pytest
@@ -19,8 +18,6 @@ from torch import nn
 
 from hft_plugins import HFTConfig, HFTMask, select
 from hft_plugins.testing import FAMILIES, tiny_model
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -3,7 +3,6 @@ slices untouched."""
 
 import copy
 import io
-import os
 import pickle
 
 import pytest
@@ -13,8 +12,6 @@ from hft_plugins import HFTConfig, HFTError, HFTOptimizer, select
 from hft_plugins.core import sliced_grad
 from hft_plugins.core.units import range_view
 from hft_plugins.testing import tiny_model
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # fused projections; routed experts: gate | up concatenated [E, 2F, H] (mixtral), interleaved
 # and transposed [E, H, 2F] with biases (gpt_oss)
