@@ -292,6 +292,21 @@ def test_the_report_reads_forgetting_at_matched_learning(tmp_path):
         assert (tmp_path / png).stat().st_size > 1000
 
 
+def test_the_same_lr_table_pairs_each_seed_with_ffts_run_at_that_lr():
+    ends = [_record("fft", 0, 1e-4, 4, 1.0, 0.5), _record("fft", 1, 1e-4, 4, 1.2, 0.7),
+            _record("hft-category", 0, 1e-4, 4, 0.9, 0.3), _record("hft-category", 1, 1e-4, 4, 1.0, 0.4),
+            _record("hft-category", 2, 1e-4, 4, 5.0, 5.0),  # no FFT run of seed 2: not paired
+            _record("fft", 0, 1e-5, 4, 0.2, 0.1)]  # fmt: skip
+    lines, summary = report.paired_table(ends, BASE, "after 4 steps")
+    cells = summary["hft-category/0.0001"]
+    assert cells["learning"]["n"] == 2 and math.isclose(cells["learning"]["mean"], -0.15)
+    for measure in ("drift", "turn end", "facts", "text"):
+        assert math.isclose(cells[measure]["mean"], -0.25) and cells[measure]["ci"] > 0
+    assert "hft-category/1e-05" in summary and summary["hft-category/1e-05"]["drift"]["n"] == 0
+    assert "fft/0.0001" not in summary
+    assert "| hft-category | 0.0001 | -0.150 ± " in "\n".join(lines)
+
+
 def test_the_benchmark_writes_records_and_a_report_and_resumes(chat_corpus, tmp_path, monkeypatch):
     su, grid = chat_setup(chat_corpus, monkeypatch, methods=["fft", "hft-category"], seeds=[0, 1])
     res = run_benchmark(tmp_path, su, grid, log=lambda m: None)

@@ -116,6 +116,35 @@ def points_table(records, base: dict) -> list[str]:
     return lines
 
 
+def paired_table(ends, base: dict, what: str) -> tuple[list[str], dict]:
+    """Method - FFT at the same lr, paired by seed (the paper's comparison): learning and
+    every forgetting measure, mean and 95% interval over the seeds where both ran."""
+    measures = {"learning": None, **{n: k for n, (k, _) in FORGETTING.items()}}
+    by_run = {(r["method"], r["lr"], r["seed"]): r for r in ends if not r.get("diverged")}
+    lines = [f"**Same lr, paired by seed, method − FFT {what}** (the paper's comparison: "
+             "a method that also learns less is not read at matched learning here; "
+             "nats/token, mean ± 95% CI over seeds; negative forgetting = forgets less):", "",
+             "| method | lr | " + " | ".join(measures) + " |",
+             "|---|---|" + "---|" * len(measures)]  # fmt: skip
+    summary = {}
+    for m in _methods(ends):
+        if m == REFERENCE:
+            continue
+        for lr in sorted({r["lr"] for r in ends}):
+            pairs = [(r, by_run[(REFERENCE, lr, seed)]) for (mm, ll, seed), r in by_run.items()
+                     if mm == m and ll == lr and (REFERENCE, lr, seed) in by_run]  # fmt: skip
+            cells = {}
+            for name, key in measures.items():
+                if key is None:
+                    diffs = (learning(a, base) - learning(f, base) for a, f in pairs)
+                else:
+                    diffs = (a[key] - f[key] for a, f in pairs)
+                cells[name] = mean_ci(diffs)
+            summary[f"{m}/{lr:g}"] = cells
+            lines.append(f"| {m} | {lr:g} | " + " | ".join(fmt(c) for c in cells.values()) + " |")
+    return lines + [""], summary
+
+
 def single_section(records, base: dict, out: Path) -> tuple[list[str], dict]:
     seeds = sorted({r["seed"] for r in records})
     lines = [f"## One stage: `{chat_tasks.SINGLE}` (SFT)", "",
@@ -124,8 +153,12 @@ def single_section(records, base: dict, out: Path) -> tuple[list[str], dict]:
              "held-out NLL decrease; changes against the base (nats/token; facts choice: "
              "accuracy).", ""]  # fmt: skip
     lines += points_table(records, base) + [""]
+    steps = max(r["steps"] for r in records)
+    paired, same_lr = paired_table([r for r in records if r["steps"] == steps], base,
+                                   f"after {steps} steps")  # fmt: skip
     tables, summary = matched_tables(records, base, "learning")
-    lines += tables
+    lines += paired + tables
+    summary["same lr"] = same_lr
     recs = with_deltas(records, base, "drift")
     png = frontier_png(recs, out / "frontier-single.png", f"Behaviour drift vs {chat_tasks.SINGLE}",
                        xlabel="learning: held-out task NLL decrease (nats/token)",
@@ -159,8 +192,10 @@ def sequence_section(records, base: dict, out: Path) -> tuple[list[str], dict]:
                          f"{fmt(mean_ci(learning(r, base) for r in end))} | {_share(acc)} |")  # fmt: skip
     ends = [r for r in records if r["stage"] == last or r["diverged"]]
     lines.append("")
+    paired, same_lr = paired_table(ends, base, "at the end of the sequence")
     tables, summary = matched_tables(ends, base, "end-of-sequence learning")
-    lines += tables
+    lines += paired + tables
+    summary["same lr"] = same_lr
     png = frontier_png(with_deltas(ends, base, "drift"), out / "frontier-sequence.png",
                        "Behaviour drift vs learning, end of the sequence",
                        xlabel="learning: mean held-out NLL decrease of the three tasks",
