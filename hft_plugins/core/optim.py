@@ -3,10 +3,11 @@
 Whole trainable tensors go to the wrapped optimizer as they are. A partly trainable
 tensor (a slice of a fused projection) goes to it one trainable range at a time, so the
 wrapped optimizer's moments have the range's shape. A contiguous range (rows) is handed
-over as a view: updates land in place. A non-contiguous one (GPT-2's column slices, a
-dim-1 or strided range of a 3-D expert tensor) is handed over as a contiguous copy that
-:meth:`HFTOptimizer.step` refreshes from the parameter and writes back, because torch's
-fused kernels write past the bounds of non-contiguous views. Frozen tensors and frozen
+over as a view: updates land in place. A row range of routed experts' 3-D tensor is one
+contiguous block per expert, handed over as that many views. Any other range (GPT-2's
+column slices, gpt-oss's interleaved gate and up, a shard of FSDP2's) is handed over as a
+contiguous copy that :meth:`HFTOptimizer.step` refreshes from the parameter and writes
+back, because torch's fused kernels write past the bounds of non-contiguous views. Frozen tensors and frozen
 slices are never handed to the wrapped optimizer, so no decay or momentum reaches them.
 """
 
@@ -54,7 +55,8 @@ class _Entry:
     FSDP2, so torch's foreach and fused kernels never see DTensors and plain tensors
     together). ``tensor`` is what the wrapped optimizer holds: the parameter itself, or
     ``part`` when contiguous, else a contiguous copy of it (see :meth:`HFTOptimizer.step`).
-    ``local`` is the range, one of this process's tensor (its shard), for a range.
+    ``local`` is the range, one of this process's tensor (its shard), for a range;
+    ``expert`` the index along dim 0 of that range's view, for one expert's block of it.
     """
 
     key: str  # the state key: the parameter's name, with its range for a range
@@ -63,6 +65,7 @@ class _Entry:
     part: torch.Tensor
     tensor: torch.Tensor
     local: Slices | None
+    expert: int | None = None
 
     @property
     def copied(self) -> bool:
@@ -71,25 +74,44 @@ class _Entry:
     def grad_of(self, grad: torch.Tensor) -> torch.Tensor:
         """This entry's part of the parameter's (local) gradient: a view, no copy."""
         grad = _local(grad)
-        return grad if self.local is None else _view(grad, self.local)
+        return grad if self.local is None else _view(grad, self.local, self.expert)
 
 
-def _view(tensor: torch.Tensor, one_range: Slices) -> torch.Tensor:
+def _view(tensor: torch.Tensor, one_range: Slices, expert: int | None = None) -> torch.Tensor:
     """The view of ``tensor`` that a one-range :class:`Slices` selects."""
     ((start, stop),) = one_range.ranges
-    return range_view(tensor, one_range.dim, start, stop, one_range.step)
+    view = range_view(tensor, one_range.dim, start, stop, one_range.step)
+    return view if expert is None else view[expert]
 
 
-def _entry(key: str, name: str, param: nn.Parameter, local: Slices | None) -> _Entry:
+def _entry(
+    key: str, name: str, param: nn.Parameter, local: Slices | None, expert: int | None = None
+) -> _Entry:
     """A contiguous piece is stepped in place; any other through a contiguous copy, since
     torch's fused kernels write past the bounds of a non-contiguous tensor."""
     if local is None and not isinstance(param, DTensor) and param.is_contiguous():
         return _Entry(key, name, param, param, param, None)
     part = _local(param).detach()
     if local is not None:
-        part = _view(part, local)
+        part = _view(part, local, expert)
     tensor = part if part.is_contiguous() else part.clone(memory_format=torch.contiguous_format)
-    return _Entry(key, name, param, part, tensor, local)
+    return _Entry(key, name, param, part, tensor, local, expert)
+
+
+def _range_entries(key: str, name: str, param: nn.Parameter, local: Slices) -> list[_Entry]:
+    """One entry for a range, or one per expert (``key[e]``) for a row range of a 3-D
+    experts tensor: each expert's rows are contiguous there, so stepping them in place
+    saves copying the whole range in and out at every step. FSDP2's shards keep one
+    entry, so that every rank has the same state keys."""
+    if (
+        param.dim() == 3
+        and local.dim == 1
+        and local.step == 1
+        and not isinstance(param, DTensor)
+        and param.is_contiguous()
+    ):
+        return [_entry(f"{key}[{e}]", name, param, local, e) for e in range(param.shape[0])]
+    return [_entry(key, name, param, local)]
 
 
 def qualified_name(obj) -> str:
@@ -291,8 +313,9 @@ class HFTOptimizer(torch.optim.Optimizer):
                 group = [_entry(name, name, param, None)]
             else:
                 group = [
-                    _entry(key, name, param, local)
+                    entry
                     for key, local in _local_ranges(name, param, plan[name])
+                    for entry in _range_entries(key, name, param, local)
                 ]
             entries += group
             (plain if name in self._no_decay else decay).extend(group)
@@ -488,7 +511,8 @@ class HFTOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """State keyed by parameter name (``name[dim:start:stop]`` per unit range of a fused
-        tensor), plus the mask."""
+        tensor, ``name[1:start:stop][e]`` per expert of a row range of routed experts), plus
+        the mask."""
         state = {
             e.key: dict(self.inner.state[e.tensor])
             for e in self._entries
