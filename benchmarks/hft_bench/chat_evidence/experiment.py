@@ -45,7 +45,7 @@ class Grid:
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     lrs: list = field(default_factory=lambda: [1e-5, 3e-5, 1e-4])
     steps: list = field(default_factory=lambda: [4, 8])
-    sequence_lrs: list = field(default_factory=lambda: [2e-5, 6e-5])
+    sequence_lrs: list = field(default_factory=lambda: [1e-5, 2e-5, 6e-5, 1e-4])
     sequence_steps: int = 4
     batch_size: int = 4
     heldout: int = 16
