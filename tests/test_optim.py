@@ -43,7 +43,7 @@ def _frozen_mask(mask, name, shape):
     return frozen
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "phi3", "mixtral"])
 def test_frozen_bit_identical_after_adamw_with_decay(family):
     model = tiny_model(family)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -272,10 +272,14 @@ def test_expert_row_ranges_are_stepped_in_place_one_state_per_expert():
     """A row range of [E, 2F, H] experts is E contiguous blocks: the wrapped optimizer holds
     views of the parameter (no copy in and out per step), each with its own state."""
     model = tiny_model("mixtral")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     mask = select(model, HFTConfig(seed=2))
-    opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-2)
-    _train(model, opt, 1)
+    opt = HFTOptimizer(model, mask, torch.optim.AdamW, lr=1e-2, weight_decay=0.1)
+    _train(model, opt, 2)
     params = dict(model.named_parameters())
+    for name, param in params.items():
+        frozen = _frozen_mask(mask, name, param.shape)
+        assert torch.equal(param[frozen], before[name][frozen]), name
     state = opt.state_dict()["state"]
     sliced = {n: parts for n, parts in mask.trainable_parts().items() if parts is not None}
     assert sliced  # the seed trains gate or up alone in some block

@@ -7,8 +7,9 @@ over as a view: updates land in place. A row range of routed experts' 3-D tensor
 contiguous block per expert, handed over as that many views. Any other range (GPT-2's
 column slices, gpt-oss's interleaved gate and up, a shard of FSDP2's) is handed over as a
 contiguous copy that :meth:`HFTOptimizer.step` refreshes from the parameter and writes
-back, because torch's fused kernels write past the bounds of non-contiguous views. Frozen tensors and frozen
-slices are never handed to the wrapped optimizer, so no decay or momentum reaches them.
+back, because torch's fused kernels write past the bounds of non-contiguous views. Frozen
+tensors and frozen slices are never handed to the wrapped optimizer, so no decay or
+momentum reaches them.
 """
 
 from __future__ import annotations
